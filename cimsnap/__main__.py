@@ -1,0 +1,5 @@
+import sys
+
+from cimsnap.cli import main
+
+sys.exit(main())

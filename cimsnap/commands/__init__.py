@@ -1,0 +1,1 @@
+"""Command groups of the ``cimsnap`` CLI; see ``cimsnap.cli``."""
