@@ -2,12 +2,14 @@
 # Installs the Debian packages the test suite needs, when they are missing.
 #   containerd     - the real daemon the integration tests start on a private socket
 #   libhivex-bin   - hivexml/hivexsh: an independent regf reader for the hive tests
+#   ntfs-3g        - mkntfs/ntfscat: regenerates Windows' upcase table to check the shipped copy
 # Runs apt-get only when something is missing; needs root (or sudo) in that case.
 set -euo pipefail
 need=()
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v ctr >/dev/null 2>&1 || need+=(containerd)
 command -v hivexml >/dev/null 2>&1 || need+=(libhivex-bin)
+command -v mkntfs >/dev/null 2>&1 || need+=(ntfs-3g)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

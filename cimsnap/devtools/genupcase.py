@@ -28,12 +28,8 @@ def extract_table() -> bytes:
         image = Path(tmp) / "ntfs.img"
         with image.open("wb") as f:
             f.truncate(16 * 1024 * 1024)
-        subprocess.run(
-            ["mkntfs", "-F", "-q", "-f", str(image)], check=True, capture_output=True
-        )
-        out = subprocess.run(
-            ["ntfscat", str(image), "$UpCase"], check=True, capture_output=True
-        )
+        subprocess.run(["mkntfs", "-F", "-q", "-f", str(image)], check=True, capture_output=True)
+        out = subprocess.run(["ntfscat", str(image), "$UpCase"], check=True, capture_output=True)
     if len(out.stdout) != UPCASE_TABLE_SIZE:
         raise SystemExit(f"ntfscat returned {len(out.stdout)} bytes, not {UPCASE_TABLE_SIZE}")
     return out.stdout
