@@ -1,0 +1,55 @@
+"""The SQLite metastore for snapshots: explicit transactions, versioned schema, queries.
+
+Usage (style.md §2 item 6)::
+
+    with store.write() as tx:
+        ref = create_snapshot(tx, Kind.ACTIVE, key, parent, labels, now_ns)
+
+Only a clean exit commits; a read transaction always rolls back.
+"""
+
+from cimsnap.store.db import DEFAULT_BUSY_TIMEOUT_MS, ReadTx, Store, WriteTx
+from cimsnap.store.model import (
+    Info,
+    Kind,
+    SnapshotRef,
+    Usage,
+    datetime_from_ns,
+    ns_from_datetime,
+)
+from cimsnap.store.schema import MIGRATIONS, Migration, migrate, schema_version
+from cimsnap.store.snapshots import (
+    commit_active,
+    create_snapshot,
+    get_info,
+    get_snapshot,
+    id_map,
+    remove,
+    update_info,
+    walk_info,
+)
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "MIGRATIONS",
+    "Info",
+    "Kind",
+    "Migration",
+    "ReadTx",
+    "SnapshotRef",
+    "Store",
+    "Usage",
+    "WriteTx",
+    "commit_active",
+    "create_snapshot",
+    "datetime_from_ns",
+    "get_info",
+    "get_snapshot",
+    "id_map",
+    "migrate",
+    "ns_from_datetime",
+    "remove",
+    "schema_version",
+    "update_info",
+    "walk_info",
+]

@@ -1,0 +1,278 @@
+"""Snapshot queries: free functions that take the transaction first (containerd bolt.go).
+
+Every function validates its preconditions inside the caller's transaction and raises one
+of :mod:`cimsnap.errdefs`' classes with a containerd-style message (subject first, class
+text last: ``snapshot "k": not found``). Nothing here touches files; on any raised error
+the caller's transaction is rolled back by ``Store.write()``, so the store is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from cimsnap.errdefs import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
+from cimsnap.store.db import ReadTx, WriteTx
+from cimsnap.store.model import Info, Kind, SnapshotRef, Usage, datetime_from_ns
+
+__all__ = [
+    "commit_active",
+    "create_snapshot",
+    "get_info",
+    "get_snapshot",
+    "id_map",
+    "remove",
+    "update_info",
+    "walk_info",
+]
+
+_INFO_COLUMNS: Final = """
+    s.id, s.key, s.kind, p.key, s.created_ns, s.updated_ns, s.size_bytes, s.inode_count,
+    (SELECT json_group_object(l.name, l.value) FROM labels l WHERE l.snapshot_id = s.id)
+"""
+_SELECT_INFO_BY_KEY: Final = (
+    f"SELECT {_INFO_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id "
+    "WHERE s.key = ?"
+)
+_SELECT_ALL_INFO: Final = (
+    f"SELECT {_INFO_COLUMNS} FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id "
+    "ORDER BY s.id"
+)
+_SELECT_CHAIN: Final = """
+    WITH RECURSIVE chain(id, kind, parent_id, depth) AS (
+        SELECT id, kind, parent_id, 0 FROM snapshots WHERE key = ?
+        UNION ALL
+        SELECT s.id, s.kind, s.parent_id, chain.depth + 1
+        FROM snapshots s JOIN chain ON s.id = chain.parent_id
+    )
+    SELECT id, kind FROM chain ORDER BY depth
+"""
+_SELECT_ROW: Final = "SELECT id, kind, parent_id FROM snapshots WHERE key = ?"
+_INSERT_LABEL: Final = "INSERT INTO labels (snapshot_id, name, value) VALUES (?, ?, ?)"
+
+_InfoRow = tuple[int, str, int, str | None, int, int, int, int, str | None]
+
+
+def _info_from_row(row: _InfoRow) -> Info:
+    _, key, kind, parent, created_ns, updated_ns, _, _, labels_json = row
+    labels: dict[str, str] = json.loads(labels_json) if labels_json else {}
+    return Info(
+        kind=Kind(kind),
+        name=key,
+        parent=parent or "",
+        labels=labels,
+        created=datetime_from_ns(created_ns),
+        updated=datetime_from_ns(updated_ns),
+    )
+
+
+def _put_labels(tx: WriteTx, snapshot_id: int, labels: Mapping[str, str]) -> None:
+    # An empty value means "no label" (containerd's writer drops it), so never store one.
+    tx.connection.executemany(
+        _INSERT_LABEL, [(snapshot_id, k, v) for k, v in labels.items() if v != ""]
+    )
+
+
+def _row(tx: ReadTx, key: str) -> tuple[int, Kind, int | None] | None:
+    row = tx.connection.execute(_SELECT_ROW, (key,)).fetchone()
+    if row is None:
+        return None
+    return int(row[0]), Kind(row[1]), row[2]
+
+
+def get_info(tx: ReadTx, key: str) -> tuple[int, Info, Usage]:
+    """Return the ID, Info and recorded Usage of ``key``; NotFound if there is none."""
+    row = tx.connection.execute(_SELECT_INFO_BY_KEY, (key,)).fetchone()
+    if row is None:
+        raise NotFound(f'snapshot "{key}": not found')
+    return int(row[0]), _info_from_row(row), Usage(size=row[6], inodes=row[7])
+
+
+def get_snapshot(tx: ReadTx, key: str) -> SnapshotRef:
+    """Return ID, kind and parent IDs (immediate parent first) of ``key``; NotFound if none."""
+    rows = tx.connection.execute(_SELECT_CHAIN, (key,)).fetchall()
+    if not rows:
+        raise NotFound(f'snapshot "{key}": not found')
+    return SnapshotRef(
+        id=int(rows[0][0]), kind=Kind(rows[0][1]), parent_ids=tuple(int(r[0]) for r in rows[1:])
+    )
+
+
+def create_snapshot(
+    tx: WriteTx,
+    kind: Kind,
+    key: str,
+    parent: str,
+    labels: Mapping[str, str],
+    now_ns: int,
+) -> SnapshotRef:
+    """Create an active or view snapshot ``key`` on ``parent`` (``""`` = none).
+
+    Raises InvalidArgument for another ``kind``, AlreadyExists if ``key`` is taken (by a
+    key or a committed name), NotFound if ``parent`` is missing, InvalidArgument if the
+    parent is not committed. Checks run in that order, as in containerd.
+    """
+    if kind not in (Kind.ACTIVE, Kind.VIEW):
+        raise InvalidArgument(
+            f"snapshot type {kind.name} invalid; only view or active: invalid argument"
+        )
+    if _row(tx, key) is not None:
+        raise AlreadyExists(f"snapshot {key}: already exists")
+    parent_ids: tuple[int, ...] = ()
+    parent_id: int | None = None
+    if parent:
+        try:
+            chain = get_snapshot(tx, parent)
+        except NotFound:
+            raise NotFound(f'missing parent "{parent}" bucket: not found') from None
+        if chain.kind != Kind.COMMITTED:
+            raise InvalidArgument(f'parent "{parent}" is not committed snapshot: invalid argument')
+        parent_id = chain.id
+        parent_ids = (chain.id, *chain.parent_ids)
+    cursor = tx.connection.execute(
+        "INSERT INTO snapshots (key, kind, parent_id, created_ns, updated_ns) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (key, int(kind), parent_id, now_ns, now_ns),
+    )
+    snapshot_id = cursor.lastrowid
+    if snapshot_id is None:  # sqlite sets it after every INSERT; guard the type only
+        raise Internal(f'snapshot "{key}": insert returned no row id')
+    _put_labels(tx, snapshot_id, labels)
+    return SnapshotRef(id=snapshot_id, kind=kind, parent_ids=parent_ids)
+
+
+def update_info(
+    tx: WriteTx,
+    key: str,
+    labels: Mapping[str, str],
+    fieldpaths: Sequence[str],
+    now_ns: int,
+) -> Info:
+    """Update the labels of ``key`` as selected by ``fieldpaths``; set ``updated=now_ns``.
+
+    An empty mask or the path ``labels`` replaces every label with ``labels``;
+    ``labels.<k>`` sets ``k`` from ``labels`` or deletes it when absent (or empty). Any
+    other path raises InvalidArgument (checked before anything changes); a missing
+    ``key`` raises NotFound.
+    """
+    for path in fieldpaths:
+        if path != "labels" and not path.startswith("labels."):
+            raise InvalidArgument(
+                f'cannot update "{path}" field on snapshot "{key}": invalid argument'
+            )
+    row = _row(tx, key)
+    if row is None:
+        raise NotFound(f'snapshot "{key}": not found')
+    snapshot_id = row[0]
+    conn = tx.connection
+    if not fieldpaths or "labels" in fieldpaths:
+        conn.execute("DELETE FROM labels WHERE snapshot_id = ?", (snapshot_id,))
+        _put_labels(tx, snapshot_id, labels)
+    for path in fieldpaths:
+        if path == "labels":
+            continue
+        name = path[len("labels.") :]
+        value = labels.get(name, "")
+        if value:
+            conn.execute(
+                "INSERT INTO labels (snapshot_id, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (snapshot_id, name) DO UPDATE SET value = excluded.value",
+                (snapshot_id, name, value),
+            )
+        else:
+            conn.execute(
+                "DELETE FROM labels WHERE snapshot_id = ? AND name = ?", (snapshot_id, name)
+            )
+    conn.execute("UPDATE snapshots SET updated_ns = ? WHERE id = ?", (now_ns, snapshot_id))
+    return get_info(tx, key)[1]
+
+
+def commit_active(
+    tx: WriteTx,
+    key: str,
+    name: str,
+    usage: Usage,
+    labels: Mapping[str, str],
+    parent: str,
+    now_ns: int,
+) -> int:
+    """Turn active ``key`` into committed ``name`` keeping its ID; return the ID.
+
+    Labels are replaced (not inherited), ``created == updated == now_ns``, ``usage`` is
+    recorded. ``parent`` (``""`` = keep) may only rebase a snapshot created without one.
+    Raises, in this order: AlreadyExists if ``name`` exists; NotFound if ``key`` is
+    missing; FailedPrecondition if ``key`` is a view or committed; InvalidArgument if
+    ``parent`` would change an existing parent; NotFound if the new parent is missing;
+    FailedPrecondition if it is not committed.
+    """
+    if _row(tx, name) is not None:
+        raise AlreadyExists(f"committed snapshot {name}: already exists")
+    row = _row(tx, key)
+    if row is None:
+        raise NotFound(f'failed to get active snapshot "{key}": not found')
+    snapshot_id, kind, parent_id = row
+    if kind != Kind.ACTIVE:
+        raise FailedPrecondition(f'snapshot "{key}" is not active: failed precondition')
+    conn = tx.connection
+    if parent:
+        current = conn.execute("SELECT key FROM snapshots WHERE id = ?", (parent_id,)).fetchone()
+        if current is not None and current[0] != parent:
+            raise InvalidArgument(
+                f'cannot change parent of active snapshot "{key}" on commit: invalid argument'
+            )
+        new_parent = _row(tx, parent)
+        if new_parent is None:
+            raise NotFound(f'missing parent "{parent}" of snapshot "{key}": not found')
+        if new_parent[1] != Kind.COMMITTED:
+            raise FailedPrecondition(f'parent "{parent}" is not committed: failed precondition')
+        parent_id = new_parent[0]
+    conn.execute(
+        "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, "
+        "size_bytes = ?, inode_count = ? WHERE id = ?",
+        (
+            name,
+            int(Kind.COMMITTED),
+            parent_id,
+            now_ns,
+            now_ns,
+            usage.size,
+            usage.inodes,
+            snapshot_id,
+        ),
+    )
+    conn.execute("DELETE FROM labels WHERE snapshot_id = ?", (snapshot_id,))
+    _put_labels(tx, snapshot_id, labels)
+    return snapshot_id
+
+
+def remove(tx: WriteTx, key: str) -> tuple[int, Kind]:
+    """Delete ``key`` (any kind) and its labels; return its ID and kind.
+
+    Raises NotFound if missing, FailedPrecondition (``cannot remove snapshot with child``)
+    if any snapshot names it as parent.
+    """
+    row = _row(tx, key)
+    if row is None:
+        raise NotFound(f"snapshot {key}: not found")
+    snapshot_id, kind, _ = row
+    conn = tx.connection
+    child = conn.execute(
+        "SELECT 1 FROM snapshots WHERE parent_id = ? LIMIT 1", (snapshot_id,)
+    ).fetchone()
+    if child is not None:
+        raise FailedPrecondition(
+            f'snapshot "{key}": cannot remove snapshot with child: failed precondition'
+        )
+    conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+    return snapshot_id, kind
+
+
+def walk_info(tx: ReadTx) -> list[Info]:
+    """Return every snapshot's Info, materialised, in ID order (two indexed passes)."""
+    return [_info_from_row(row) for row in tx.connection.execute(_SELECT_ALL_INFO)]
+
+
+def id_map(tx: ReadTx) -> dict[int, str]:
+    """Return every snapshot ID mapped to its key (containerd ``storage.IDMap``)."""
+    return {int(i): k for i, k in tx.connection.execute("SELECT id, key FROM snapshots")}
