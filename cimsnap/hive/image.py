@@ -1,0 +1,299 @@
+"""Bounds-checked access to the cells of a regf image (windows-layer-import.md §4.1).
+
+:class:`HiveImage` validates the base block and the hive-bin chain once, then hands out
+cells by offset, each checked before use: in range, 8-byte aligned, allocated, inside the
+hive-bins data. It decodes the cell kinds shared by the eager reader (``reader.py``) and
+the lazy view (``view.py``): nk, vk (with big data), sk, subkey and value lists.
+
+Every malformed input raises :class:`HiveFormatError` naming the structure and offset.
+Work is bounded by the file size: list counts are checked against their cell sizes, ri
+lists may only point to leaves, and a db record's segments must cover its size.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+from cimsnap.hive import cells as C
+from cimsnap.hive.errors import ChecksumMismatchError, DirtyHiveError, HiveFormatError
+
+__all__ = ["BaseBlock", "HiveImage", "NodeRecord", "ValueRecord"]
+
+_NK = C.NK_HEADER_FAST.struct
+_VK = C.VK_HEADER_FAST.struct
+_SK = C.SK_HEADER_FAST.struct
+_LIST = C.LIST_HEADER_FAST.struct
+_DB = C.DB_FAST.struct
+_HBIN = C.HBIN_HEADER_FAST.struct
+_CELL = C.CELL_HEADER_FAST.struct
+_B: Final = C.BASE_BLOCK_SIZE
+_SEG: Final = C.BIG_DATA_SEGMENT_SIZE
+_NO_CELL: Final = C.NO_CELL
+_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
+_VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
+_LEAF_SIGNATURES: Final = (b"lh", b"lf", b"li")
+_PAIR_LISTS: Final = (b"lh", b"lf")
+
+
+class BaseBlock(NamedTuple):
+    """The base-block fields the reader keeps (§4.1)."""
+
+    minor_version: int
+    flags: int
+    last_written: int
+    root_cell_offset: int
+    hive_bins_data_size: int
+    file_name: str
+
+
+class NodeRecord(NamedTuple):
+    """The fields of one nk cell (§4.1), names decoded."""
+
+    name: str
+    flags: int
+    last_written: int
+    access_bits: int
+    layer: int
+    subkey_count: int
+    subkey_list: int
+    value_count: int
+    value_list: int
+    security: int
+    class_offset: int
+    class_length: int
+
+
+class ValueRecord(NamedTuple):
+    """One vk cell (§4.1) with its data resolved (``b""`` for tombstones)."""
+
+    name: str
+    type: int
+    data: bytes
+    flags: int
+
+
+def _parse_base_block(data: bytes | memoryview) -> BaseBlock:
+    if len(data) < _B:
+        raise HiveFormatError(
+            "base block", 0, f"file holds {len(data)} bytes, needs 4096", offset_kind="file"
+        )
+    f = C.BASE_BLOCK_FAST.unpack_named(data)
+    sig, seq1, seq2 = f["signature"], f["primary_sequence"], f["secondary_sequence"]
+    major, minor, size = f["major_version"], f["minor_version"], f["hive_bins_data_size"]
+    ftype, fmt, checksum = f["file_type"], f["file_format"], f["checksum"]
+    if sig != b"regf":
+        raise HiveFormatError(
+            "base block", 0, f"signature {sig!r}, not b'regf'", offset_kind="file"
+        )
+    expected = C.base_block_checksum(data)
+    if checksum != expected:
+        raise ChecksumMismatchError(
+            "base block",
+            C.CHECKSUM_OFFSET,
+            f"checksum {checksum:#010x}, computed {expected:#010x}",
+            offset_kind="file",
+        )
+    if seq1 != seq2:
+        raise DirtyHiveError(
+            "base block",
+            4,
+            f"dirty hive: sequence numbers {seq1} != {seq2}; replay its transaction logs "
+            "on Windows (load and unload the hive) before using it",
+            offset_kind="file",
+        )
+    if major != 1 or not 3 <= minor <= 6:
+        raise HiveFormatError(
+            "base block", 20, f"unsupported version {major}.{minor}", offset_kind="file"
+        )
+    if ftype != 0 or fmt != 1:
+        raise HiveFormatError(
+            "base block",
+            28,
+            f"file type {ftype} / format {fmt} is not a primary hive",
+            offset_kind="file",
+        )
+    if size == 0 or size % C.HBIN_ALIGN or _B + size > len(data):
+        raise HiveFormatError(
+            "base block",
+            40,
+            f"hive bins data size {size:#x} does not fit a {len(data)}-byte file",
+            offset_kind="file",
+        )
+    file_name = f["file_name"].decode("utf-16-le", "replace").split("\0", 1)[0]
+    return BaseBlock(minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name)
+
+
+class HiveImage:
+    """A validated regf image: base block parsed, hive bins walked.
+
+    ``data`` is not copied (a ``memoryview`` of a mapped file works); the caller must keep
+    it alive and unchanged. Raises :class:`HiveFormatError` (or its dirty/checksum
+    subclasses) from the constructor when the base block or bin chain is bad.
+    """
+
+    __slots__ = ("base", "bins", "data", "end", "layered")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = data
+        self.base = _parse_base_block(data)
+        self.end = self.base.hive_bins_data_size  # cell offsets must stay below this
+        self.layered = bool(self.base.flags & C.BaseBlockFlags.LAYERED_KEYS)
+        self.bins = self._walk_bins()
+
+    def _walk_bins(self) -> list[tuple[int, int]]:
+        bins = []
+        off = 0
+        while off < self.end:
+            if off + C.HBIN_HEADER_SIZE > self.end:
+                raise HiveFormatError("hbin header", off, "truncated")
+            sig, own, size = _HBIN.unpack_from(self.data, _B + off)[:3]
+            if sig != b"hbin":
+                raise HiveFormatError("hbin header", off, f"signature {sig!r}, not b'hbin'")
+            if own != off:
+                raise HiveFormatError("hbin header", off, f"claims offset {own:#x}")
+            if size < C.HBIN_ALIGN or size % C.HBIN_ALIGN or off + size > self.end:
+                raise HiveFormatError("hbin header", off, f"bad bin size {size:#x}")
+            bins.append((off, size))
+            off += size
+        return bins
+
+    def cell(self, off: int, what: str) -> tuple[int, int]:
+        """Return (file position of the cell data, data size) of the allocated cell ``off``."""
+        if off & 7 or not C.HBIN_HEADER_SIZE <= off <= self.end - 8:
+            raise HiveFormatError(what, off, "cell offset out of range or misaligned")
+        (size,) = _CELL.unpack_from(self.data, _B + off)
+        if size >= 0:
+            raise HiveFormatError(what, off, "refers to a free cell")
+        size = -size
+        if size < 8 or off + size > self.end:
+            raise HiveFormatError(what, off, f"cell size {size} runs past the hive bins")
+        return _B + off + 4, size - 4
+
+    def node(self, off: int) -> NodeRecord:
+        """Decode the nk cell at ``off``."""
+        pos, n = self.cell(off, "nk cell")
+        data = self.data
+        if n < _NK.size:
+            raise HiveFormatError("nk cell", off, f"cell of {n} bytes is too small")
+        f = _NK.unpack_from(data, pos)
+        if f[0] != b"nk":
+            raise HiveFormatError("nk cell", off, f"signature {f[0]!r}, not b'nk'")
+        name_len = f[20]
+        if _NK.size + name_len > n:
+            raise HiveFormatError("nk cell", off, f"name of {name_len} bytes overruns the cell")
+        raw = data[pos + 76 : pos + 76 + name_len]
+        flags = f[1]
+        name = _decode_name(raw, flags & _COMP_NAME, "nk cell", off)
+        return NodeRecord(
+            name, flags, f[2], f[3], f[4], f[7], f[9], f[11], f[12], f[13], f[14], f[21]
+        )
+
+    def class_name(self, rec: NodeRecord, off: int) -> str | None:
+        """Decode a key's class name (None when absent or empty)."""
+        if rec.class_offset == _NO_CELL or rec.class_length == 0:
+            return None
+        pos, n = self.cell(rec.class_offset, "class name")
+        if rec.class_length > n or rec.class_length & 1:
+            raise HiveFormatError("nk cell", off, f"class length {rec.class_length} is bad")
+        return _decode_utf16(self.data[pos : pos + rec.class_length], "class name", off)
+
+    def security(self, off: int) -> bytes:
+        """Return the security descriptor bytes of the sk cell at ``off``."""
+        pos, n = self.cell(off, "sk cell")
+        if n < _SK.size:
+            raise HiveFormatError("sk cell", off, f"cell of {n} bytes is too small")
+        sig, _r, _fl, _bl, _refs, sd_size = _SK.unpack_from(self.data, pos)
+        if sig != b"sk":
+            raise HiveFormatError("sk cell", off, f"signature {sig!r}, not b'sk'")
+        if sd_size > n - _SK.size:
+            raise HiveFormatError("sk cell", off, f"descriptor of {sd_size} bytes overruns")
+        return bytes(self.data[pos + _SK.size : pos + _SK.size + sd_size])
+
+    def offsets(self, off: int, count: int, what: str) -> tuple[int, ...]:
+        """Read a value list or segment list of ``count`` u32 offsets."""
+        pos, n = self.cell(off, what)
+        if 4 * count > n:
+            raise HiveFormatError(what, off, f"{count} entries overrun a {n}-byte cell")
+        return C.fast_array(C.OFFSET_ELEMENT, count).unpack_from(self.data, pos)
+
+    def list_leaf(self, off: int, leaf_only: bool) -> tuple[bytes, tuple[int, ...]]:
+        """Read a subkey list cell; return (signature, offsets). ri entries are leaves."""
+        pos, n = self.cell(off, "subkey list")
+        if n < 4:
+            raise HiveFormatError("subkey list", off, "cell too small")
+        sig, count = _LIST.unpack_from(self.data, pos)
+        if sig in _PAIR_LISTS:
+            if 4 + 8 * count > n:
+                raise HiveFormatError("subkey list", off, f"{count} entries overrun the cell")
+            pairs = C.fast_array(C.LH_ELEMENT, count).unpack_from(self.data, pos + 4)
+            return sig, pairs[0::2]
+        if sig == b"li" or (sig == b"ri" and not leaf_only):
+            if 4 + 4 * count > n:
+                raise HiveFormatError("subkey list", off, f"{count} entries overrun the cell")
+            return sig, C.fast_array(C.OFFSET_ELEMENT, count).unpack_from(self.data, pos + 4)
+        raise HiveFormatError("subkey list", off, f"unexpected signature {sig!r}")
+
+    def value(self, off: int) -> ValueRecord:
+        """Decode the vk cell at ``off`` including its data (inline, cell or db)."""
+        pos, n = self.cell(off, "vk cell")
+        data = self.data
+        if n < _VK.size:
+            raise HiveFormatError("vk cell", off, f"cell of {n} bytes is too small")
+        sig, name_len, size, data_off, vtype, flags, _spare = _VK.unpack_from(data, pos)
+        if sig != b"vk":
+            raise HiveFormatError("vk cell", off, f"signature {sig!r}, not b'vk'")
+        if _VK.size + name_len > n:
+            raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
+        raw = data[pos + 20 : pos + 20 + name_len]
+        name = _decode_name(raw, flags & _VALUE_COMP_NAME, "vk cell", off)
+        if size & C.DATA_INLINE_FLAG:
+            size &= 0x7FFFFFFF
+            if size > C.INLINE_DATA_MAX:
+                raise HiveFormatError("vk cell", off, f"inline data of {size} bytes")
+            value = data_off.to_bytes(4, "little")[:size]
+        elif size == 0 or (self.layered and flags & C.ValueFlags.TOMBSTONE):
+            value = b""
+        else:
+            value = self._data(data_off, size, off)
+        return ValueRecord(name, vtype, value, flags)
+
+    def _data(self, off: int, size: int, vk_off: int) -> bytes:
+        pos, n = self.cell(off, "value data")
+        data = self.data
+        if size > _SEG and self.base.minor_version > 3 and data[pos : pos + 2] == b"db":
+            return self._big_data(off, pos, n, size)
+        if size > n:
+            raise HiveFormatError("vk cell", vk_off, f"data size {size} overruns a {n}-byte cell")
+        return bytes(data[pos : pos + size])
+
+    def _big_data(self, off: int, pos: int, n: int, size: int) -> bytes:
+        if n < _DB.size:
+            raise HiveFormatError("db record", off, "cell too small")
+        _sig, count, list_off = _DB.unpack_from(self.data, pos)
+        if count * _SEG < size:
+            raise HiveFormatError("db record", off, f"{count} segments cannot hold {size} bytes")
+        parts = []
+        remaining = size
+        for seg in self.offsets(list_off, count, "db segment list"):
+            if remaining <= 0:
+                break
+            spos, sn = self.cell(seg, "db segment")
+            take = min(remaining, sn, _SEG)
+            parts.append(self.data[spos : spos + take])
+            remaining -= take
+        if remaining:
+            raise HiveFormatError("db record", off, f"segments hold {size - remaining} of {size}")
+        return b"".join(parts)
+
+
+def _decode_name(raw: bytes | memoryview, compressed: int, what: str, off: int) -> str:
+    if compressed:
+        return bytes(raw).decode("latin-1")
+    return _decode_utf16(raw, what, off)
+
+
+def _decode_utf16(raw: bytes | memoryview, what: str, off: int) -> str:
+    if len(raw) & 1:
+        raise HiveFormatError(what, off, "UTF-16 name of odd length")
+    # surrogatepass: unpaired surrogates are legal in registry names and must round-trip.
+    return bytes(raw).decode("utf-16-le", "surrogatepass")

@@ -1,0 +1,148 @@
+"""Read a whole regf file into a :class:`~cimsnap.hive.tree.Hive` (§4.1, §4.3).
+
+Section numbers refer to windows-layer-import.md.
+
+:func:`read_hive` materialises every key and value; :func:`open_hive` does the same for a
+file path. For browsing without materialising, use :class:`cimsnap.hive.view.HiveReader`.
+
+Strictness (all raise :class:`HiveFormatError` with the cell offset, or the dirty/checksum
+subclasses from the base block):
+
+* every referenced cell must be allocated, aligned and inside the hive bins, and may be
+  referenced only once (sk cells excepted), and the referenced cells may not add up to
+  more than the hive-bins size: this stops cycles, self-referencing lists and overlapping
+  forged cells, and bounds the work and memory by the file size;
+* a key's subkey count must equal the entries of its lists; ri lists may hold only leaves;
+* two subkeys of one key with the same folded name are an error (Windows cannot create
+  them; which one it would use is unknown, so we refuse);
+* keys nested deeper than :data:`~cimsnap.hive.cells.MAX_KEY_DEPTH` are an error.
+
+Layer marks (nk byte 13, vk tombstone flag) are decoded only when the base block has flag
+0x2 (§4.3); in other hives they are ignored and read as zero.
+
+An empty class name (length 0) reads as ``None``. Names are decoded from Latin-1 (COMP_NAME)
+or UTF-16LE with unpaired surrogates preserved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from cimsnap.hive import cells as C
+from cimsnap.hive.errors import HiveFormatError
+from cimsnap.hive.image import HiveImage
+from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
+
+__all__ = ["open_hive", "read_hive"]
+
+_B: Final = C.BASE_BLOCK_SIZE
+_DERIVED_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
+_SEMANTICS: Final = tuple(LayerSemantics(i) for i in range(4))
+
+
+class _TrackingImage(HiveImage):
+    """A HiveImage that refuses to hand out any cell twice (see the module docstring)."""
+
+    __slots__ = ("consumed", "used")
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__(data)
+        self.used = bytearray((self.end >> 3) + 1)
+        self.consumed = 0
+
+    def cell(self, off: int, what: str) -> tuple[int, int]:
+        pos, n = super().cell(off, what)
+        slot = off >> 3
+        if self.used[slot]:
+            raise HiveFormatError(what, off, "cell referenced twice (cycle or shared cell)")
+        self.used[slot] = 1
+        self.consumed += n + 4
+        if self.consumed > self.end:
+            raise HiveFormatError(what, off, "referenced cells overlap")
+        return pos, n
+
+
+def _fold(name: str) -> str:
+    # ASCII fast path: Windows' table maps exactly a-z to A-Z below U+0080, as str.upper().
+    return name.upper() if name.isascii() else name_key(name)
+
+
+def read_hive(data: bytes | memoryview) -> Hive:
+    """Parse a complete regf image into a :class:`Hive`.
+
+    ``data`` is only read during the call. Raises :class:`HiveFormatError` (see the module
+    docstring); nothing is returned on failure.
+    """
+    image = _TrackingImage(data)
+    layered = image.layered
+    security: dict[int, bytes] = {}
+    root_off = image.base.root_cell_offset
+    root, count, list_off = _key(image, root_off, security, layered)
+    # Keys whose children are still to be read: (nk offset, Key, subkey count, list, depth).
+    stack = [(root_off, root, count, list_off, 0)]
+    while stack:
+        off, key, count, list_off, depth = stack.pop()
+        if depth >= C.MAX_KEY_DEPTH:
+            raise HiveFormatError("nk cell", off, f"keys nested deeper than {C.MAX_KEY_DEPTH}")
+        subkeys = key.subkeys
+        for child_off in _subkey_offsets(image, off, count, list_off):
+            child, child_count, child_list = _key(image, child_off, security, layered)
+            folded = _fold(child.name)
+            if folded in subkeys:
+                raise HiveFormatError("nk cell", child_off, f"duplicate subkey {child.name!r}")
+            subkeys[folded] = child
+            if child_count:
+                stack.append((child_off, child, child_count, child_list, depth + 1))
+    base = image.base
+    return Hive(root, base.minor_version, base.flags, base.file_name, base.last_written)
+
+
+def _subkey_offsets(image: HiveImage, off: int, count: int, list_off: int) -> list[int]:
+    sig, entries = image.list_leaf(list_off, leaf_only=False)
+    if sig == b"ri":
+        result: list[int] = []
+        for leaf in entries:
+            result.extend(image.list_leaf(leaf, leaf_only=True)[1])
+            if len(result) > count:
+                break
+    else:
+        result = list(entries)
+    if len(result) != count:
+        raise HiveFormatError("nk cell", off, f"{count} subkeys declared, lists hold {len(result)}")
+    return result
+
+
+def _key(
+    image: HiveImage, off: int, security: dict[int, bytes], layered: bool
+) -> tuple[Key, int, int]:
+    """Decode the nk at ``off`` with its values; return (key, subkey count, list offset)."""
+    rec = image.node(off)
+    sd = security.get(rec.security)
+    if sd is None:
+        sd = security[rec.security] = image.security(rec.security)
+    values = []
+    if rec.value_count:
+        for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
+            v = image.value(vk)
+            tombstone = layered and bool(v.flags & C.ValueFlags.TOMBSTONE)
+            values.append(Value(v.name, v.type, v.data, tombstone))
+    layer = rec.layer if layered else 0
+    key = Key(
+        rec.name,
+        rec.last_written,
+        rec.flags & ~_DERIVED_FLAGS,
+        image.class_name(rec, off),
+        sd,
+        _SEMANTICS[layer & C.LAYER_SEMANTICS_MASK],
+        bool(layer & C.INHERIT_CLASS),
+        rec.access_bits,
+        values,
+    )
+    return key, rec.subkey_count, rec.subkey_list
+
+
+def open_hive(path: str | os.PathLike[str]) -> Hive:
+    """Read the hive file at ``path`` (see :func:`read_hive`; OSError if unreadable)."""
+    with open(path, "rb") as f:
+        return read_hive(f.read())

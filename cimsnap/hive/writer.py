@@ -1,0 +1,399 @@
+"""Serialize a :class:`~cimsnap.hive.tree.Hive` as a fresh regf file (windows-layer-import.md §4.5).
+
+Output contract (checked by :func:`cimsnap.hive.check.check_hive` and by hivex and regipy
+in the tests):
+
+* base block: ``seq1 == seq2 == 1``, major 1, minor 5 or 6 (see :func:`output_minor_version`),
+  type 0, format 1, clustering 1, the model's flags, FILETIME and file-name tail, checksum;
+* hive bins of 4096-byte multiples, one oversized bin per cell that needs it; the unused
+  tail of every bin is one free cell (positive size); every cell is 8-byte aligned;
+* the root nk is the first cell and carries HIVE_ENTRY | NO_DELETE (| COMP_NAME);
+  COMP_NAME (and vk flag 0x1) is set when every character of the name is <= U+00FF and the
+  name is then stored as Latin-1, else UTF-16LE;
+* subkey lists are lh lists sorted by the UTF-16 code units of the upcased name with
+  ``h = 37*h + unit`` hashes; more than :data:`LH_LEAF_MAX` children are split into lh
+  leaves of at most that many entries under one ri list;
+* identical security descriptors share one sk cell, the sk cells form one circular
+  flink/blink list in allocation order, and each reference count equals the number of keys
+  using it; keys without an SD get :data:`DEFAULT_SECURITY_DESCRIPTOR`;
+* value data of <= 4 bytes is inline, up to 16,344 bytes one cell, above that a db record
+  with 16,344-byte segments; tombstone values (differencing hives only) are flag 0x2,
+  REG_NONE, size 0, offset 0xFFFFFFFF;
+* an empty class name is stored as "no class" (it reads back as ``None``);
+* max subkey-name / class / value-name / value-data lengths are recomputed, names counted
+  in UTF-16 bytes.
+
+Output is deterministic: the same model gives the same bytes (no clock reads).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from cimsnap.hive import cells as C
+from cimsnap.hive.errors import HiveModelError
+from cimsnap.hive.tree import REG_NONE, Hive, Key, name_key
+
+__all__ = [
+    "DEFAULT_SECURITY_DESCRIPTOR",
+    "LH_LEAF_MAX",
+    "output_minor_version",
+    "write_hive",
+]
+
+#: Most entries in one lh leaf. Windows' own split threshold is not documented (§4.5
+#: "unknown"); 512 keeps every leaf cell under 4 KiB (4 + 512 * 8 bytes) and up to
+#: 65,535 leaves under one ri gives far more than any real key has.
+LH_LEAF_MAX: Final = 512
+
+#: Self-relative SD given to keys that carry none (§4.5 "every key needs a valid sk"):
+#: revision 1, control SE_SELF_RELATIVE | SE_DACL_PRESENT (0x8004), owner BUILTIN\
+#: Administrators (S-1-5-32-544), group SYSTEM (S-1-5-18), no SACL, and a DACL (revision 2)
+#: of three container-inherit ACCESS_ALLOWED ACEs: SYSTEM KEY_ALL_ACCESS (0xF003F),
+#: Administrators KEY_ALL_ACCESS, BUILTIN\Users KEY_READ (0x20019).
+DEFAULT_SECURITY_DESCRIPTOR: Final = bytes.fromhex(
+    "01000480"
+    "60000000"
+    "70000000"
+    "00000000"
+    "14000000"  # header: owner 96, group 112, dacl 20
+    "02004c00"
+    "03000000"  # ACL: revision 2, size 76, 3 ACEs
+    "00021400"
+    "3f000f00"
+    "010100000000000512000000"  # allow SY KEY_ALL_ACCESS
+    "00021800"
+    "3f000f00"
+    "01020000000000052000000020020000"  # allow BA KEY_ALL_ACCESS
+    "00021800"
+    "19000200"
+    "01020000000000052000000021020000"  # allow BU KEY_READ
+    "01020000000000052000000020020000"  # owner S-1-5-32-544
+    "010100000000000512000000"  # group S-1-5-18
+)
+
+_NK = C.NK_HEADER_FAST.struct
+_VK = C.VK_HEADER_FAST.struct
+_SK = C.SK_HEADER_FAST.struct
+_LIST = C.LIST_HEADER_FAST.struct
+_DB = C.DB_FAST.struct
+_HBIN = C.HBIN_HEADER_FAST.struct
+_BASE = C.BASE_BLOCK_FAST.struct
+_CELL = C.CELL_HEADER_FAST.struct
+_U32 = C.fast_array(C.OFFSET_ELEMENT, 1)
+_NO_CELL: Final = C.NO_CELL
+_SEG: Final = C.BIG_DATA_SEGMENT_SIZE
+_ROOT_FLAGS: Final = C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE
+_DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
+
+
+def output_minor_version(hive: Hive) -> int:
+    """Minor version written for ``hive``: 6 if the model says 6, else 5.
+
+    Both use lh lists and db records (§4.5). Models read from v1.3/v1.4 files are
+    upgraded to 1.5 because the writer always emits lh lists.
+    """
+    return 6 if hive.minor_version >= 6 else 5
+
+
+class _Cells:
+    """Bump allocator laying cells into hive bins inside one growing buffer."""
+
+    __slots__ = ("bin_end", "buf", "first_bin_time", "pos")
+
+    def __init__(self, first_bin_time: int) -> None:
+        self.buf = bytearray(C.BASE_BLOCK_SIZE)
+        self.pos = C.BASE_BLOCK_SIZE  # next free byte (absolute)
+        self.bin_end = C.BASE_BLOCK_SIZE  # end of the open bin (absolute)
+        self.first_bin_time = first_bin_time
+
+    def alloc(self, data_size: int) -> int:
+        """Reserve an allocated cell for ``data_size`` bytes; return its cell offset."""
+        size = (data_size + 4 + 7) & ~7
+        pos = self.pos
+        if pos + size > self.bin_end:
+            pos = self._open_bin(size)
+        _CELL.pack_into(self.buf, pos, -size)
+        self.pos = pos + size
+        return pos - C.BASE_BLOCK_SIZE
+
+    def _open_bin(self, cell_size: int) -> int:
+        self.close_bin()
+        start = self.bin_end
+        bin_size = max(
+            C.HBIN_ALIGN, -(-(cell_size + C.HBIN_HEADER_SIZE) // C.HBIN_ALIGN) * C.HBIN_ALIGN
+        )
+        self.buf.extend(bytes(bin_size))
+        stamp = self.first_bin_time if start == C.BASE_BLOCK_SIZE else 0
+        _HBIN.pack_into(
+            self.buf, start, b"hbin", start - C.BASE_BLOCK_SIZE, bin_size, bytes(8), stamp, 0
+        )
+        self.bin_end = start + bin_size
+        return start + C.HBIN_HEADER_SIZE
+
+    def close_bin(self) -> None:
+        """Turn the rest of the open bin into one free cell (positive size)."""
+        rest = self.bin_end - self.pos
+        if rest > 0:
+            _CELL.pack_into(self.buf, self.pos, rest)
+        self.pos = self.bin_end
+
+
+class _Security:
+    """Shared sk cells: one per distinct SD, linked and counted once all keys are written."""
+
+    __slots__ = ("counts", "index", "offsets", "sizes")
+
+    def __init__(self) -> None:
+        self.index: dict[bytes, int] = {}
+        self.offsets: list[int] = []
+        self.counts: list[int] = []
+        self.sizes: list[int] = []
+
+    def use(self, cells: _Cells, sd: bytes) -> int:
+        """Return the sk cell offset for ``sd``, allocating it on first use."""
+        i = self.index.get(sd)
+        if i is None:
+            off = cells.alloc(_SK.size + len(sd))
+            pos = off + C.BASE_BLOCK_SIZE + 4 + _SK.size
+            cells.buf[pos : pos + len(sd)] = sd
+            i = len(self.offsets)
+            self.index[sd] = i
+            self.offsets.append(off)
+            self.counts.append(0)
+            self.sizes.append(len(sd))
+        self.counts[i] += 1
+        return self.offsets[i]
+
+    def finish(self, buf: bytearray) -> None:
+        """Write every sk header: circular flink/blink in allocation order, final counts."""
+        offs = self.offsets
+        n = len(offs)
+        for i, off in enumerate(offs):
+            _SK.pack_into(
+                buf,
+                off + C.BASE_BLOCK_SIZE + 4,
+                b"sk",
+                0,
+                offs[(i + 1) % n],
+                offs[(i - 1) % n],
+                self.counts[i],
+                self.sizes[i],
+            )
+
+
+def _stored_name(name: str) -> tuple[bytes, bool]:
+    """Return (stored bytes, compressed?) for a key or value name (§4.5 COMP_NAME rule)."""
+    try:
+        return name.encode("latin-1"), True
+    except UnicodeEncodeError:
+        return name.encode("utf-16-le"), False
+
+
+def _put(cells: _Cells, data: bytes) -> int:
+    """Allocate a cell holding ``data``; return its offset."""
+    off = cells.alloc(len(data))
+    pos = off + C.BASE_BLOCK_SIZE + 4
+    cells.buf[pos : pos + len(data)] = data
+    return off
+
+
+def _put_offsets(cells: _Cells, offsets: list[int]) -> int:
+    """Allocate a value/segment list cell holding ``offsets``."""
+    off = cells.alloc(4 * len(offsets))
+    C.fast_array(C.OFFSET_ELEMENT, len(offsets)).pack_into(
+        cells.buf, off + C.BASE_BLOCK_SIZE + 4, *offsets
+    )
+    return off
+
+
+def _put_data(cells: _Cells, data: bytes) -> int:
+    """Store value data of more than 4 bytes: one cell, or a db record (§4.1)."""
+    if len(data) <= _SEG:
+        return _put(cells, data)
+    segments = [_put(cells, data[i : i + _SEG]) for i in range(0, len(data), _SEG)]
+    seg_list = _put_offsets(cells, segments)
+    off = cells.alloc(_DB.size)
+    _DB.pack_into(cells.buf, off + C.BASE_BLOCK_SIZE + 4, b"db", len(segments), seg_list)
+    return off
+
+
+def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]]) -> int:
+    """Store sorted (nk offset, hash) pairs as one lh list or an ri of lh leaves."""
+    if not entries:
+        return _NO_CELL
+    leaves = [entries[i : i + LH_LEAF_MAX] for i in range(0, len(entries), LH_LEAF_MAX)]
+    leaf_offsets = []
+    for leaf in leaves:
+        off = cells.alloc(_LIST.size + 8 * len(leaf))
+        pos = off + C.BASE_BLOCK_SIZE + 4
+        _LIST.pack_into(cells.buf, pos, b"lh", len(leaf))
+        flat = [x for pair in leaf for x in pair]
+        C.fast_array(C.LH_ELEMENT, len(leaf)).pack_into(cells.buf, pos + _LIST.size, *flat)
+        leaf_offsets.append(off)
+    if len(leaf_offsets) == 1:
+        return leaf_offsets[0]
+    off = cells.alloc(_LIST.size + 4 * len(leaf_offsets))
+    pos = off + C.BASE_BLOCK_SIZE + 4
+    _LIST.pack_into(cells.buf, pos, b"ri", len(leaf_offsets))
+    C.fast_array(C.OFFSET_ELEMENT, len(leaf_offsets)).pack_into(
+        cells.buf, pos + _LIST.size, *leaf_offsets
+    )
+    return off
+
+
+def _check_key(key: Key, path: str, differencing: bool, depth: int) -> None:
+    if not key.name or "\\" in key.name:
+        raise HiveModelError(path, "a key name must be non-empty and contain no backslash")
+    if len(key.name.encode("utf-16-le")) > 2 * C.MAX_KEY_NAME_LENGTH:
+        raise HiveModelError(path, f"key name longer than {C.MAX_KEY_NAME_LENGTH} units")
+    if depth > C.MAX_KEY_DEPTH:
+        raise HiveModelError(path, f"deeper than {C.MAX_KEY_DEPTH} levels")
+    if not differencing and (key.semantics or key.inherit_class):
+        raise HiveModelError(path, "layer semantics in a hive without layered-key support")
+    if key.class_name is not None and len(key.class_name) > 0x7FFF:
+        raise HiveModelError(path, "class name longer than 32767 units")
+
+
+def _write_values(cells: _Cells, key: Key, path: str, differencing: bool) -> tuple[int, int, int]:
+    """Store ``key``'s values; return (value list offset, max name bytes, max data bytes)."""
+    vk_offsets = []
+    max_name = max_data = 0
+    for value in key.values:
+        stored, compressed = _stored_name(value.name)
+        if len(value.name) > C.MAX_VALUE_NAME_LENGTH:
+            raise HiveModelError(path, f"value name longer than {C.MAX_VALUE_NAME_LENGTH}")
+        max_name = max(max_name, 2 * len(value.name) if compressed else len(stored))
+        flags = C.ValueFlags.COMP_NAME if compressed else 0
+        data = value.data
+        if value.tombstone:
+            if not differencing:
+                raise HiveModelError(path, f"tombstone value {value.name!r} in a normal hive")
+            flags |= C.ValueFlags.TOMBSTONE
+            vtype, size, data_off = REG_NONE, 0, _NO_CELL
+        else:
+            vtype = value.type
+            if not 0 <= vtype <= 0xFFFFFFFF:
+                raise HiveModelError(path, f"value {value.name!r} type out of range")
+            size = len(data)
+            if size > 0x7FFFFFFF or -(-size // _SEG) > 0xFFFF:
+                raise HiveModelError(path, f"value {value.name!r} data too large")
+            if size <= C.INLINE_DATA_MAX:
+                data_off = int.from_bytes(data, "little")
+                size |= C.DATA_INLINE_FLAG
+            else:
+                data_off = _put_data(cells, data)
+            max_data = max(max_data, len(data))
+        off = cells.alloc(_VK.size + len(stored))
+        pos = off + C.BASE_BLOCK_SIZE + 4
+        _VK.pack_into(cells.buf, pos, b"vk", len(stored), size, data_off, vtype, int(flags), 0)
+        cells.buf[pos + _VK.size : pos + _VK.size + len(stored)] = stored
+        vk_offsets.append(off)
+    list_off = _put_offsets(cells, vk_offsets) if vk_offsets else _NO_CELL
+    return list_off, max_name, max_data
+
+
+def write_hive(hive: Hive) -> bytes:
+    """Serialize ``hive`` as a complete regf file (see the module docstring).
+
+    Raises :class:`HiveModelError` (nothing is returned) when the model cannot be stored:
+    empty or over-long names, backslashes in key names, two children with the same folded
+    name, layer marks or tombstones in a hive whose flags lack 0x2, over-deep trees.
+    """
+    differencing = hive.is_differencing
+    cells = _Cells(hive.last_written)
+    security = _Security()
+    root_off = cells.alloc(_NK.size + len(_stored_name(hive.root.name)[0]))
+    # Stack entries: (key, nk offset, parent nk offset, path, depth).
+    stack: list[tuple[Key, int, int, str, int]] = [(hive.root, root_off, 0, hive.root.name, 0)]
+    while stack:
+        key, nk_off, parent_off, path, depth = stack.pop()
+        _check_key(key, path, differencing, depth)
+        children = []
+        for child in key.subkeys.values():
+            folded = name_key(child.name)
+            children.append((folded.encode("utf-16-be"), folded, child))
+        children.sort(key=lambda t: t[0])
+        entries: list[tuple[int, int]] = []
+        max_child_name = max_child_class = 0
+        previous = None
+        for sort_key, folded, child in children:
+            if sort_key == previous:
+                raise HiveModelError(path, f"two subkeys named {child.name!r} (case-insensitive)")
+            previous = sort_key
+            stored, _compressed = _stored_name(child.name)
+            child_off = cells.alloc(_NK.size + len(stored))
+            entries.append((child_off, C.lh_hash_folded(folded)))
+            max_child_name = max(max_child_name, len(child.name.encode("utf-16-le")))
+            if child.class_name:
+                max_child_class = max(max_child_class, len(child.class_name.encode("utf-16-le")))
+            stack.append((child, child_off, nk_off, path + "\\" + child.name, depth + 1))
+        subkey_list = _put_subkey_list(cells, entries)
+        class_off, class_len = _NO_CELL, 0
+        if key.class_name:
+            class_bytes = key.class_name.encode("utf-16-le")
+            class_off, class_len = _put(cells, class_bytes), len(class_bytes)
+        value_list, max_value_name, max_value_data = _write_values(cells, key, path, differencing)
+        sk_off = security.use(cells, key.security or DEFAULT_SECURITY_DESCRIPTOR)
+        stored, compressed = _stored_name(key.name)
+        flags = key.flags & ~_DERIVED_KEY_FLAGS
+        if key is hive.root:
+            flags |= _ROOT_FLAGS
+        if compressed:
+            flags |= C.KeyFlags.COMP_NAME
+        layer = int(key.semantics) | (C.INHERIT_CLASS if key.inherit_class else 0)
+        pos = nk_off + C.BASE_BLOCK_SIZE + 4
+        _NK.pack_into(
+            cells.buf,
+            pos,
+            b"nk",
+            int(flags) & 0xFFFF,
+            key.last_written,
+            key.access_bits & 0xFF,
+            layer,
+            0,
+            parent_off,
+            len(entries),
+            0,
+            subkey_list,
+            _NO_CELL,
+            len(key.values),
+            value_list,
+            sk_off,
+            class_off,
+            max_child_name & 0xFFFF,
+            max_child_class,
+            max_value_name,
+            max_value_data,
+            0,
+            len(stored),
+            class_len,
+        )
+        cells.buf[pos + _NK.size : pos + _NK.size + len(stored)] = stored
+    cells.close_bin()
+    buf = cells.buf
+    security.finish(buf)
+    name_tail = hive.file_name.encode("utf-16-le")[-64:]
+    _BASE.pack_into(
+        buf,
+        0,
+        b"regf",
+        1,
+        1,
+        hive.last_written,
+        1,
+        output_minor_version(hive),
+        0,
+        1,
+        root_off,
+        len(buf) - C.BASE_BLOCK_SIZE,
+        1,
+        name_tail.ljust(64, b"\0"),
+        bytes(32),
+        hive.flags & 0xFFFFFFFF,
+        bytes(360),
+        0,
+        bytes(3584),
+    )
+    _U32.pack_into(buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf))
+    return bytes(buf)
