@@ -1,0 +1,177 @@
+"""The ``cimsnap serve`` process: one gRPC server, its socket, signals and shutdown.
+
+Start-up order (a failure at any step exits before anything listens):
+
+1. check the address (TCP: loopback unless ``insecure_listen``; unix: refuse a live socket,
+   replace a stale one, never delete a non-socket);
+2. open the snapshotter (its database);
+3. bind, start, set the socket mode, start the metrics endpoint;
+4. mark health SERVING and send ``READY=1`` to systemd.
+
+Shutdown (SIGTERM or SIGINT; both keep all state - unlike stargz, SIGINT does not wipe
+snapshots, §8.4): send ``STOPPING=1``, mark health NOT_SERVING, stop accepting, give running
+RPCs ``shutdown_grace_seconds`` to finish (then cancel them), wait for worker threads, close
+the snapshotter, remove the socket file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cimsnap.config import Config
+from cimsnap.errdefs import Unavailable
+from cimsnap.listen import (
+    ListenAddress,
+    TcpAddress,
+    UnixAddress,
+    check_tcp_allowed,
+    parse_address,
+    prepare_unix_socket,
+)
+from cimsnap.sdnotify import notify
+from cimsnap.server import BlockingCalls, GrpcService
+
+__all__ = ["MAX_MESSAGE_BYTES", "Daemon", "check_address"]
+
+log = logging.getLogger(__name__)
+
+#: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def check_address(config: Config) -> ListenAddress:
+    """Parse and vet ``config.address`` before anything is opened (steps 1 above).
+
+    Raises ``InvalidArgument`` (malformed or refused TCP address), ``AlreadyExists`` (a live
+    socket) or ``FailedPrecondition`` (path is not a socket).
+    """
+    address = parse_address(config.address)
+    check_tcp_allowed(address, config.insecure_listen)
+    if isinstance(address, UnixAddress):
+        prepare_unix_socket(address.path)
+    return address
+
+
+class Daemon:
+    """A started-once gRPC server over ``services``; ``close`` runs after RPCs have drained.
+
+    ``close`` is typically ``snapshotter.close``. Not restartable: build a new one.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        address: ListenAddress,
+        services: Sequence[GrpcService],
+        calls: BlockingCalls,
+        close: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._address = address
+        self._services = services
+        self._calls = calls
+        self._close = close
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._stop_requested = asyncio.Event()
+        self.bound: ListenAddress = address
+        self.metrics_port: int | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving; raises ``Unavailable`` if the address cannot be bound."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        for service in self._services:
+            service.add_to_server(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if self._config.reflection:
+            names = [s.service_name for s in self._services]
+            names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+            reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        self._bind(server)
+        await server.start()
+        self._server = server
+        if isinstance(self._address, UnixAddress):
+            os.chmod(self._address.path, self._config.socket_mode)
+        if self._config.metrics_address:
+            self.metrics_port = self._calls.metrics.serve(self._config.metrics_address)
+        for service in self._services:
+            await self._health.set(service.service_name, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", ", ".join(s.service_name for s in self._services), self.bound)
+        notify("READY=1")
+
+    def _bind(self, server: grpc.aio.Server) -> None:
+        address = self._address
+        if isinstance(address, UnixAddress):
+            # Create the socket without group/other access bits beyond socket_mode, then
+            # chmod to exactly socket_mode once started (umask cannot add bits).
+            old = os.umask(0o777 & ~self._config.socket_mode)
+            try:
+                port = server.add_insecure_port(address.grpc_target)
+            finally:
+                os.umask(old)
+        else:
+            port = server.add_insecure_port(address.grpc_target)
+            self.bound = TcpAddress(address.host, port)
+        if port == 0:
+            raise Unavailable(f"address {address}: cannot listen")
+
+    def request_stop(self) -> None:
+        """Ask ``serve_forever`` to shut down (signal-handler safe on the loop thread)."""
+        self._stop_requested.set()
+
+    async def serve_forever(self) -> None:
+        """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self._stop_requested.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            await self.stop()
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        self.request_stop()
+
+    async def stop(self) -> None:
+        """Drain and stop (see the module docstring). Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        notify("STOPPING=1")
+        await self._health.enter_graceful_shutdown()
+        grace = self._config.shutdown_grace_seconds
+        log.info("stopping: running RPCs have %.1f s to finish", grace)
+        await server.stop(grace)
+        await asyncio.to_thread(self._calls.shutdown)
+        self._calls.metrics.close()
+        self._close()
+        if isinstance(self._address, UnixAddress):
+            _remove_socket(self._address.path)
+        log.info("stopped")
+
+
+def _remove_socket(path: Path) -> None:
+    """Remove our socket file if it is still there (gRPC may already have removed it)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

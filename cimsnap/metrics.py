@@ -1,0 +1,88 @@
+"""Prometheus metrics of the gRPC server: one registry per server, served over HTTP.
+
+Exposed series (all labelled with the full gRPC method name ``service/Method``):
+
+- ``cimsnap_grpc_requests_total{method, code}``: finished RPCs by status code;
+- ``cimsnap_grpc_errors_total{method, code}``: the subset that did not end OK;
+- ``cimsnap_grpc_request_duration_seconds{method}``: latency histogram.
+
+Recording is always on (it is cheap); the HTTP endpoint only exists when
+``metrics_address`` is configured (peer proxies' convention, containerd-integration §10).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from cimsnap.errdefs import InvalidArgument
+
+__all__ = ["RpcMetrics", "parse_metrics_address"]
+
+# Latency buckets (seconds) sized for sub-millisecond metadata calls up to slow applies.
+_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); raise ``InvalidArgument`` if malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"metrics_address {text!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+class RpcMetrics:
+    """Counters and histograms for one server; ``serve()`` exposes them at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "cimsnap_grpc_requests",
+            "Finished gRPC requests by method and status code.",
+            ("method", "code"),
+            registry=self.registry,
+        )
+        self._errors = Counter(
+            "cimsnap_grpc_errors",
+            "gRPC requests that ended with a status other than OK.",
+            ("method", "code"),
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "cimsnap_grpc_request_duration_seconds",
+            "gRPC request latency by method.",
+            ("method",),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self._http: tuple[WSGIServer, threading.Thread] | None = None
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        """Record one finished RPC; ``code`` is the status name, e.g. ``"OK"``."""
+        self._requests.labels(method, code).inc()
+        if code != "OK":
+            self._errors.labels(method, code).inc()
+        self._latency.labels(method).observe(seconds)
+
+    def serve(self, address: str) -> int:
+        """Start the HTTP endpoint on ``HOST:PORT``; return the bound port (for port 0)."""
+        host, port = parse_metrics_address(address)
+        server, thread = start_http_server(port, host, registry=self.registry)
+        self._http = (server, thread)
+        return int(server.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint if it runs. Idempotent."""
+        if self._http is not None:
+            server, thread = self._http
+            self._http = None
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)

@@ -1,0 +1,303 @@
+"""cimsnap's gRPC edge: containerd's Snapshots service over one socket, plus its lifecycle.
+
+The services here are pure adapters (request -> snapshotter call -> response; error class ->
+status code), in the manner of containerd's ``contrib/snapshotservice``. They hold no logic.
+The snapshotter is synchronous and does blocking file and SQLite I/O, so every call runs on
+a bounded thread pool (``max_workers``), never on the event loop.
+
+``STATUS_CODES`` is the only table from ``cimsnap.errdefs`` classes to ``grpc.StatusCode``.
+An exception outside that closed set is a cimsnap bug: it is logged with its traceback and
+answered with INTERNAL, never UNKNOWN (containerd 1.6 would turn UNKNOWN into an opaque
+error, §2.3).
+
+Namespaces: Debian's containerd 1.6.20 sends no ``containerd-namespace`` header and GC calls
+never carry one (§0), so the Snapshots service never requires or uses it; backend keys
+already start with the namespace.
+
+The server lifecycle (``Daemon``) lives in ``cimsnap.daemon``; the Diff service will be a
+second ``GrpcService`` registered next to ``SnapshotsService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Final, Protocol, TypeVar
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from cimsnap import errdefs
+from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
+from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
+from cimsnap.api.containerd.types import mount_pb2
+from cimsnap.metrics import RpcMetrics
+from cimsnap.snapshotter import Info, Kind, Mount, Usage
+
+__all__ = [
+    "LIST_BATCH_SIZE",
+    "STATUS_CODES",
+    "BlockingCalls",
+    "GrpcService",
+    "SnapshotsService",
+    "SnapshotterAPI",
+    "status_code_for",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: The one mapping from error class to gRPC status (containerd's errgrpc.ToGRPC).
+STATUS_CODES: Final[Mapping[type[errdefs.CimsnapError], grpc.StatusCode]] = {
+    errdefs.NotFound: grpc.StatusCode.NOT_FOUND,
+    errdefs.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errdefs.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errdefs.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errdefs.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errdefs.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errdefs.Canceled: grpc.StatusCode.CANCELLED,
+    errdefs.Internal: grpc.StatusCode.INTERNAL,
+}
+
+#: containerd's snapshot service streams List results in batches of this many (§2.2).
+LIST_BATCH_SIZE: Final = 100
+
+# Go's zero time.Time (0001-01-01T00:00:00Z) as protobuf seconds: containerd sends it in
+# Update requests for timestamps it does not set (§1.3).
+_GO_ZERO_SECONDS: Final = -62135596800
+_EPOCH: Final = datetime.fromtimestamp(0, UTC)
+
+
+def status_code_for(error: errdefs.CimsnapError) -> grpc.StatusCode:
+    """Return the status for ``error``'s class (or its nearest listed base class)."""
+    for cls in type(error).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class SnapshotterAPI(Protocol):
+    """The synchronous snapshotter contract the Snapshots service adapts (see snapshotter)."""
+
+    def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]: ...
+    def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]: ...
+    def mounts(self, key: str) -> list[Mount]: ...
+    def commit(
+        self, name: str, key: str, labels: Mapping[str, str] | None = None, parent: str = ""
+    ) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def stat(self, key: str) -> Info: ...
+    def update(self, info: Info, fieldpaths: Sequence[str]) -> Info: ...
+    def usage(self, key: str) -> Usage: ...
+    def list(self, filters: Sequence[str] = ()) -> list[Info]: ...
+    def cleanup(self) -> None: ...
+
+
+class GrpcService(Protocol):
+    """A service the daemon serves: its full name (for reflection) and how to register it."""
+
+    @property
+    def service_name(self) -> str: ...
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+
+class BlockingCalls:
+    """Runs blocking calls on a bounded thread pool and turns their errors into statuses.
+
+    ``run()`` is the single place where an RPC's outcome is decided: a ``CimsnapError``
+    aborts with its mapped code and its own message; any other exception is logged with a
+    traceback and aborts with INTERNAL. Every outcome is recorded in ``metrics``.
+    """
+
+    def __init__(self, max_workers: int, metrics: RpcMetrics) -> None:
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="cimsnap-call")
+
+    async def run(
+        self, method: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
+    ) -> T:
+        """Run ``fn(*args)`` in a worker thread; abort ``context`` if it raises."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except errdefs.CimsnapError as e:
+            code = status_code_for(e)
+            message = str(e) or type(e).__name__
+            log.debug("%s: %s: %s", method, code.name, message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as e:  # the gRPC edge: anything unexpected is INTERNAL, logged
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error: {type(e).__name__}: {e}"
+            log.error("%s failed unexpectedly", method, exc_info=True)
+        finally:
+            self.metrics.observe(method, code.name, time.perf_counter() - started)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def shutdown(self) -> None:
+        """Wait for running calls to finish, then stop the threads. Blocks; idempotent."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+    return ts
+
+
+def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
+    """Convert an input timestamp; unset and Go-zero values become the Unix epoch."""
+    if not present or ts.seconds <= _GO_ZERO_SECONDS:
+        return _EPOCH
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def info_to_pb(info: Info) -> pb.Info:
+    """Build the wire ``Info``; timestamps are always set (1.6's gogo types need them)."""
+    return pb.Info(
+        name=info.name,
+        parent=info.parent,
+        kind=int(info.kind),  # type: ignore[arg-type]
+        created_at=_timestamp(info.created),
+        updated_at=_timestamp(info.updated),
+        labels=dict(info.labels),
+    )
+
+
+def info_from_pb(message: pb.Info) -> Info:
+    """Build an ``Info`` from the wire; an unknown kind number becomes ``Kind.UNKNOWN``."""
+    try:
+        kind = Kind(message.kind)
+    except ValueError:
+        kind = Kind.UNKNOWN
+    return Info(
+        kind=kind,
+        name=message.name,
+        parent=message.parent,
+        labels=dict(message.labels),
+        created=_datetime(message.created_at, message.HasField("created_at")),
+        updated=_datetime(message.updated_at, message.HasField("updated_at")),
+    )
+
+
+def mounts_to_pb(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
+    return [
+        mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+        for m in mounts
+    ]
+
+
+def _batches(items: Sequence[Info], size: int) -> list[Sequence[Info]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SnapshotsService(pb_grpc.SnapshotsServicer):
+    """``containerd.services.snapshots.v1.Snapshots`` over a ``SnapshotterAPI``.
+
+    The ``snapshotter`` field of requests is accepted with any value (it names the proxy's
+    plugin in containerd's config).
+    """
+
+    service_name: Final = "containerd.services.snapshots.v1.Snapshots"
+
+    def __init__(self, snapshotter: SnapshotterAPI, calls: BlockingCalls) -> None:
+        self._sn = snapshotter
+        self._calls = calls
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_SnapshotsServicer_to_server(self, server)  # type: ignore[no-untyped-call]
+
+    def _run(
+        self, name: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
+    ) -> Awaitable[T]:
+        return self._calls.run(f"{self.service_name}/{name}", context, fn, *args)
+
+    async def Prepare(
+        self, request: pb.PrepareSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PrepareSnapshotResponse:
+        mounts = await self._run(
+            "Prepare", context, self._sn.prepare, request.key, request.parent, dict(request.labels)
+        )
+        return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+    async def View(
+        self, request: pb.ViewSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ViewSnapshotResponse:
+        mounts = await self._run(
+            "View", context, self._sn.view, request.key, request.parent, dict(request.labels)
+        )
+        return pb.ViewSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+    async def Mounts(
+        self, request: pb.MountsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MountsResponse:
+        mounts = await self._run("Mounts", context, self._sn.mounts, request.key)
+        return pb.MountsResponse(mounts=mounts_to_pb(mounts))
+
+    async def Commit(
+        self, request: pb.CommitSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._run(
+            "Commit",
+            context,
+            self._sn.commit,
+            request.name,
+            request.key,
+            dict(request.labels),
+            request.parent,
+        )
+        return empty_pb2.Empty()
+
+    async def Remove(
+        self, request: pb.RemoveSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._run("Remove", context, self._sn.remove, request.key)
+        return empty_pb2.Empty()
+
+    async def Stat(
+        self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatSnapshotResponse:
+        info = await self._run("Stat", context, self._sn.stat, request.key)
+        return pb.StatSnapshotResponse(info=info_to_pb(info))
+
+    async def Update(
+        self, request: pb.UpdateSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateSnapshotResponse:
+        info = info_from_pb(request.info)
+        paths = list(request.update_mask.paths)
+        updated = await self._run("Update", context, self._sn.update, info, paths)
+        return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
+
+    async def List(
+        self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListSnapshotsResponse]:
+        # Materialised in the worker first, so no database lock is held while streaming
+        # (the suite Stats from inside a Walk, §2.2).
+        infos = await self._run("List", context, self._sn.list, list(request.filters))
+        for batch in _batches(infos, LIST_BATCH_SIZE):
+            yield pb.ListSnapshotsResponse(info=[info_to_pb(i) for i in batch])
+
+    async def Usage(
+        self, request: pb.UsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UsageResponse:
+        usage = await self._run("Usage", context, self._sn.usage, request.key)
+        return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+
+    async def Cleanup(
+        self, request: pb.CleanupRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._run("Cleanup", context, self._sn.cleanup)
+        return empty_pb2.Empty()
