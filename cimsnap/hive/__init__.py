@@ -1,17 +1,21 @@
 """Registry hive (regf) engine: read, write and check hives (windows-layer-import.md §4).
 
 The in-memory model lives in :mod:`cimsnap.hive.tree`; :func:`read_hive` and
-:func:`open_hive` build it from a file, :func:`write_hive` serializes it as a fresh regf.
+:func:`open_hive` build it from a file, :func:`write_hive` serializes it as a fresh regf,
+:func:`check_hive` validates an image, and :class:`HiveReader` browses one lazily.
 """
 
+from cimsnap.hive.check import Problem, check_hive
 from cimsnap.hive.errors import (
     ChecksumMismatchError,
     DirtyHiveError,
     HiveFormatError,
     HiveModelError,
+    KeyNotFoundError,
 )
 from cimsnap.hive.reader import open_hive, read_hive
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
+from cimsnap.hive.view import HiveReader, KeyView, ValueView, decode_value, read_current_build
 from cimsnap.hive.writer import write_hive
 
 __all__ = [
@@ -20,11 +24,19 @@ __all__ = [
     "Hive",
     "HiveFormatError",
     "HiveModelError",
+    "HiveReader",
     "Key",
+    "KeyNotFoundError",
+    "KeyView",
     "LayerSemantics",
+    "Problem",
     "Value",
+    "ValueView",
+    "check_hive",
+    "decode_value",
     "name_key",
     "open_hive",
+    "read_current_build",
     "read_hive",
     "write_hive",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "DirtyHiveError",
     "HiveFormatError",
     "HiveModelError",
+    "KeyNotFoundError",
     "OffsetKind",
 ]
 
@@ -95,3 +96,11 @@ class HiveModelError(ValueError):
         self.path = path
         self.why = why
         super().__init__(f"key {path!r}: {why}")
+
+
+class KeyNotFoundError(LookupError):
+    """A key or value path looked up in a hive does not exist (``path`` names it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"no such key or value: {path!r}")
