@@ -12,16 +12,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "CimAccessDeniedError",
     "CimApiError",
     "CimError",
     "CimFileExistsError",
     "CimFormatError",
+    "CimInvalidArgumentError",
     "CimInvalidNameError",
     "CimLinkToDirectoryError",
     "CimNotADirectoryError",
     "CimNotFoundError",
     "CimPathNotFoundError",
+    "CimSharingViolationError",
     "CimWriteBeyondSizeError",
+    "CimWriterStateError",
 ]
 
 
@@ -111,3 +115,30 @@ class CimLinkToDirectoryError(CimApiError):
     """A hard link to a directory was requested (E_ACCESSDENIED)."""
 
     winerror = 0x80070005
+
+
+class CimSharingViolationError(CimApiError):
+    """The image or directory is busy: a stream is still open at commit, or another writer
+    holds the directory (ERROR_SHARING_VIOLATION)."""
+
+    winerror = 32
+
+
+class CimInvalidArgumentError(CimApiError):
+    """An argument the API rejects: bad metadata, a write to a directory handle (E_INVALIDARG)."""
+
+    winerror = 0x80070057
+
+
+class CimAccessDeniedError(CimApiError):
+    """The operation is refused on this object, e.g. deleting the root (E_ACCESSDENIED)."""
+
+    winerror = 0x80070005
+
+
+class CimWriterStateError(CimApiError):
+    """The writer or stream handle no longer accepts this call: it was committed, closed,
+    or failed earlier, or the stream was closed (ERROR_INVALID_HANDLE). After any error a
+    writer only accepts ``close``/``abort`` (it fails closed)."""
+
+    winerror = 6

@@ -1,0 +1,100 @@
+"""FileMetadata: what the writer is told about a file, mirroring CIMFS_FILE_METADATA (§12).
+
+One frozen record per ``create_file`` call, validated when built so the writer never
+stores a value the format cannot hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from cimsnap.cim.errors import CimInvalidArgumentError
+from cimsnap.cim.format import EA_LENGTH_MAX, LENGTH_MASK, FileAttribute
+
+__all__ = ["NULL_DACL_SECURITY_DESCRIPTOR", "FileMetadata"]
+
+#: Self-relative SECURITY_DESCRIPTOR with a NULL DACL (SDDL ``D:NO_ACCESS_CONTROL``):
+#: revision 1, control SE_SELF_RELATIVE | SE_DACL_PRESENT, no owner, group, SACL or DACL.
+#: §8: hcsshim substitutes exactly this when a file has no SD ("an empty security
+#: descriptor creates a CIM in a weird state"); the writer does the same.
+NULL_DACL_SECURITY_DESCRIPTOR: Final = bytes([1, 0, 4, 0x80]) + bytes(16)
+
+_U64_MAX: Final = (1 << 64) - 1
+_U16_MAX: Final = 0xFFFF
+#: REPARSE_DATA_BUFFER header: ReparseTag u32, ReparseDataLength u16, Reserved u16 (§8).
+_REPARSE_HEADER_SIZE: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FileMetadata:
+    """Metadata of one file or directory (CIMFS_FILE_METADATA, §12).
+
+    * ``attributes``: Win32 FILE_ATTRIBUTE_* bits. DIRECTORY makes a directory. Only
+      READONLY, HIDDEN, SYSTEM, ARCHIVE and SPARSE_FILE are stored (§7); REPARSE_POINT is
+      derived from ``reparse``. Any other bit raises (§18 q11: rather than silently drop a
+      bit the caller expects to read back, we refuse it).
+    * ``size``: FileSize, the fixed length of the default stream; 0 for directories.
+    * the four FILETIMEs, stored verbatim.
+    * ``security_descriptor``: a self-relative SD (<= 65535 bytes), or None for the NULL-DACL
+      descriptor above.
+    * ``ea``: the FILE_FULL_EA_INFORMATION chain (<= 65535 bytes), b"" for none.
+    * ``reparse``: a whole REPARSE_DATA_BUFFER with its 8-byte header (<= 65535 bytes),
+      b"" for none.
+
+    Raises :class:`CimInvalidArgumentError` for a value the format cannot hold.
+    """
+
+    attributes: int = 0
+    size: int = 0
+    creation_time: int = 0
+    last_write_time: int = 0
+    change_time: int = 0
+    last_access_time: int = 0
+    security_descriptor: bytes | None = None
+    ea: bytes = b""
+    reparse: bytes = b""
+
+    def __post_init__(self) -> None:
+        storable = (
+            FileAttribute.READONLY
+            | FileAttribute.HIDDEN
+            | FileAttribute.SYSTEM
+            | FileAttribute.DIRECTORY
+            | FileAttribute.ARCHIVE
+            | FileAttribute.SPARSE_FILE
+            | FileAttribute.REPARSE_POINT
+        )
+        if self.attributes & ~storable or self.attributes < 0:
+            raise CimInvalidArgumentError(
+                f"attributes {self.attributes:#x} hold bits a CIM cannot store"
+            )
+        if self.attributes & FileAttribute.REPARSE_POINT and not self.reparse:
+            raise CimInvalidArgumentError("REPARSE_POINT attribute without a reparse buffer")
+        if not 0 <= self.size <= LENGTH_MASK:
+            raise CimInvalidArgumentError(f"file size {self.size} does not fit in 48 bits")
+        if self.is_directory and self.size:
+            raise CimInvalidArgumentError(f"a directory must have size 0, not {self.size}")
+        for name in ("creation_time", "last_write_time", "change_time", "last_access_time"):
+            value = getattr(self, name)
+            if not 0 <= value <= _U64_MAX:
+                raise CimInvalidArgumentError(f"{name} {value} is not a FILETIME")
+        sd = self.security_descriptor
+        if sd is not None and not 0 < len(sd) <= _U16_MAX:
+            raise CimInvalidArgumentError(f"security descriptor of {len(sd)} bytes")
+        if len(self.ea) > EA_LENGTH_MAX:
+            raise CimInvalidArgumentError(f"EA buffer of {len(self.ea)} bytes")
+        if self.reparse and not _REPARSE_HEADER_SIZE <= len(self.reparse) <= _U16_MAX:
+            raise CimInvalidArgumentError(f"reparse buffer of {len(self.reparse)} bytes")
+
+    @property
+    def is_directory(self) -> bool:
+        """True if DIRECTORY is set."""
+        return bool(self.attributes & FileAttribute.DIRECTORY)
+
+    @property
+    def reparse_tag(self) -> int:
+        """The tag of the reparse buffer (its first u32), or 0 without one."""
+        if not self.reparse:
+            return 0
+        return int.from_bytes(self.reparse[:4], "little")

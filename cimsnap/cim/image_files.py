@@ -1,0 +1,210 @@
+"""The file edge of the CIM writer: region files, objectid files, the ``.cim``, fsync, cleanup.
+
+This is the only module of the writer that touches the filesystem. Format code hands it
+finished bytes; it decides file names, buffering, durability and cleanup.
+
+Durability protocol (cim-format.md §2, §3; the commit contract of :class:`ImageFiles`):
+
+1. Region and objectid files are created directly under their final GUID names
+   (``region_<guid>_<n>``, ``objectid_<guid>_<n>``). No ``.cim`` references a fresh GUID,
+   so until step 4 they are invisible to every reader, and a crash leaves only orphans that
+   a later writer's cleanup can reclaim (nothing references them).
+2. ``commit`` flushes and fsyncs every one of them, then fsyncs the directory (their names).
+3. The ``.cim`` is written to a temporary name (``.<name>.<guid>.tmp``) and fsynced.
+4. It is renamed onto its final name, and the directory is fsynced again.
+
+A crash therefore never leaves a ``.cim`` pointing at incomplete regions. ``discard`` (abort,
+or close without commit) removes every file this object created, the temp ``.cim`` included.
+
+One writer per directory: Windows opens the containing directory without write sharing
+(§12). We mirror it with an exclusive, non-blocking ``flock`` on the directory itself, held
+until commit or discard, so no lock file is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Final
+
+from cimsnap.cim.errors import CimSharingViolationError
+from cimsnap.cim.headers import RegionSet, objectid_file_name, region_file_name
+
+__all__ = ["ImageFiles", "RegionSink", "fsync_directory"]
+
+#: Bytes buffered per region before one ``write`` syscall. Small objects (records, names,
+#: small file data) are batched; payloads at least this large bypass the buffer.
+WRITE_BUFFER_SIZE: Final = 1 << 20
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync ``directory`` so the names created or renamed in it are durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class RegionSink:
+    """An append-only region file under construction, with a small write buffer.
+
+    Offsets are byte offsets inside the file (the header counts). The sink never seeks
+    backwards except through :meth:`truncate`, which reclaims the tail (used to drop a
+    just-written duplicate object). Not thread-safe.
+    """
+
+    __slots__ = ("_buffer", "_fd", "_flushed", "path")
+
+    def __init__(self, path: Path, header: bytes) -> None:
+        """Create ``path`` exclusively and append ``header``. Raises OSError (incl. exists)."""
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._flushed = 0
+        self._buffer = bytearray(header)
+
+    @property
+    def end(self) -> int:
+        """Current size of the file, buffered bytes included."""
+        return self._flushed + len(self._buffer)
+
+    def align(self, alignment: int) -> int:
+        """Pad with zeros up to a multiple of ``alignment``; return the new end."""
+        pad = -self.end % alignment
+        if pad:
+            self._buffer += bytes(pad)
+        return self.end
+
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; return the offset it starts at. The sink does not keep ``data``."""
+        offset = self.end
+        if len(data) >= WRITE_BUFFER_SIZE:
+            self.flush()
+            _write_all(self._fd, data)
+            self._flushed += len(data)
+        else:
+            self._buffer += data
+            if len(self._buffer) >= WRITE_BUFFER_SIZE:
+                self.flush()
+        return offset
+
+    def flush(self) -> None:
+        """Write the buffered bytes to the file."""
+        if self._buffer:
+            _write_all(self._fd, self._buffer)
+            self._flushed += len(self._buffer)
+            self._buffer.clear()
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (``size`` <= :attr:`end`)."""
+        if size >= self._flushed:
+            del self._buffer[size - self._flushed :]
+            return
+        self._buffer.clear()
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self._flushed = size
+
+    def sync(self) -> None:
+        """Flush and fsync the file."""
+        self.flush()
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent); buffered bytes are dropped, not written."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._buffer = bytearray()
+
+
+class ImageFiles:
+    """Every file one uncommitted image creates in its directory; see the module docstring.
+
+    ``image_name`` is the final ``.cim`` file name inside ``directory``. The constructor takes
+    the directory lock (raises :class:`CimSharingViolationError` if another writer holds it,
+    OSError if the directory cannot be opened).
+    """
+
+    def __init__(self, directory: Path, image_name: str, region_set: RegionSet) -> None:
+        self.directory = directory
+        self.image_name = image_name
+        self.region_set = region_set
+        self._created: list[Path] = []
+        self._sinks: list[RegionSink] = []
+        self._lock_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(self._lock_fd)
+            raise CimSharingViolationError(
+                f"{directory}: another CIM writer has the directory open"
+            ) from e
+
+    def create_region(self, index: int, header: bytes) -> RegionSink:
+        """Create ``region_<guid>_<index>`` starting with ``header``."""
+        path = self.directory / region_file_name(self.region_set, index)
+        sink = RegionSink(path, header)
+        self._created.append(path)
+        self._sinks.append(sink)
+        return sink
+
+    def write_objectid(self, index: int, data: bytes) -> None:
+        """Create ``objectid_<guid>_<index>`` holding ``data``, and fsync it."""
+        path = self.directory / objectid_file_name(self.region_set, index)
+        self._write_new(path, data)
+
+    def _write_new(self, path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._created.append(path)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self, image_bytes: bytes) -> Path:
+        """Make the image durable and visible; return the ``.cim`` path.
+
+        Steps 2-4 of the module docstring. Raises OSError on I/O failure; then no ``.cim``
+        points at the new regions, and :meth:`discard` still removes every created file.
+        """
+        for sink in self._sinks:
+            sink.sync()
+        fsync_directory(self.directory)
+        temporary = self.directory / f".{self.image_name}.{self.region_set.guid}.tmp"
+        self._write_new(temporary, image_bytes)
+        final = self.directory / self.image_name
+        os.rename(temporary, final)
+        self._created.remove(temporary)
+        fsync_directory(self.directory)
+        self._finish()
+        return final
+
+    def discard(self) -> None:
+        """Close and remove every file created so far (idempotent); release the lock."""
+        for sink in self._sinks:
+            sink.close()
+        for path in self._created:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._created = []
+        self._finish()
+
+    def _finish(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
+        self._created = []
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
