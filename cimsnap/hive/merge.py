@@ -53,17 +53,26 @@ result aliases parts of both inputs: treat all three as read-only (``copy.deepco
 result before editing it). This keeps a merge of a 500k-key base with a small delta cheap.
 
 **Depth.** The walk uses an explicit stack, so any depth the reader accepts is fine.
+
+**Files.** :func:`merge_files` is the file edge: it reads both hives, merges, and publishes
+the output atomically (temporary file, fsync, no-clobber link, directory fsync). Like
+``ORSaveHive``, it refuses an output path that already exists.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Final
 
-from cimsnap.errdefs import InvalidArgument
+from cimsnap.errdefs import AlreadyExists, InvalidArgument, NotFound
+from cimsnap.hive.errors import HiveFormatError
+from cimsnap.hive.reader import read_hive
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
+from cimsnap.hive.writer import write_hive
 
-__all__ = ["OUTPUT_MINOR_VERSION", "HiveMergeError", "merge"]
+__all__ = ["OUTPUT_MINOR_VERSION", "HiveMergeError", "merge", "merge_files"]
 
 #: Minor version of every merged hive (see the decision table).
 OUTPUT_MINOR_VERSION: Final = 6
@@ -235,3 +244,56 @@ def _path_of(root: Key, target: Key) -> str:
             return "\\".join(path)
         stack.extend((child, (*path, child.name)) for child in key.subkeys.values())
     return "?"
+
+
+def merge_files(
+    base_path: str | os.PathLike[str],
+    delta_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+) -> Hive:
+    """Merge the hive files ``base_path`` and ``delta_path`` into a new file ``out_path``.
+
+    Returns the merged model. Raises :class:`NotFound` if an input is missing,
+    :class:`AlreadyExists` if ``out_path`` exists (checked again atomically at the end),
+    :class:`~cimsnap.hive.errors.HiveFormatError` for a malformed input (with a note naming
+    the file),
+    :class:`HiveMergeError` as :func:`merge` does, and ``OSError`` for I/O failures. On any
+    failure ``out_path`` is not created and no temporary file is left behind.
+    """
+    out = os.fspath(out_path)
+    if os.path.lexists(out):
+        raise AlreadyExists(f"merged hive {out!r}: already exists; remove it or pick a new path")
+    merged = merge(_read(base_path, "base"), _read(delta_path, "delta"))
+    data = write_hive(merged)
+    directory = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix=".hive-merge-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, out)  # no-clobber publish: fails if out appeared meanwhile
+        except FileExistsError as e:
+            raise AlreadyExists(f"merged hive {out!r}: created by someone else meanwhile") from e
+    finally:
+        os.unlink(tmp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return merged
+
+
+def _read(path: str | os.PathLike[str], role: str) -> Hive:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise NotFound(f"{role} hive {os.fspath(path)!r}: not found") from e
+    try:
+        return read_hive(data)
+    except HiveFormatError as e:
+        e.add_note(f"in the {role} hive {os.fspath(path)!r}")
+        raise
