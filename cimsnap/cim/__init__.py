@@ -5,6 +5,8 @@ See ``/work/shared/docs/cim-format.md``. This package knows nothing of container
 
 from __future__ import annotations
 
+from cimsnap.cim.build import BuildReport, build_from_directory
+from cimsnap.cim.content import CimStream
 from cimsnap.cim.errors import (
     CimApiError,
     CimError,
@@ -17,11 +19,14 @@ from cimsnap.cim.errors import (
     CimPathNotFoundError,
     CimWriteBeyondSizeError,
 )
+from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.headers import ImageHeader, RegionSet, read_image_header, region_set_files
 from cimsnap.cim.offsets import RegionOffset
 from cimsnap.cim.upcase import NameOrder, check_name
+from cimsnap.cim.writer import CimWriter
 
 __all__ = [
+    "BuildReport",
     "CimApiError",
     "CimError",
     "CimFileExistsError",
@@ -31,11 +36,15 @@ __all__ = [
     "CimNotADirectoryError",
     "CimNotFoundError",
     "CimPathNotFoundError",
+    "CimStream",
     "CimWriteBeyondSizeError",
+    "CimWriter",
+    "FileMetadata",
     "ImageHeader",
     "NameOrder",
     "RegionOffset",
     "RegionSet",
+    "build_from_directory",
     "check_name",
     "read_image_header",
     "region_set_files",

@@ -530,3 +530,23 @@ LINK_NAME_OFFSET_FAST: Final = derive_fast(LINK_NAME_OFFSET)
 LINK_NAME_LENGTH_FAST: Final = derive_fast(LINK_NAME_LENGTH)
 REGION_OFFSET_FAST: Final = derive_fast(REGION_OFFSET)
 PE_IMAGE_MAPPING_FAST: Final = derive_fast(PE_IMAGE_MAPPING)
+
+# --- additions by the writer ---------------------------------------------------------------
+
+#: §8 reparse data: the symbolic-link REPARSE_DATA_BUFFER (tag IO_REPARSE_TAG_SYMLINK).
+#: ``reparse_data_length`` counts the bytes after the first 8; the name offsets and lengths
+#: are in bytes, relative to the PathBuffer that follows this 20-byte header (UTF-16LE).
+IO_REPARSE_TAG_SYMLINK: Final = 0xA000000C
+SYMLINK_FLAG_RELATIVE: Final = 0x1
+SYMLINK_REPARSE_HEADER: Final = cs.Struct(
+    "reparse_tag" / cs.Int32ul,
+    "reparse_data_length" / cs.Int16ul,
+    "reserved" / cs.Int16ul,
+    "substitute_name_offset" / cs.Int16ul,
+    "substitute_name_length" / cs.Int16ul,
+    "print_name_offset" / cs.Int16ul,
+    "print_name_length" / cs.Int16ul,
+    "flags" / cs.Int32ul,
+)
+#: Bytes of REPARSE_DATA_BUFFER before its type-specific part (tag, length, reserved).
+REPARSE_DATA_HEADER_SIZE: Final = 8
