@@ -19,10 +19,12 @@ from cimsnap.store.model import (
 )
 from cimsnap.store.schema import MIGRATIONS, Migration, migrate, schema_version
 from cimsnap.store.snapshots import (
+    check_commit,
     commit_active,
     create_snapshot,
     get_info,
     get_snapshot,
+    id_kinds,
     id_map,
     remove,
     update_info,
@@ -40,11 +42,13 @@ __all__ = [
     "Store",
     "Usage",
     "WriteTx",
+    "check_commit",
     "commit_active",
     "create_snapshot",
     "datetime_from_ns",
     "get_info",
     "get_snapshot",
+    "id_kinds",
     "id_map",
     "migrate",
     "ns_from_datetime",

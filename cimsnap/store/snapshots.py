@@ -17,10 +17,12 @@ from cimsnap.store.db import ReadTx, WriteTx
 from cimsnap.store.model import Info, Kind, SnapshotRef, Usage, datetime_from_ns
 
 __all__ = [
+    "check_commit",
     "commit_active",
     "create_snapshot",
     "get_info",
     "get_snapshot",
+    "id_kinds",
     "id_map",
     "remove",
     "update_info",
@@ -47,6 +49,15 @@ _SELECT_CHAIN: Final = """
         FROM snapshots s JOIN chain ON s.id = chain.parent_id
     )
     SELECT id, kind FROM chain ORDER BY depth
+"""
+_SELECT_CHAIN_KEYS: Final = """
+    WITH RECURSIVE chain(id, kind, key, parent_id, depth) AS (
+        SELECT id, kind, key, parent_id, 0 FROM snapshots WHERE key = ?
+        UNION ALL
+        SELECT s.id, s.kind, s.key, s.parent_id, chain.depth + 1
+        FROM snapshots s JOIN chain ON s.id = chain.parent_id
+    )
+    SELECT id, kind, key FROM chain ORDER BY depth
 """
 _SELECT_ROW: Final = "SELECT id, kind, parent_id FROM snapshots WHERE key = ?"
 _INSERT_LABEL: Final = "INSERT INTO labels (snapshot_id, name, value) VALUES (?, ?, ?)"
@@ -188,6 +199,40 @@ def update_info(
     return get_info(tx, key)[1]
 
 
+def check_commit(tx: ReadTx, key: str, name: str, parent: str) -> SnapshotRef:
+    """Check that active ``key`` may be committed as ``name``; return its future identity.
+
+    The returned ref has the active's ID and the parent chain the committed snapshot will
+    have (``parent`` may rebase a snapshot created without one). Raises, in this order:
+    AlreadyExists if ``name`` exists; NotFound if ``key`` is missing; FailedPrecondition
+    if ``key`` is a view or committed; InvalidArgument if ``parent`` would change an
+    existing parent; NotFound if the new parent is missing; FailedPrecondition if it is not
+    committed (containerd bolt.go ``CommitActive``).
+    """
+    if _row(tx, name) is not None:
+        raise AlreadyExists(f"committed snapshot {name}: already exists")
+    chain = tx.connection.execute(_SELECT_CHAIN_KEYS, (key,)).fetchall()
+    if not chain:
+        raise NotFound(f'failed to get active snapshot "{key}": not found')
+    snapshot_id, kind = int(chain[0][0]), Kind(chain[0][1])
+    if kind != Kind.ACTIVE:
+        raise FailedPrecondition(f'snapshot "{key}" is not active: failed precondition')
+    parent_ids = tuple(int(r[0]) for r in chain[1:])
+    if parent and (not parent_ids or chain[1][2] != parent):
+        if parent_ids:
+            raise InvalidArgument(
+                f'cannot change parent of active snapshot "{key}" on commit: invalid argument'
+            )
+        try:
+            new_parent = get_snapshot(tx, parent)
+        except NotFound:
+            raise NotFound(f'missing parent "{parent}" of snapshot "{key}": not found') from None
+        if new_parent.kind != Kind.COMMITTED:
+            raise FailedPrecondition(f'parent "{parent}" is not committed: failed precondition')
+        parent_ids = (new_parent.id, *new_parent.parent_ids)
+    return SnapshotRef(id=snapshot_id, kind=kind, parent_ids=parent_ids)
+
+
 def commit_active(
     tx: WriteTx,
     key: str,
@@ -200,50 +245,27 @@ def commit_active(
     """Turn active ``key`` into committed ``name`` keeping its ID; return the ID.
 
     Labels are replaced (not inherited), ``created == updated == now_ns``, ``usage`` is
-    recorded. ``parent`` (``""`` = keep) may only rebase a snapshot created without one.
-    Raises, in this order: AlreadyExists if ``name`` exists; NotFound if ``key`` is
-    missing; FailedPrecondition if ``key`` is a view or committed; InvalidArgument if
-    ``parent`` would change an existing parent; NotFound if the new parent is missing;
-    FailedPrecondition if it is not committed.
+    recorded. Preconditions and errors are those of :func:`check_commit`.
     """
-    if _row(tx, name) is not None:
-        raise AlreadyExists(f"committed snapshot {name}: already exists")
-    row = _row(tx, key)
-    if row is None:
-        raise NotFound(f'failed to get active snapshot "{key}": not found')
-    snapshot_id, kind, parent_id = row
-    if kind != Kind.ACTIVE:
-        raise FailedPrecondition(f'snapshot "{key}" is not active: failed precondition')
+    ref = check_commit(tx, key, name, parent)
     conn = tx.connection
-    if parent:
-        current = conn.execute("SELECT key FROM snapshots WHERE id = ?", (parent_id,)).fetchone()
-        if current is not None and current[0] != parent:
-            raise InvalidArgument(
-                f'cannot change parent of active snapshot "{key}" on commit: invalid argument'
-            )
-        new_parent = _row(tx, parent)
-        if new_parent is None:
-            raise NotFound(f'missing parent "{parent}" of snapshot "{key}": not found')
-        if new_parent[1] != Kind.COMMITTED:
-            raise FailedPrecondition(f'parent "{parent}" is not committed: failed precondition')
-        parent_id = new_parent[0]
     conn.execute(
         "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, "
         "size_bytes = ?, inode_count = ? WHERE id = ?",
         (
             name,
             int(Kind.COMMITTED),
-            parent_id,
+            ref.parent_ids[0] if ref.parent_ids else None,
             now_ns,
             now_ns,
             usage.size,
             usage.inodes,
-            snapshot_id,
+            ref.id,
         ),
     )
-    conn.execute("DELETE FROM labels WHERE snapshot_id = ?", (snapshot_id,))
-    _put_labels(tx, snapshot_id, labels)
-    return snapshot_id
+    conn.execute("DELETE FROM labels WHERE snapshot_id = ?", (ref.id,))
+    _put_labels(tx, ref.id, labels)
+    return ref.id
 
 
 def remove(tx: WriteTx, key: str) -> tuple[int, Kind]:
@@ -276,3 +298,8 @@ def walk_info(tx: ReadTx) -> list[Info]:
 def id_map(tx: ReadTx) -> dict[int, str]:
     """Return every snapshot ID mapped to its key (containerd ``storage.IDMap``)."""
     return {int(i): k for i, k in tx.connection.execute("SELECT id, key FROM snapshots")}
+
+
+def id_kinds(tx: ReadTx) -> dict[int, Kind]:
+    """Return every snapshot ID mapped to its kind."""
+    return {int(i): Kind(k) for i, k in tx.connection.execute("SELECT id, kind FROM snapshots")}

@@ -1,0 +1,50 @@
+"""Making the layer of an active snapshot exist and be durable before Commit's metadata.
+
+See the "Commit" part of :mod:`cimsnap.snapshotter`'s docstring for the rules.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from cimsnap.store import SnapshotRef
+from cimsnap.wclayer import destroy_cim_layer
+from cimsnap.wclayer.layer_files import sync_cim_layer
+from cimsnap.wclayer.scratch import build_scratch_layer
+
+__all__ = ["SCRATCH_DIR", "materialise_layer"]
+
+#: The writable directory inside ``snapshots/<id>/`` that commit turns into a layer.
+SCRATCH_DIR = "scratch"
+
+
+def materialise_layer(
+    snapshots_dir: Path,
+    cim_dir: Path,
+    build_lock: threading.Lock,
+    ref: SnapshotRef,
+    *,
+    extract: bool,
+) -> bool:
+    """Ensure ``cim_dir/<id>.cim`` exists and is durable; return True if built here.
+
+    ``ref`` is the snapshot being committed (its future parent chain). An ``extract``
+    snapshot whose ``.cim`` exists is only fsynced (FailedPrecondition if damaged).
+    Otherwise a leftover ``.cim`` of an interrupted commit is destroyed and the scratch
+    directory (created empty if absent) is built into a CIM forked from the immediate
+    parent's, under ``build_lock``. Errors as
+    :func:`cimsnap.wclayer.scratch.build_scratch_layer`; then no new ``.cim`` remains.
+    """
+    cim_path = cim_dir / f"{ref.id}.cim"
+    if extract and cim_path.exists():
+        sync_cim_layer(cim_path)
+        return False
+    parent = cim_dir / f"{ref.parent_ids[0]}.cim" if ref.parent_ids else None
+    source = snapshots_dir / str(ref.id) / SCRATCH_DIR
+    with build_lock:
+        destroy_cim_layer(cim_path)
+        if not source.exists() and not source.is_symlink():
+            source.mkdir(parents=True)
+        build_scratch_layer(source, cim_path, parent=parent)
+    return True

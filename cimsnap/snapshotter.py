@@ -1,0 +1,464 @@
+"""The cimfs Snapshotter: containerd's snapshot model on a SQLite metastore and CimFS layers.
+
+Model (containerd ``core/snapshots/snapshotter.go``; containerd-integration.md §2):
+
+* *Active* snapshots (``prepare``) are writable and can be committed; *views* (``view``)
+  are read-only and can never be committed; *committed* snapshots (``commit``) are
+  immutable and are the only possible parents. ``""`` is the empty parent.
+* Keys (active, view) and names (committed) share one key space. ``key`` names an active
+  or view snapshot, ``name`` a committed one, ``parent`` the name of a committed one.
+* Keys are opaque strings (containerd sends ``default/7/extract-… sha256:…``); they are
+  never used as file names. Namespaces are not interpreted.
+
+Layout under ``root`` (containerd's cimfs snapshotter, §3.1-3.2):
+
+* ``metadata.db``: the metastore (:mod:`cimsnap.store`).
+* ``snapshots/<id>/``: one directory per snapshot, ``<id>`` from the metastore sequence.
+* ``snapshots/cim-layers/<id>.cim`` plus its ``region_*``/``objectid_*`` files: the layer
+  of committed snapshot ``<id>`` (forks sit beside their parents).
+* ``snapshots/<id>/scratch/`` [cimsnap extension]: a plain writable directory created by
+  ``prepare`` for active snapshots whose key does not contain ``extract``. On Linux,
+  containers can't mount CimFS, so this is where files for a new layer are written;
+  ``commit`` converts its content into a CIM forked from the parent and then deletes it.
+* ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by ``remove`` or ``cleanup``.
+
+Commit (going beyond containerd, which only commits ``extract`` snapshots):
+
+* Key containing ``extract`` whose ``<id>.cim`` exists (the differ's Apply wrote it): the
+  layer's files are fsynced and the commit is pure metadata.
+* Any other active snapshot, including an ``extract`` one whose ``.cim`` was never written
+  ([choice] for the spec's open case: treat it like a never-written active rather than
+  fail, so an empty layer in an image still commits): the ``scratch/`` directory (or an
+  empty one) is converted by the CIM builder into ``<id>.cim`` forked from the parent's
+  CIM. A never-written snapshot therefore commits as an empty layer.
+* The builder writes region files under fresh GUIDs and renames the ``.cim`` into place
+  after fsyncing everything, so a crash leaves no half-visible layer; the metadata commits
+  only after the data is durable (§8.2). If the metadata commit fails the new CIM is
+  destroyed again, leaving the store as it was.
+
+All methods are synchronous and thread-safe; errors are :mod:`cimsnap.errdefs` classes with
+containerd-style messages. ``OSError`` from the filesystem propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from cimsnap.errdefs import CimsnapError, FailedPrecondition, InvalidArgument
+from cimsnap.filters import Adaptor, parse_all
+from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
+from cimsnap.mounts import Mount, cimfs_mount
+from cimsnap.reclaim import destroy_retired, retire_orphans
+from cimsnap.store import (
+    Info,
+    Kind,
+    SnapshotRef,
+    Store,
+    Usage,
+    check_commit,
+    commit_active,
+    create_snapshot,
+    get_info,
+    get_snapshot,
+    id_kinds,
+    id_map,
+    remove,
+    update_info,
+    walk_info,
+)
+from cimsnap.usage import disk_usage
+from cimsnap.wclayer import destroy_cim_layer
+from cimsnap.wclayer.layer_files import cim_layer_size
+
+__all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage"]
+
+_log = logging.getLogger(__name__)
+
+#: Largest key + value of one label in bytes (containerd ``pkg/labels.Validate``).
+MAX_LABEL_SIZE: Final = 4096
+#: The substring containerd's unpacker puts in layer-extraction keys.
+UNPACK_KEY_MARKER: Final = "extract"
+
+
+def _checked_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """Copy ``labels``; InvalidArgument if one key + value exceeds MAX_LABEL_SIZE bytes."""
+    checked = dict(labels or {})
+    for key, value in checked.items():
+        size = len(key.encode("utf-8", "surrogatepass")) + len(
+            value.encode("utf-8", "surrogatepass")
+        )
+        if size > MAX_LABEL_SIZE:
+            raise InvalidArgument(
+                f"label key and value length ({size} bytes) greater than maximum size "
+                f"({MAX_LABEL_SIZE} bytes), key: {key[:10]}: invalid argument"
+            )
+    return checked
+
+
+def _checked_key(what: str, key: str) -> None:
+    if not key:
+        raise InvalidArgument(f"{what} must not be empty: invalid argument")
+
+
+class _Clock:
+    """Strictly increasing wall-clock nanoseconds in whole microseconds.
+
+    Whole microseconds make the datetime conversion exact; strict increase guarantees
+    that an Update moves ``updated`` past ``created`` even within one microsecond.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def now_ns(self) -> int:
+        with self._lock:
+            now = time.time_ns() // 1000 * 1000
+            if now <= self._last:
+                now = self._last + 1000
+            self._last = now
+            return now
+
+
+class Snapshotter:
+    """Snapshots of ``root``; see the module docstring for layout and semantics.
+
+    The constructor creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
+    ``<root>/snapshots/cim-layers/`` and recreates the directory of any snapshot whose
+    directory was lost (the metastore is the source of truth). ``close()`` is idempotent;
+    the object is also a context manager.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.snapshots_dir = self.root / "snapshots"
+        self.cim_dir = self.snapshots_dir / "cim-layers"
+        self.cim_dir.mkdir(parents=True, exist_ok=True)
+        self._store = Store(self.root / "metadata.db")
+        self._clock = _Clock()
+        # One CIM writer per directory (cim-format.md §12): builds and cleanup take this.
+        self._build_lock = threading.Lock()
+        self._busy_lock = threading.Lock()
+        self._busy: set[int] = set()
+        try:
+            with self._store.read() as tx:
+                ids = id_map(tx)
+            for snapshot_id in ids:
+                self._dir(snapshot_id).mkdir(exist_ok=True)
+        except BaseException:
+            self._store.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the metastore (idempotent); later calls raise Unavailable."""
+        self._store.close()
+
+    def __enter__(self) -> Snapshotter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- paths -----------------------------------------------------------------------
+
+    def _dir(self, snapshot_id: int) -> Path:
+        return self.snapshots_dir / str(snapshot_id)
+
+    def _cim(self, snapshot_id: int) -> Path:
+        return self.cim_dir / f"{snapshot_id}.cim"
+
+    def _mount(self, ref: SnapshotRef) -> list[Mount]:
+        return [
+            cimfs_mount(
+                self.snapshots_dir,
+                self.cim_dir,
+                ref.id,
+                ref.parent_ids,
+                readonly=ref.kind == Kind.VIEW,
+            )
+        ]
+
+    # -- create ----------------------------------------------------------------------
+
+    def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """Create active snapshot ``key`` on ``parent``; return its mounts (``rw``).
+
+        Raises InvalidArgument for an empty key or an oversized label, AlreadyExists if
+        ``key`` exists, NotFound if ``parent`` is missing, InvalidArgument if ``parent`` is
+        not committed. On error nothing is created.
+        """
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        """Create read-only view ``key`` of ``parent``; return its mounts (``ro``).
+
+        Errors as :meth:`prepare`.
+        """
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def _create(
+        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None
+    ) -> list[Mount]:
+        _checked_key("key", key)
+        checked = _checked_labels(labels)
+        created: Path | None = None
+        try:
+            with self._store.write() as tx:
+                ref = create_snapshot(tx, kind, key, parent, checked, self._clock.now_ns())
+                created = self._make_dir(
+                    ref.id, scratch=kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key
+                )
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        return self._mount(ref)
+
+    def _make_dir(self, snapshot_id: int, *, scratch: bool) -> Path:
+        """Create the directory of a fresh ID, clearing leftovers of a crashed transaction.
+
+        A fresh ID is referenced by no row, yet a crash after ``mkdir`` but before the
+        commit rolls the sequence back and leaves the directory (or a CIM) behind: that
+        content is garbage by construction, so it is removed first.
+        """
+        path = self._dir(snapshot_id)
+        if path.exists():
+            _log.warning("removing leftover %s of a rolled-back snapshot", path)
+            shutil.rmtree(path)
+        destroy_cim_layer(self._cim(snapshot_id))
+        path.mkdir()
+        if scratch:
+            (path / SCRATCH_DIR).mkdir()
+        return path
+
+    # -- read ------------------------------------------------------------------------
+
+    def mounts(self, key: str) -> list[Mount]:
+        """Return the mounts of active or view ``key``.
+
+        Raises NotFound if missing, FailedPrecondition if ``key`` is committed.
+        """
+        with self._store.read() as tx:
+            ref = get_snapshot(tx, key)
+        if ref.kind not in (Kind.ACTIVE, Kind.VIEW):
+            raise FailedPrecondition(
+                f"requested snapshot {key} not active or view: failed precondition"
+            )
+        return self._mount(ref)
+
+    def stat(self, key: str) -> Info:
+        """Return the Info of ``key`` (any kind); NotFound if missing."""
+        with self._store.read() as tx:
+            return get_info(tx, key)[1]
+
+    def usage(self, key: str) -> Usage:
+        """Return the usage of ``key`` alone (parents never count); NotFound if missing.
+
+        Active: a live walk of ``snapshots/<id>`` (allocated blocks, inodes once each).
+        Committed: the figure recorded at commit plus the bytes of the layer's own CIM
+        files (its ``.cim``, region and objectid files; not its parents'). View: the
+        recorded figure (zero), as containerd's snapshotters report.
+        """
+        with self._store.read() as tx:
+            snapshot_id, info, recorded = get_info(tx, key)
+        if info.kind == Kind.ACTIVE:
+            return disk_usage(self._dir(snapshot_id))
+        if info.kind == Kind.COMMITTED:
+            own = cim_layer_size(self._cim(snapshot_id))
+            return Usage(size=recorded.size + own, inodes=recorded.inodes)
+        return recorded
+
+    def list(self, filters: Sequence[str] = ()) -> list[Info]:
+        """Return the Info of every snapshot matching ``filters`` (containerd filters).
+
+        Several filter strings are OR-ed. The result is materialised: no lock is held
+        once this returns, so callers may Stat while streaming it. Raises InvalidArgument
+        for bad filter syntax (before reading anything).
+        """
+        matcher = parse_all(filters)
+        with self._store.read() as tx:
+            infos = walk_info(tx)
+        if not matcher.alternatives:
+            return infos
+        return [info for info in infos if matcher.match(_adaptor(info))]
+
+    # -- write -----------------------------------------------------------------------
+
+    def update(self, info: Info, fieldpaths: Sequence[str]) -> Info:
+        """Update the labels of ``info.name`` and return the new Info (``updated=now``).
+
+        Mask semantics: empty or ``labels`` replaces all labels; ``labels.<k>`` sets ``k``
+        from ``info.labels`` or deletes it when absent; empty values are never stored.
+        ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
+        path or an oversized label, NotFound if the snapshot is missing.
+        """
+        labels = _checked_labels(info.labels)
+        with self._store.write() as tx:
+            return update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+
+    def commit(
+        self,
+        name: str,
+        key: str,
+        labels: Mapping[str, str] | None = None,
+        parent: str = "",
+    ) -> None:
+        """Commit active ``key`` as ``name`` (same ID, new created time, labels replaced).
+
+        Raises, in this order: InvalidArgument (empty name, oversized label);
+        AlreadyExists if ``name`` exists; NotFound if ``key`` is missing;
+        FailedPrecondition if ``key`` is a view or committed, or is being committed or
+        removed concurrently; InvalidArgument if ``parent`` differs from the active's
+        parent; FailedPrecondition if the scratch content cannot become a layer (the
+        builder reported problems) or the parent's CIM is missing; Unavailable if another
+        CIM writer holds the layer directory. On error the metastore is unchanged and no
+        new CIM remains.
+        """
+        _checked_key("name", name)
+        checked = _checked_labels(labels)
+        with self._store.read() as tx:
+            ref = check_commit(tx, key, name, parent)
+        self._claim(ref.id, key)
+        try:
+            built = materialise_layer(
+                self.snapshots_dir,
+                self.cim_dir,
+                self._build_lock,
+                ref,
+                extract=UNPACK_KEY_MARKER in key,
+            )
+            recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
+            try:
+                with self._store.write() as tx:
+                    commit_active(tx, key, name, recorded, checked, parent, self._clock.now_ns())
+            except BaseException:
+                if built:
+                    destroy_cim_layer(self._cim(ref.id))
+                raise
+        finally:
+            self._release(ref.id)
+        scratch = self._dir(ref.id) / SCRATCH_DIR
+        try:
+            shutil.rmtree(scratch)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _log.warning("commit %s: scratch %s left for cleanup: %s", name, scratch, e)
+
+    def remove(self, key: str) -> None:
+        """Remove ``key`` (any kind).
+
+        Raises NotFound if missing; FailedPrecondition if it has children (message
+        ``cannot remove snapshot with child``), is being committed, or its directory
+        cannot be renamed. The row is deleted and ``snapshots/<id>`` renamed to
+        ``rm-<id>`` in one step (renamed back if the transaction fails); the CIM and the
+        directory are then destroyed, and failures there are only logged (``cleanup``
+        reclaims them).
+        """
+        renamed: tuple[Path, Path] | None = None
+        try:
+            with self._store.write() as tx:
+                snapshot_id, _ = remove(tx, key)
+                with self._busy_lock:
+                    if snapshot_id in self._busy:
+                        raise FailedPrecondition(
+                            f'snapshot "{key}": commit in progress: failed precondition'
+                        )
+                renamed = self._rename_for_removal(snapshot_id)
+        except BaseException:
+            if renamed is not None:
+                os.rename(renamed[1], renamed[0])
+            raise
+        try:
+            destroy_cim_layer(self._cim(snapshot_id))
+        except (CimsnapError, OSError) as e:
+            _log.warning("remove %s: CIM of %d left for cleanup: %s", key, snapshot_id, e)
+        if renamed is not None:
+            shutil.rmtree(renamed[1], onerror=_log_rmtree_error)
+
+    def _rename_for_removal(self, snapshot_id: int) -> tuple[Path, Path] | None:
+        source = self._dir(snapshot_id)
+        target = self.snapshots_dir / f"rm-{snapshot_id}"
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise FailedPrecondition(
+                f"failed to rename {source} for removal: {e}: failed precondition"
+            ) from e
+        return source, target
+
+    def cleanup(self) -> None:
+        """Reclaim every directory, CIM, region and objectid file no snapshot references.
+
+        Idempotent and safe while other calls run: the decision is taken under the
+        metastore's write lock and the build lock (no snapshot can be created, removed or
+        committed meanwhile); deletion happens after the write lock is released, on
+        entries already renamed out of the way (:mod:`cimsnap.reclaim`). Also removes the
+        ``scratch/`` left in committed snapshots by a failed post-commit deletion.
+        """
+        with self._build_lock:
+            with self._store.write() as tx:
+                retired = retire_orphans(self.snapshots_dir, self.cim_dir, set(id_map(tx)))
+                committed = [i for i, kind in id_kinds(tx).items() if kind == Kind.COMMITTED]
+            destroy_retired(self.cim_dir, retired)
+        for snapshot_id in committed:
+            scratch = self._dir(snapshot_id) / SCRATCH_DIR
+            if scratch.is_dir() and not scratch.is_symlink():
+                shutil.rmtree(scratch, onerror=_log_rmtree_error)
+
+    # -- concurrency -----------------------------------------------------------------
+
+    def _claim(self, snapshot_id: int, key: str) -> None:
+        with self._busy_lock:
+            if snapshot_id in self._busy:
+                raise FailedPrecondition(
+                    f'snapshot "{key}": commit in progress: failed precondition'
+                )
+            self._busy.add(snapshot_id)
+
+    def _release(self, snapshot_id: int) -> None:
+        with self._busy_lock:
+            self._busy.discard(snapshot_id)
+
+
+def _adaptor(info: Info) -> Adaptor:
+    """containerd's snapshot filter adaptor: name, parent, kind, labels.<key>."""
+
+    def field(path: Sequence[str]) -> tuple[str, bool]:
+        match path[0] if path else "":
+            case "name":
+                return info.name, True
+            case "parent":
+                return info.parent, True
+            case "kind":
+                if info.kind == Kind.UNKNOWN:
+                    return "", False
+                return info.kind.filter_name, True
+            case "labels":
+                if not info.labels:
+                    return "", False
+                label = ".".join(path[1:])
+                value = info.labels.get(label)
+                return (value, True) if value is not None else ("", False)
+        return "", False
+
+    return field
+
+
+def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:
+    _log.warning("removal left %s for cleanup (%s)", path, exc_info)

@@ -1,0 +1,139 @@
+"""Destroying one layer's CIM without breaking its relatives (hcsshim ``DestroyCimLayer``).
+
+Contract [choice]: callers pass the ``.cim`` path itself, ``destroy_cim_layer(cim_path)``.
+containerd's cimfs snapshotter keeps ``<root>/snapshots/cim-layers/<id>.cim`` for snapshot
+``<id>`` and passes that path down (its ``Remove`` calls ``DestroyCim(<id>.cim)``); naming
+the file explicitly avoids parsing IDs out of ``rm-<id>`` directory names.
+
+Forked images share region files (cim-format.md §2, §11): a fork's header lists its
+parents' region sets, and several ``.cim`` files in one directory may reference the same
+set. So a layer's own region and objectid files are deleted only when no *other* ``.cim``
+in the directory references their set, and never files of its parents' sets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Final
+
+from cimsnap.cim import CimFormatError, read_image_header, region_set_files
+
+__all__ = ["destroy_cim_layer", "referenced_region_sets", "sweep_unreferenced_regions"]
+
+_log = logging.getLogger(__name__)
+
+
+def referenced_region_sets(directory: Path, *, excluding: Path | None = None) -> set[uuid.UUID]:
+    """Return the GUIDs of every region set that some ``*.cim`` in ``directory`` references.
+
+    Both the images' own sets and their parent sets count. ``excluding`` names one image to
+    ignore. Raises CimFormatError or OSError if any image header cannot be read: callers
+    must then delete no region file, since an unreadable image may reference any of them.
+    """
+    referenced: set[uuid.UUID] = set()
+    for cim in sorted(directory.glob("*.cim")):
+        if excluding is not None and cim.name == excluding.name:
+            continue
+        try:
+            header = read_image_header(cim)
+        except FileNotFoundError:
+            continue  # removed concurrently: it references nothing any more
+        referenced.update(rs.guid for rs in header.region_sets)
+    return referenced
+
+
+def destroy_cim_layer(cim_path: Path) -> None:
+    """Remove the image ``cim_path`` and the region/objectid files only it uses.
+
+    * No ``.cim`` at ``cim_path``: nothing to do (hcsshim's safety check); returns.
+    * The ``.cim`` is unlinked first, so a crash never leaves an image whose regions are
+      gone; its own region set's files follow unless another image in the directory
+      references that set. Parents' files are never touched.
+    * If the image's own header is unreadable, or another image's header is, only the
+      ``.cim`` is removed and the region files are left for ``Snapshotter.cleanup`` (which
+      applies the same rule); this is logged.
+
+    Raises OSError if the ``.cim`` cannot be unlinked (then nothing was removed), or if a
+    region file cannot be unlinked (the ``.cim`` is already gone; cleanup finishes it).
+    """
+    directory = cim_path.parent
+    try:
+        header = read_image_header(cim_path)
+    except FileNotFoundError:
+        return
+    except CimFormatError as e:
+        _log.warning("destroying unreadable image %s; its region files are left: %s", cim_path, e)
+        cim_path.unlink(missing_ok=True)
+        return
+    try:
+        others = referenced_region_sets(directory, excluding=cim_path)
+    except (CimFormatError, OSError) as e:
+        _log.warning(
+            "cannot read every image in %s (%s); keeping %s's regions", directory, e, cim_path
+        )
+        cim_path.unlink(missing_ok=True)
+        return
+    cim_path.unlink(missing_ok=True)
+    if header.own.guid in others:
+        return
+    for path in region_set_files(directory, header.own):
+        path.unlink(missing_ok=True)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: ``region_<guid>_<n>`` and ``objectid_<guid>_<n>`` (cim-format.md §2).
+_REGION_FILE: Final = re.compile(
+    r"(?:region|objectid)_([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_\d+"
+)
+#: The CIM writer's temporary image name (``.<image>.<guid>.tmp``, cimsnap.cim.image_files).
+_TEMP_IMAGE: Final = re.compile(r"\..+\.tmp")
+
+
+def sweep_unreferenced_regions(directory: Path) -> list[Path]:
+    """Delete region/objectid files no ``.cim`` in ``directory`` references, and temp images.
+
+    Runs only while it can take the CIM writers' directory lock (an exclusive, non-blocking
+    ``flock`` on ``directory``, the one :class:`cimsnap.cim.image_files.ImageFiles` holds
+    while writing): files of an image being written are referenced by no ``.cim`` yet, so
+    a busy directory is skipped (logged) and left for the next sweep. Also skipped when any
+    image header is unreadable. Returns the paths deleted. Raises OSError only if
+    ``directory`` cannot be opened.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.info("a CIM writer is active in %s; region sweep postponed", directory)
+            return []
+        try:
+            referenced = referenced_region_sets(directory)
+        except (CimFormatError, OSError) as e:
+            _log.warning("cannot read every image in %s (%s); region sweep skipped", directory, e)
+            return []
+        removed: list[Path] = []
+        for entry in os.scandir(directory):
+            match = _REGION_FILE.fullmatch(entry.name)
+            orphan = match is not None and uuid.UUID(match.group(1)) not in referenced
+            if orphan or _TEMP_IMAGE.fullmatch(entry.name):
+                path = Path(entry.path)
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        if removed:
+            os.fsync(fd)
+        return removed
+    finally:
+        os.close(fd)  # also releases the flock

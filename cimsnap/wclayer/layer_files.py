@@ -1,0 +1,72 @@
+"""The files that make up one layer's CIM: its ``.cim`` plus its own region set.
+
+Parents' region files are shared with other images (cim-format.md §2, §11) and are never
+counted or synced as part of a child layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cimsnap.cim import CimFormatError, read_image_header, region_set_files
+from cimsnap.errdefs import FailedPrecondition
+
+__all__ = ["cim_layer_files", "cim_layer_size", "sync_cim_layer"]
+
+_log = logging.getLogger(__name__)
+
+
+def cim_layer_files(cim_path: Path) -> list[Path]:
+    """Return ``cim_path`` followed by its own region and objectid files.
+
+    Raises CimFormatError if the header is invalid, OSError if it cannot be read.
+    """
+    header = read_image_header(cim_path)
+    return [cim_path, *region_set_files(cim_path.parent, header.own)]
+
+
+def cim_layer_size(cim_path: Path) -> int:
+    """Apparent bytes of the layer's own files (containerd ``cimfs.GetCimUsage``).
+
+    0 if there is no ``.cim``; only the ``.cim`` itself if its header is unreadable
+    (logged). Files of parent region sets never count.
+    """
+    try:
+        paths = cim_layer_files(cim_path)
+    except FileNotFoundError:
+        return 0
+    except (CimFormatError, OSError) as e:
+        _log.warning("size of %s: unreadable header: %s", cim_path, e)
+        paths = [cim_path]
+    total = 0
+    for path in paths:
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def sync_cim_layer(cim_path: Path) -> None:
+    """fsync the layer's own files and their directory (data before metadata, §8.2).
+
+    Raises FailedPrecondition if the header is invalid or one of the image's own files is
+    missing (a damaged layer must not be committed), OSError on other I/O failures.
+    """
+    try:
+        paths = cim_layer_files(cim_path)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except (CimFormatError, FileNotFoundError) as e:
+        raise FailedPrecondition(f"layer {cim_path} is damaged: {e}: failed precondition") from e
+    fd = os.open(cim_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

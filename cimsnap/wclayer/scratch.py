@@ -1,0 +1,63 @@
+"""Turning a plain writable directory (a snapshot's ``scratch/``) into a forked CIM layer.
+
+Wraps the CIM library's directory builder and translates its outcomes into the closed
+error classes: the snapshotter never sees CIM exceptions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import stat
+from pathlib import Path
+
+from cimsnap.cim import CimError, CimFormatError
+from cimsnap.cim.errors import CimSharingViolationError
+from cimsnap.errdefs import FailedPrecondition, Unavailable
+from cimsnap.wclayer.destroy import destroy_cim_layer
+
+__all__ = ["build_scratch_layer"]
+
+
+def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) -> int:
+    """Write ``cim_path`` holding the tree at ``source``, forked from ``parent``'s CIM.
+
+    ``source`` must be a real directory (not a symlink); an empty one gives an empty
+    layer. Returns the number of files written. The builder commits atomically (regions
+    fsynced, ``.cim`` renamed into place), so on any error no ``.cim`` remains.
+
+    Raises FailedPrecondition if ``source`` is not a directory, ``parent`` is missing or
+    unreadable, or some entries cannot be represented (the first problem is named);
+    Unavailable if another CIM writer holds the directory (retry later); OSError on I/O
+    failure.
+    """
+    try:
+        mode = source.lstat().st_mode
+    except FileNotFoundError:
+        mode = 0
+    if not stat.S_ISDIR(mode):
+        raise FailedPrecondition(f"scratch {source} is not a directory: failed precondition")
+    if parent is not None and not parent.is_file():
+        raise FailedPrecondition(f"parent layer {parent} is missing: failed precondition")
+    # TEMPORARY: cimsnap.cim.build (helper cim-writer) is not merged yet; imported by name
+    # so the package type-checks meanwhile. Replace with a plain import when it lands.
+    build_from_directory = importlib.import_module("cimsnap.cim.build").build_from_directory
+    try:
+        report = build_from_directory(source, cim_path, parent=parent)
+    except CimSharingViolationError as e:
+        raise Unavailable(f"layer directory {cim_path.parent} is busy: {e}: unavailable") from e
+    except CimFormatError as e:
+        raise FailedPrecondition(
+            f"parent layer {parent} is damaged: {e}: failed precondition"
+        ) from e
+    except CimError as e:
+        raise FailedPrecondition(
+            f"building {cim_path} from {source}: {e}: failed precondition"
+        ) from e
+    if report.problems:
+        destroy_cim_layer(cim_path)
+        path, why = report.problems[0]
+        raise FailedPrecondition(
+            f"{len(report.problems)} entries of {source} cannot become a layer; first {path}: "
+            f"{why}: failed precondition"
+        )
+    return int(report.files)
