@@ -192,6 +192,10 @@ class CimReader:
             self.object_at(offset, count * entry_size, f"file table {table}")
         return offset, count, entry_size
 
+    def file_table_entry(self, table: int) -> tuple[int, int, int]:
+        """(Offset, Count, EntrySize) of file table ``table``, bounds-checked (§6)."""
+        return self._table_entry(table)
+
     def file_count(self) -> int:
         """Number of file IDs the tables hold (valid IDs are those whose slot is < Count)."""
         return sum(self._table_entry(t)[1] for t in range(self.file_table_count))
