@@ -33,8 +33,8 @@ T = TypeVar("T")
 
 def error_for(e: grpc.RpcError) -> errdefs.CimsnapError:
     """Return the errdefs exception for a failed RPC, carrying the server's message."""
-    code = e.code()  # type: ignore[attr-defined]
-    details = e.details() or ""  # type: ignore[attr-defined]
+    code = e.code()
+    details = e.details() or ""
     cls = _CLASSES.get(code, errdefs.Internal)
     if cls is errdefs.Internal and code != grpc.StatusCode.INTERNAL:
         details = f"{code.name}: {details}"

@@ -144,13 +144,19 @@ class Daemon:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             await self._stop_requested.wait()
+            await self.stop()
         finally:
+            # Handlers stay during stop(): a second signal must not kill a draining server.
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
             await self.stop()
 
     def _on_signal(self, signum: int) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self._stop_requested.is_set():
+            log.warning("received %s again: shutdown already in progress", name)
+            return
+        log.info("received %s, shutting down", name)
         self.request_stop()
 
     async def stop(self) -> None:

@@ -55,3 +55,5 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # grpcio logs every event-loop lookup at DEBUG; keep our debug output readable.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))
