@@ -99,6 +99,8 @@ def read_hive(data: bytes | memoryview) -> Hive:
 
 
 def _subkey_offsets(image: HiveImage, off: int, count: int, list_off: int) -> list[int]:
+    if count == 0:
+        return []
     sig, entries = image.list_leaf(list_off, leaf_only=False)
     if sig == b"ri":
         result: list[int] = []

@@ -4,7 +4,8 @@ Output contract (checked by :func:`cimsnap.hive.check.check_hive` and by hivex a
 in the tests):
 
 * base block: ``seq1 == seq2 == 1``, major 1, minor 5 or 6 (see :func:`output_minor_version`),
-  type 0, format 1, clustering 1, the model's flags, FILETIME and file-name tail, checksum;
+  type 0, format 1, clustering 1, the model's flags and FILETIME, the last 31 UTF-16 units
+  of the model's file name (NUL-terminated), checksum;
 * hive bins of 4096-byte multiples, one oversized bin per cell that needs it; the unused
   tail of every bin is one free cell (positive size); every cell is 8-byte aligned;
 * the root nk is the first cell and carries HIVE_ENTRY | NO_DELETE (| COMP_NAME);
@@ -190,9 +191,9 @@ def _stored_name(name: str) -> tuple[bytes, bool]:
         return name.encode("utf-16-le"), False
 
 
-def _put(cells: _Cells, data: bytes) -> int:
-    """Allocate a cell holding ``data``; return its offset."""
-    off = cells.alloc(len(data))
+def _put(cells: _Cells, data: bytes, spare: int = 0) -> int:
+    """Allocate a cell holding ``data`` (plus ``spare`` zero bytes); return its offset."""
+    off = cells.alloc(len(data) + spare)
     pos = off + C.BASE_BLOCK_SIZE + 4
     cells.buf[pos : pos + len(data)] = data
     return off
@@ -211,7 +212,10 @@ def _put_data(cells: _Cells, data: bytes) -> int:
     """Store value data of more than 4 bytes: one cell, or a db record (§4.1)."""
     if len(data) <= _SEG:
         return _put(cells, data)
-    segments = [_put(cells, data[i : i + _SEG]) for i in range(0, len(data), _SEG)]
+    # Each segment cell gets 4 spare bytes after its data: hivex 1.3.23 copies "cell size - 8"
+    # bytes per segment, which loses the tail of a tightly sized last segment. Full segments
+    # get the spare bytes from 8-byte alignment anyway (16344 + 4 -> 16352).
+    segments = [_put(cells, data[i : i + _SEG], spare=4) for i in range(0, len(data), _SEG)]
     seg_list = _put_offsets(cells, segments)
     off = cells.alloc(_DB.size)
     _DB.pack_into(cells.buf, off + C.BASE_BLOCK_SIZE + 4, b"db", len(segments), seg_list)
@@ -373,7 +377,8 @@ def write_hive(hive: Hive) -> bytes:
     cells.close_bin()
     buf = cells.buf
     security.finish(buf)
-    name_tail = hive.file_name.encode("utf-16-le")[-64:]
+    # The last 31 UTF-16 units, so the 64-byte field always keeps a terminating NUL.
+    name_tail = hive.file_name.encode("utf-16-le", "surrogatepass")[-62:]
     _BASE.pack_into(
         buf,
         0,
