@@ -6,11 +6,10 @@ error classes: the snapshotter never sees CIM exceptions.
 
 from __future__ import annotations
 
-import importlib
 import stat
 from pathlib import Path
 
-from cimsnap.cim import CimError, CimFormatError
+from cimsnap.cim import CimError, CimFormatError, build_from_directory
 from cimsnap.cim.errors import CimSharingViolationError
 from cimsnap.errdefs import FailedPrecondition, Unavailable
 from cimsnap.wclayer.destroy import destroy_cim_layer
@@ -38,9 +37,6 @@ def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) ->
         raise FailedPrecondition(f"scratch {source} is not a directory: failed precondition")
     if parent is not None and not parent.is_file():
         raise FailedPrecondition(f"parent layer {parent} is missing: failed precondition")
-    # TEMPORARY: cimsnap.cim.build (helper cim-writer) is not merged yet; imported by name
-    # so the package type-checks meanwhile. Replace with a plain import when it lands.
-    build_from_directory = importlib.import_module("cimsnap.cim.build").build_from_directory
     try:
         report = build_from_directory(source, cim_path, parent=parent)
     except CimSharingViolationError as e:
@@ -60,4 +56,4 @@ def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) ->
             f"{len(report.problems)} entries of {source} cannot become a layer; first {path}: "
             f"{why}: failed precondition"
         )
-    return int(report.files)
+    return report.files
