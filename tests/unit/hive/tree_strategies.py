@@ -52,7 +52,7 @@ def value_data(draw: st.DrawFn) -> tuple[int, bytes]:
         return (REG_SZ if kind == "sz" else REG_EXPAND_SZ), utf16z(draw(texts))
     if kind == "multi":
         parts = draw(st.lists(names, max_size=4))
-        return REG_MULTI_SZ, "".join(p + "\0" for p in parts + [""]).encode("utf-16-le")
+        return REG_MULTI_SZ, "".join(p + "\0" for p in [*parts, ""]).encode("utf-16-le")
     if kind in ("dword", "be"):
         return (REG_DWORD if kind == "dword" else REG_DWORD_BIG_ENDIAN), draw(
             st.binary(min_size=4, max_size=4)
