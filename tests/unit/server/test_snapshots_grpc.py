@@ -268,21 +268,7 @@ def test_list_streams_batches_of_100_and_stat_inside(
     assert batch_sizes == [100, 100, 50] and seen == 250
 
 
-# -- depth, cleanup, restart --------------------------------------------------------------
-
-
-def test_128_deep_parent_chain(client: SnapshotsClient) -> None:
-    parent = ""
-    for depth in range(128):
-        parent = committed(client, f"layer-{depth:03d}", parent)
-    mounts = client.view("top", parent)
-    chain = [o for o in mounts[0].options if o.startswith("parentLayerPaths=")]
-    assert len(chain) == 1 and chain[0].count(",") == 127  # 128 JSON strings
-    walked, name = 0, parent
-    while name:
-        name = client.stat(name).parent
-        walked += 1
-    assert walked == 128
+# -- cleanup, restart (the 128-deep chain: test_suite_over_grpc.py) ---------------------
 
 
 def test_cleanup_reclaims_leftovers(server: ServerThread, client: SnapshotsClient) -> None:
