@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,7 +69,10 @@ def sn(snapshotter_factory: Factory, root: Path) -> SnapshotterAPI:
     return snapshotter_factory(root)
 
 
-def state(root: Path) -> tuple[object, ...]:
+State = tuple[list[Any], list[Any], list[Any], list[str]]
+
+
+def state(root: Path) -> State:
     """Everything an error must leave unchanged: rows, labels, sequence, files."""
     conn = sqlite3.connect(f"file:{root / 'metadata.db'}?mode=ro", uri=True)
     try:
@@ -187,9 +191,9 @@ def test_prepare_parent_errors(sn: SnapshotterAPI, root: Path) -> None:
     commit_layer(sn, "c")
     sn.view("view", "c")
     for create in (sn.prepare, sn.view):
-        expect_unchanged(root, NotFound, lambda c=create: c("x", "missing"))
-        expect_unchanged(root, InvalidArgument, lambda c=create: c("x", "active"))
-        expect_unchanged(root, InvalidArgument, lambda c=create: c("x", "view"))
+        expect_unchanged(root, NotFound, partial(create, "x", "missing"))
+        expect_unchanged(root, InvalidArgument, partial(create, "x", "active"))
+        expect_unchanged(root, InvalidArgument, partial(create, "x", "view"))
 
 
 def test_label_size_limit(sn: SnapshotterAPI, root: Path) -> None:
@@ -199,12 +203,12 @@ def test_label_size_limit(sn: SnapshotterAPI, root: Path) -> None:
     big = {"k": "v" * 4096}
     multibyte = {"k": "é" * 2048}  # 4096 bytes of value, 4097 with the key
     for labels in (big, multibyte):
-        expect_unchanged(root, InvalidArgument, lambda lb=labels: sn.prepare("x", "", lb))
-        expect_unchanged(root, InvalidArgument, lambda lb=labels: sn.view("x", "", lb))
-        expect_unchanged(root, InvalidArgument, lambda lb=labels: sn.commit("x", "ok", lb))
+        expect_unchanged(root, InvalidArgument, partial(sn.prepare, "x", "", labels))
+        expect_unchanged(root, InvalidArgument, partial(sn.view, "x", "", labels))
+        expect_unchanged(root, InvalidArgument, partial(sn.commit, "x", "ok", labels))
         info = sn.stat("ok")
         bad = Info(info.kind, info.name, info.parent, labels, info.created, info.updated)
-        expect_unchanged(root, InvalidArgument, lambda i=bad: sn.update(i, []))
+        expect_unchanged(root, InvalidArgument, partial(sn.update, bad, []))
 
 
 # -- stat -------------------------------------------------------------------------------------
