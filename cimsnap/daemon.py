@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 #: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def check_address(config: Config) -> ListenAddress:
@@ -117,20 +118,21 @@ class Daemon:
         notify("READY=1")
 
     def _bind(self, server: grpc.aio.Server) -> None:
+        """Bind ``server``; raise ``Unavailable`` naming the address if that fails."""
         address = self._address
-        if isinstance(address, UnixAddress):
-            # Create the socket without group/other access bits beyond socket_mode, then
-            # chmod to exactly socket_mode once started (umask cannot add bits).
-            old = os.umask(0o777 & ~self._config.socket_mode)
-            try:
-                port = server.add_insecure_port(address.grpc_target)
-            finally:
-                os.umask(old)
-        else:
+        # Create a unix socket without access bits beyond socket_mode (umask cannot add
+        # bits); start() then chmods it to exactly socket_mode.
+        old = os.umask(0o777 & ~self._config.socket_mode)
+        try:
             port = server.add_insecure_port(address.grpc_target)
-            self.bound = TcpAddress(address.host, port)
+        except RuntimeError as e:  # grpcio's "Failed to bind to address ..."
+            raise Unavailable(f"address {address}: cannot listen: {e}") from e
+        finally:
+            os.umask(old)
         if port == 0:
             raise Unavailable(f"address {address}: cannot listen")
+        if isinstance(address, TcpAddress):
+            self.bound = TcpAddress(address.host, port)
 
     def request_stop(self) -> None:
         """Ask ``serve_forever`` to shut down (signal-handler safe on the loop thread)."""
@@ -140,15 +142,21 @@ class Daemon:
         """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully."""
         await self.start()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
+        for signum in _STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except NotImplementedError:  # Windows: no loop signal handlers
+                signal.signal(signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s))
         try:
             await self._stop_requested.wait()
             await self.stop()
         finally:
             # Handlers stay during stop(): a second signal must not kill a draining server.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+            for signum in _STOP_SIGNALS:
+                try:
+                    loop.remove_signal_handler(signum)
+                except NotImplementedError:
+                    signal.signal(signum, signal.SIG_DFL)
             await self.stop()
 
     def _on_signal(self, signum: int) -> None:

@@ -4,6 +4,7 @@ reflection, metrics and TCP, against real sockets and the real snapshotter."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import urllib.request
 from collections.abc import Sequence
@@ -229,3 +230,15 @@ async def test_non_loopback_tcp_is_refused(tmp_path: Path, sock_dir: Path) -> No
     with pytest.raises(errdefs.InvalidArgument):
         async with running_daemon(config):
             pass
+
+
+async def test_tcp_port_in_use_is_unavailable(tmp_path: Path, sock_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = replace(server_config(tmp_path, sock_dir), address=f"tcp://127.0.0.1:{port}")
+        with pytest.raises(errdefs.Unavailable) as e:
+            async with running_daemon(config):
+                pass
+    assert str(port) in str(e.value)
