@@ -46,13 +46,14 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from cimsnap.errdefs import CimsnapError, FailedPrecondition, InvalidArgument
-from cimsnap.filters import Adaptor, parse_all
+from cimsnap.clock import MicrosecondClock
+from cimsnap.errdefs import CimsnapError, FailedPrecondition
+from cimsnap.filters import parse_all
+from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.mounts import Mount, cimfs_mount
 from cimsnap.reclaim import destroy_retired, retire_orphans
@@ -75,56 +76,14 @@ from cimsnap.store import (
 )
 from cimsnap.usage import disk_usage
 from cimsnap.wclayer import destroy_cim_layer
-from cimsnap.wclayer.layer_files import cim_layer_size
+from cimsnap.wclayer.layer_files import cim_layer_problem, cim_layer_size
 
 __all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage"]
 
 _log = logging.getLogger(__name__)
 
-#: Largest key + value of one label in bytes (containerd ``pkg/labels.Validate``).
-MAX_LABEL_SIZE: Final = 4096
 #: The substring containerd's unpacker puts in layer-extraction keys.
 UNPACK_KEY_MARKER: Final = "extract"
-
-
-def _checked_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    """Copy ``labels``; InvalidArgument if one key + value exceeds MAX_LABEL_SIZE bytes."""
-    checked = dict(labels or {})
-    for key, value in checked.items():
-        size = len(key.encode("utf-8", "surrogatepass")) + len(
-            value.encode("utf-8", "surrogatepass")
-        )
-        if size > MAX_LABEL_SIZE:
-            raise InvalidArgument(
-                f"label key and value length ({size} bytes) greater than maximum size "
-                f"({MAX_LABEL_SIZE} bytes), key: {key[:10]}: invalid argument"
-            )
-    return checked
-
-
-def _checked_key(what: str, key: str) -> None:
-    if not key:
-        raise InvalidArgument(f"{what} must not be empty: invalid argument")
-
-
-class _Clock:
-    """Strictly increasing wall-clock nanoseconds in whole microseconds.
-
-    Whole microseconds make the datetime conversion exact; strict increase guarantees
-    that an Update moves ``updated`` past ``created`` even within one microsecond.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last = 0
-
-    def now_ns(self) -> int:
-        with self._lock:
-            now = time.time_ns() // 1000 * 1000
-            if now <= self._last:
-                now = self._last + 1000
-            self._last = now
-            return now
 
 
 class Snapshotter:
@@ -142,19 +101,38 @@ class Snapshotter:
         self.cim_dir = self.snapshots_dir / "cim-layers"
         self.cim_dir.mkdir(parents=True, exist_ok=True)
         self._store = Store(self.root / "metadata.db")
-        self._clock = _Clock()
+        self._clock = MicrosecondClock()
         # One CIM writer per directory (cim-format.md §12): builds and cleanup take this.
         self._build_lock = threading.Lock()
         self._busy_lock = threading.Lock()
         self._busy: set[int] = set()
         try:
-            with self._store.read() as tx:
-                ids = id_map(tx)
-            for snapshot_id in ids:
-                self._dir(snapshot_id).mkdir(exist_ok=True)
+            self._damaged = self._check_layers()
         except BaseException:
             self._store.close()
             raise
+
+    def _check_layers(self) -> frozenset[int]:
+        """Restore lost snapshot directories; return the IDs of damaged committed layers.
+
+        §8.2: a committed row whose CIM is missing or broken (e.g. after a power loss on a
+        filesystem that lost unsynced data) is logged as an error, and snapshots can no
+        longer be created on top of it (FailedPrecondition) until it is removed and pulled
+        again. [choice] Startup does not fail: that would also block the Remove needed to
+        repair it (peer snapshotters' top complaint, §8.4).
+        """
+        with self._store.read() as tx:
+            kinds = id_kinds(tx)
+        damaged: set[int] = set()
+        for snapshot_id, kind in kinds.items():
+            self._dir(snapshot_id).mkdir(exist_ok=True)
+            if kind != Kind.COMMITTED:
+                continue
+            problem = cim_layer_problem(self._cim(snapshot_id))
+            if problem is not None:
+                _log.error("committed snapshot %d is damaged: %s", snapshot_id, problem)
+                damaged.add(snapshot_id)
+        return frozenset(damaged)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -212,12 +190,17 @@ class Snapshotter:
     def _create(
         self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None
     ) -> list[Mount]:
-        _checked_key("key", key)
-        checked = _checked_labels(labels)
+        checked_key("key", key)
+        checked = checked_labels(labels)
         created: Path | None = None
         try:
             with self._store.write() as tx:
                 ref = create_snapshot(tx, kind, key, parent, checked, self._clock.now_ns())
+                if self._damaged.intersection(ref.parent_ids):
+                    raise FailedPrecondition(
+                        f'parent "{parent}" has a damaged layer; remove it and pull again: '
+                        "failed precondition"
+                    )
                 created = self._make_dir(
                     ref.id, scratch=kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key
                 )
@@ -293,7 +276,7 @@ class Snapshotter:
             infos = walk_info(tx)
         if not matcher.alternatives:
             return infos
-        return [info for info in infos if matcher.match(_adaptor(info))]
+        return [info for info in infos if matcher.match(info.field)]
 
     # -- write -----------------------------------------------------------------------
 
@@ -305,7 +288,7 @@ class Snapshotter:
         ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
         path or an oversized label, NotFound if the snapshot is missing.
         """
-        labels = _checked_labels(info.labels)
+        labels = checked_labels(info.labels)
         with self._store.write() as tx:
             return update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
 
@@ -327,8 +310,8 @@ class Snapshotter:
         CIM writer holds the layer directory. On error the metastore is unchanged and no
         new CIM remains.
         """
-        _checked_key("name", name)
-        checked = _checked_labels(labels)
+        checked_key("name", name)
+        checked = checked_labels(labels)
         with self._store.read() as tx:
             ref = check_commit(tx, key, name, parent)
         self._claim(ref.id, key)
@@ -434,30 +417,6 @@ class Snapshotter:
     def _release(self, snapshot_id: int) -> None:
         with self._busy_lock:
             self._busy.discard(snapshot_id)
-
-
-def _adaptor(info: Info) -> Adaptor:
-    """containerd's snapshot filter adaptor: name, parent, kind, labels.<key>."""
-
-    def field(path: Sequence[str]) -> tuple[str, bool]:
-        match path[0] if path else "":
-            case "name":
-                return info.name, True
-            case "parent":
-                return info.parent, True
-            case "kind":
-                if info.kind == Kind.UNKNOWN:
-                    return "", False
-                return info.kind.filter_name, True
-            case "labels":
-                if not info.labels:
-                    return "", False
-                label = ".".join(path[1:])
-                value = info.labels.get(label)
-                return (value, True) if value is not None else ("", False)
-        return "", False
-
-    return field
 
 
 def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:

@@ -655,6 +655,23 @@ def test_restart_keeps_everything(snapshotter_factory: Factory, root: Path) -> N
     assert second.stat("committed-after-restart").parent == "base"
 
 
+def test_damaged_layer_is_refused_as_parent_after_restart(
+    snapshotter_factory: Factory, root: Path
+) -> None:
+    first = snapshotter_factory(root)
+    base = commit_layer(first, "base", **{"a": "1"})
+    commit_layer(first, "healthy")
+    first.close()
+    _own_files(cim_path(base))[1].unlink()  # a region file lost in a crash
+    second = snapshotter_factory(root)
+    expect_unchanged(root, FailedPrecondition, lambda: second.prepare("x", "base"))
+    expect_unchanged(root, FailedPrecondition, lambda: second.view("x", "base"))
+    second.prepare("y", "healthy")
+    second.remove("base")  # the repair path stays open
+    commit_layer(second, "base", **{"a": "1"})
+    second.prepare("x", "base")
+
+
 # -- cleanup ----------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ re-exports them as part of its public API, the way containerd's ``storage`` pack
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -48,6 +48,27 @@ class Info:
     labels: Mapping[str, str]
     created: datetime
     updated: datetime
+
+    def field(self, path: Sequence[str]) -> tuple[str, bool]:
+        """The filter adaptor (containerd bolt.go ``adaptSnapshot``): ``(value, present)``.
+
+        ``name`` and ``parent`` are always present (``parent`` may be ``""``); ``kind`` is
+        ``active``/``view``/``committed``; ``labels.<key>`` looks up the key formed by
+        joining the rest of the path with ``.``. Anything else is absent.
+        """
+        match path[0] if path else "":
+            case "name":
+                return self.name, True
+            case "parent":
+                return self.parent, True
+            case "kind":
+                if self.kind == Kind.UNKNOWN:
+                    return "", False
+                return self.kind.filter_name, True
+            case "labels":
+                value = self.labels.get(".".join(path[1:]))
+                return ("", False) if value is None else (value, True)
+        return "", False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from cimsnap.cim import CimFormatError, read_image_header, region_set_files
 from cimsnap.errdefs import FailedPrecondition
 
-__all__ = ["cim_layer_files", "cim_layer_size", "sync_cim_layer"]
+__all__ = ["cim_layer_files", "cim_layer_problem", "cim_layer_size", "sync_cim_layer"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,3 +70,25 @@ def sync_cim_layer(cim_path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def cim_layer_problem(cim_path: Path) -> str | None:
+    """Describe why the layer at ``cim_path`` is unusable, or None if it looks intact.
+
+    The startup check of containerd-integration.md §8.2: the ``.cim`` exists with a valid
+    header (magic ``cimfile0``, supported version) and each of its own region and objectid
+    files exists and is non-empty. Parents are checked as layers of their own.
+    """
+    try:
+        paths = cim_layer_files(cim_path)
+    except FileNotFoundError:
+        return f"{cim_path} is missing"
+    except (CimFormatError, OSError) as e:
+        return f"{cim_path}: {e}"
+    for path in paths[1:]:
+        try:
+            if path.stat().st_size == 0:
+                return f"{path} is empty"
+        except FileNotFoundError:
+            return f"{path} is missing"
+    return None
