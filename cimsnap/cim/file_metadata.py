@@ -22,6 +22,17 @@ NULL_DACL_SECURITY_DESCRIPTOR: Final = bytes([1, 0, 4, 0x80]) + bytes(16)
 
 _U64_MAX: Final = (1 << 64) - 1
 _U16_MAX: Final = 0xFFFF
+_STORABLE: Final = int(
+    FileAttribute.READONLY
+    | FileAttribute.HIDDEN
+    | FileAttribute.SYSTEM
+    | FileAttribute.DIRECTORY
+    | FileAttribute.ARCHIVE
+    | FileAttribute.SPARSE_FILE
+    | FileAttribute.REPARSE_POINT
+)
+_DIRECTORY: Final = int(FileAttribute.DIRECTORY)
+_REPARSE_POINT: Final = int(FileAttribute.REPARSE_POINT)
 #: REPARSE_DATA_BUFFER header: ReparseTag u32, ReparseDataLength u16, Reserved u16 (§8).
 _REPARSE_HEADER_SIZE: Final = 8
 
@@ -56,29 +67,20 @@ class FileMetadata:
     reparse: bytes = b""
 
     def __post_init__(self) -> None:
-        storable = (
-            FileAttribute.READONLY
-            | FileAttribute.HIDDEN
-            | FileAttribute.SYSTEM
-            | FileAttribute.DIRECTORY
-            | FileAttribute.ARCHIVE
-            | FileAttribute.SPARSE_FILE
-            | FileAttribute.REPARSE_POINT
-        )
-        if self.attributes & ~storable or self.attributes < 0:
+        # Plain ints, not IntFlag arithmetic: this runs once per file on the hot path.
+        if self.attributes & ~_STORABLE or self.attributes < 0:
             raise CimInvalidArgumentError(
                 f"attributes {self.attributes:#x} hold bits a CIM cannot store"
             )
-        if self.attributes & FileAttribute.REPARSE_POINT and not self.reparse:
+        if self.attributes & _REPARSE_POINT and not self.reparse:
             raise CimInvalidArgumentError("REPARSE_POINT attribute without a reparse buffer")
         if not 0 <= self.size <= LENGTH_MASK:
             raise CimInvalidArgumentError(f"file size {self.size} does not fit in 48 bits")
-        if self.is_directory and self.size:
+        if self.attributes & _DIRECTORY and self.size:
             raise CimInvalidArgumentError(f"a directory must have size 0, not {self.size}")
-        for name in ("creation_time", "last_write_time", "change_time", "last_access_time"):
-            value = getattr(self, name)
-            if not 0 <= value <= _U64_MAX:
-                raise CimInvalidArgumentError(f"{name} {value} is not a FILETIME")
+        times = (self.creation_time, self.last_write_time, self.change_time, self.last_access_time)
+        if not (min(times) >= 0 and max(times) <= _U64_MAX):
+            raise CimInvalidArgumentError(f"times {times} are not all FILETIMEs")
         sd = self.security_descriptor
         if sd is not None and not 0 < len(sd) <= _U16_MAX:
             raise CimInvalidArgumentError(f"security descriptor of {len(sd)} bytes")
@@ -90,7 +92,7 @@ class FileMetadata:
     @property
     def is_directory(self) -> bool:
         """True if DIRECTORY is set."""
-        return bool(self.attributes & FileAttribute.DIRECTORY)
+        return bool(self.attributes & _DIRECTORY)
 
     @property
     def reparse_tag(self) -> int:

@@ -72,6 +72,8 @@ _SEPARATOR: Final = "\\"
 _SPARSE: Final = int(FileAttribute.SPARSE_FILE)
 _DIRECTORY: Final = int(FileAttribute.DIRECTORY)
 _FIELD_COUNT: Final = len(FILE_RECORD_FAST.fields)
+_EMPTY_DIRECTORY: Final = pack_length_and_type(0, StreamType.LINK_TABLE)
+_EMPTY_DATA: Final = pack_length_and_type(0, StreamType.DATA)
 
 
 class CimWriter:
@@ -103,6 +105,11 @@ class CimWriter:
         self.image_name = image_name
         self._lifecycle = Lifecycle()
         self._objects: dict[bytes, int] = {}
+        # Validity of a name is a pure function of the string, so validated parent paths
+        # can be remembered for the writer's life (most calls share a few parents).
+        self._valid_parents: dict[str, list[str]] = {}
+        # Record Flags per attributes value, derived once from format.flags_from_attributes.
+        self._flags: dict[int, int] = {}
         if (self.directory / image_name).exists() and parent != image_name:
             raise CimFileExistsError(f"{image_name}: the image exists already")
         if parent is not None and not (self.directory / parent).is_file():
@@ -207,9 +214,13 @@ class CimWriter:
 
     def _fields(self, metadata: FileMetadata) -> list[int]:
         sd = metadata.security_descriptor or NULL_DACL_SECURITY_DESCRIPTOR
-        is_dir = metadata.attributes & _DIRECTORY
+        attributes = metadata.attributes
+        is_dir = attributes & _DIRECTORY
+        flags = self._flags.get(attributes)
+        if flags is None:
+            flags = self._flags[attributes] = int(flags_from_attributes(attributes))
         return [
-            int(flags_from_attributes(metadata.attributes)),
+            flags,
             len(metadata.ea),
             metadata.reparse_tag,
             metadata.creation_time,
@@ -217,7 +228,7 @@ class CimWriter:
             metadata.change_time,
             metadata.last_access_time,
             NULL_OFFSET,
-            pack_length_and_type(0, StreamType.LINK_TABLE if is_dir else StreamType.DATA),
+            _EMPTY_DIRECTORY if is_dir else _EMPTY_DATA,
             self._put_counted(b"sd", sd),
             self._put_counted(b"ea", metadata.ea) if metadata.ea else NULL_OFFSET,
             self._put_counted(b"rp", metadata.reparse) if metadata.reparse else NULL_OFFSET,
@@ -226,6 +237,19 @@ class CimWriter:
             0,
             0,
         ]
+
+    def _components(self, path: str) -> list[str]:
+        """``_components`` with validated parent paths remembered (hot path of builds)."""
+        parent, separator, name = path.rpartition(_SEPARATOR)
+        if not separator or not name or parent.endswith(_SEPARATOR) or not parent.strip(_SEPARATOR):
+            return _components(path)
+        components = self._valid_parents.get(parent)
+        if components is None:
+            components = self._valid_parents[parent] = _components(parent)
+        check_name(name)
+        if len(path) > MAX_PATH_LENGTH // 2 and name_units(path) > MAX_PATH_LENGTH:
+            raise CimInvalidNameError(f"path of {name_units(path)} UTF-16 units is too long")
+        return [*components, name]
 
     def _fail(self) -> None:
         if self._lifecycle.state is State.OPEN:
@@ -247,18 +271,19 @@ class CimWriter:
         """
         self._begin()
         try:
-            components = _components(path)
+            components = self._components(path)
             fields = self._fields(metadata)
             if not components:
                 if not metadata.is_directory:
                     raise CimAccessDeniedError("the root must be a directory")
                 self._tree.update_directory(self._tree.root, fields)
                 return CimStream(None, self._lifecycle, 0, False, None)
-            node = self._tree.place(components, Node(fields, is_dir=metadata.is_directory))
+            is_dir = bool(metadata.attributes & _DIRECTORY)
+            node = self._tree.place(components, Node(fields, is_dir=is_dir))
         except (CimError, OSError):
             self._fail()
             raise
-        if metadata.is_directory:
+        if is_dir:
             return CimStream(None, self._lifecycle, 0, False, None)
         node_fields = node.fields
 
