@@ -30,15 +30,14 @@ from cimsnap.cim.errors import (
     CimError,
     CimFileExistsError,
     CimInvalidArgumentError,
-    CimInvalidNameError,
     CimNotFoundError,
     CimSharingViolationError,
 )
 from cimsnap.cim.file_metadata import NULL_DACL_SECURITY_DESCRIPTOR, FileMetadata
+from cimsnap.cim.fork_source import ParentImage, open_parent
 from cimsnap.cim.format import (
     FILE_RECORD_FAST,
     LENGTH_MASK,
-    MAX_PATH_LENGTH,
     MAX_REGION_COUNT,
     REPARSE_LENGTH,
     SD_LENGTH,
@@ -50,6 +49,7 @@ from cimsnap.cim.format import (
 )
 from cimsnap.cim.headers import RegionSet
 from cimsnap.cim.image_files import ImageFiles
+from cimsnap.cim.image_paths import SEPARATOR, PathParser, check_image_name
 from cimsnap.cim.layout import (
     ForkBase,
     MetadataPlacer,
@@ -60,7 +60,7 @@ from cimsnap.cim.layout import (
 )
 from cimsnap.cim.offsets import NULL_OFFSET
 from cimsnap.cim.pending import Node, PendingTree, RecordField
-from cimsnap.cim.upcase import NameOrder, check_name, name_units
+from cimsnap.cim.upcase import NameOrder
 from cimsnap.upcase import upcase_table_bytes
 
 __all__ = ["CimWriter"]
@@ -68,7 +68,6 @@ __all__ = ["CimWriter"]
 #: The image's own region set (§3.4 recommendation, [U] q3): one metadata, one data and
 #: one small-data region, in this order.
 REGION_TYPES: Final = (RegionType.METADATA, RegionType.DATA, RegionType.SMALL_DATA)
-_SEPARATOR: Final = "\\"
 _SPARSE: Final = int(FileAttribute.SPARSE_FILE)
 _DIRECTORY: Final = int(FileAttribute.DIRECTORY)
 _FIELD_COUNT: Final = len(FILE_RECORD_FAST.fields)
@@ -99,15 +98,13 @@ class CimWriter:
         region_set_id: uuid.UUID | None = None,
     ) -> None:
         self.directory = Path(directory)
-        _check_image_name(image_name)
+        check_image_name(image_name)
         if parent is not None:
-            _check_image_name(parent)
+            check_image_name(parent)
         self.image_name = image_name
         self._lifecycle = Lifecycle()
         self._objects: dict[bytes, int] = {}
-        # Validity of a name is a pure function of the string, so validated parent paths
-        # can be remembered for the writer's life (most calls share a few parents).
-        self._valid_parents: dict[str, list[str]] = {}
+        self._paths = PathParser()
         # Record Flags per attributes value, derived once from format.flags_from_attributes.
         self._flags: dict[int, int] = {}
         if (self.directory / image_name).exists() and parent != image_name:
@@ -126,15 +123,13 @@ class CimWriter:
             raise
 
     def _open(self, parent: str | None) -> None:
-        self._parent_image = None
+        self._parent_image: ParentImage | None = None
         if parent is None:
             order = NameOrder.default()
             root = Node(_directory_fields(), is_dir=True)
             self._tree = PendingTree(root, order.key)
             self._upcase = upcase_table_bytes()
         else:
-            from cimsnap.cim.fork_source import open_parent
-
             self._parent_image = open_parent(self.directory / parent)
             self._parent_sets = self._parent_image.region_sets
             self._fork = self._parent_image.fork_base
@@ -238,19 +233,6 @@ class CimWriter:
             0,
         ]
 
-    def _components(self, path: str) -> list[str]:
-        """``_components`` with validated parent paths remembered (hot path of builds)."""
-        parent, separator, name = path.rpartition(_SEPARATOR)
-        if not separator or not name or parent.endswith(_SEPARATOR) or not parent.strip(_SEPARATOR):
-            return _components(path)
-        components = self._valid_parents.get(parent)
-        if components is None:
-            components = self._valid_parents[parent] = _components(parent)
-        check_name(name)
-        if len(path) > MAX_PATH_LENGTH // 2 and name_units(path) > MAX_PATH_LENGTH:
-            raise CimInvalidNameError(f"path of {name_units(path)} UTF-16 units is too long")
-        return [*components, name]
-
     def _fail(self) -> None:
         if self._lifecycle.state is State.OPEN:
             self._lifecycle.state = State.FAILED
@@ -271,7 +253,7 @@ class CimWriter:
         """
         self._begin()
         try:
-            components = self._components(path)
+            components = self._paths.components(path)
             fields = self._fields(metadata)
             if not components:
                 if not metadata.is_directory:
@@ -306,7 +288,7 @@ class CimWriter:
         """
         self._begin()
         try:
-            components, stream = _stream_path(path)
+            components, stream = self._paths.stream_path(path)
             if not 0 <= size <= LENGTH_MASK:
                 raise CimInvalidArgumentError(f"stream size {size} does not fit in 48 bits")
             node = self._tree.lookup(components)
@@ -328,7 +310,7 @@ class CimWriter:
         """
         self._begin()
         try:
-            self._tree.link(_components(new_path), _components(existing_path))
+            self._tree.link(self._paths.components(new_path), self._paths.components(existing_path))
         except (CimError, OSError):
             self._fail()
             raise
@@ -340,12 +322,12 @@ class CimWriter:
         """
         self._begin()
         try:
-            last = path.rstrip(_SEPARATOR).rpartition(_SEPARATOR)[2]
+            last = path.rstrip(SEPARATOR).rpartition(SEPARATOR)[2]
             if ":" in last:
-                components, stream = _stream_path(path)
+                components, stream = self._paths.stream_path(path)
                 self._tree.delete_stream(self._tree.lookup(components), stream)
             else:
-                self._tree.delete(_components(path))
+                self._tree.delete(self._paths.components(path))
         except (CimError, OSError):
             self._fail()
             raise
@@ -354,7 +336,7 @@ class CimWriter:
         """True if ``path`` names a file or directory in the image being written."""
         self._lifecycle.require_open()
         try:
-            self._tree.lookup(_components(path))
+            self._tree.lookup(self._paths.components(path))
         except CimNotFoundError:
             return False
         except (CimError, OSError):
@@ -383,35 +365,6 @@ class CimWriter:
         self._lifecycle.state = State.COMMITTED
         self._close_parent()
         return path
-
-
-def _check_image_name(name: str) -> None:
-    if not name or "/" in name or "\0" in name or name in (".", ".."):
-        raise CimInvalidNameError(f"{name!r} is not an image file name")
-
-
-def _components(path: str) -> list[str]:
-    """Split an image path into validated components (raises CimInvalidNameError)."""
-    if path.startswith(_SEPARATOR):
-        path = path[1:]
-    if path.endswith(_SEPARATOR):
-        path = path[:-1]
-    if not path:
-        return []
-    if len(path) > MAX_PATH_LENGTH // 2 and name_units(path) > MAX_PATH_LENGTH:
-        raise CimInvalidNameError(f"path of {name_units(path)} UTF-16 units is too long")
-    parts = path.split(_SEPARATOR)
-    for part in parts:
-        check_name(part)
-    return parts
-
-
-def _stream_path(path: str) -> tuple[list[str], str]:
-    head, sep, stream = path.rpartition(":")
-    if not sep or _SEPARATOR in stream:
-        raise CimInvalidNameError(f"{path!r} names no alternate stream")
-    check_name(stream)
-    return _components(head), stream
 
 
 def _directory_fields() -> list[int]:
