@@ -8,7 +8,7 @@ Durability protocol (cim-format.md §2, §3; the commit contract of :class:`Imag
 1. Region and objectid files are created directly under their final GUID names
    (``region_<guid>_<n>``, ``objectid_<guid>_<n>``). No ``.cim`` references a fresh GUID,
    so until step 4 they are invisible to every reader, and a crash leaves only orphans that
-   a later writer's cleanup can reclaim (nothing references them).
+   :func:`reclaim_unreferenced` removes (nothing references them).
 2. ``commit`` flushes and fsyncs every one of them, then fsyncs the directory (their names).
 3. The ``.cim`` is written to a temporary name (``.<name>.<guid>.tmp``) and fsynced.
 4. It is renamed onto its final name, and the directory is fsynced again.
@@ -26,13 +26,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 from pathlib import Path
 from typing import Final
 
-from cimsnap.cim.errors import CimSharingViolationError
-from cimsnap.cim.headers import RegionSet, objectid_file_name, region_file_name
+from cimsnap.cim.errors import CimFormatError, CimSharingViolationError
+from cimsnap.cim.headers import (
+    RegionSet,
+    objectid_file_name,
+    read_image_header,
+    region_file_name,
+)
 
-__all__ = ["ImageFiles", "RegionSink", "fsync_directory"]
+__all__ = ["ImageFiles", "RegionSink", "fsync_directory", "reclaim_unreferenced"]
 
 #: Bytes buffered per region before one ``write`` syscall. Small objects (records, names,
 #: small file data) are batched; payloads at least this large bypass the buffer.
@@ -53,6 +59,61 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _lock_directory(directory: Path) -> int:
+    """Open ``directory`` and take its exclusive writer lock; return the descriptor."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise CimSharingViolationError(
+            f"{directory}: another CIM writer has the directory open"
+        ) from e
+    return fd
+
+
+#: Names the writer creates: region and objectid files, and the temporary ``.cim``.
+_WRITER_FILE: Final = re.compile(
+    r"(?:region|objectid)_(?P<guid>[0-9a-f-]{36})_\d+|\..+\.(?P<tmp>[0-9a-f-]{36})\.tmp"
+)
+
+
+def reclaim_unreferenced(directory: Path) -> list[Path]:
+    """Remove writer files that no image in ``directory`` refers to; return them.
+
+    Crash leftovers (step 1-3 of the module docstring) are region and objectid files whose
+    GUID no ``.cim`` lists, and temporary ``.cim`` files. Every other regular file is
+    tried as an image header; files that are not images are left alone. Takes the writer
+    lock, so it raises CimSharingViolationError instead of racing a live writer.
+    """
+    fd = _lock_directory(directory)
+    try:
+        referenced: set[str] = set()
+        candidates: list[tuple[Path, str]] = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                match = _WRITER_FILE.fullmatch(entry.name)
+                if match is not None:
+                    guid = match.group("guid")
+                    candidates.append((Path(entry.path), "" if guid is None else guid))
+                    continue
+                try:
+                    header = read_image_header(Path(entry.path))
+                except (CimFormatError, OSError):
+                    continue
+                referenced.update(str(region_set.guid) for region_set in header.region_sets)
+        removed = [path for path, guid in candidates if guid not in referenced]
+        for path in removed:
+            path.unlink()
+        if removed:
+            os.fsync(fd)
+        return removed
+    finally:
+        os.close(fd)
 
 
 class RegionSink:
@@ -141,14 +202,7 @@ class ImageFiles:
         self.region_set = region_set
         self._created: list[Path] = []
         self._sinks: list[RegionSink] = []
-        self._lock_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(self._lock_fd)
-            raise CimSharingViolationError(
-                f"{directory}: another CIM writer has the directory open"
-            ) from e
+        self._lock_fd = _lock_directory(directory)
 
     def create_region(self, index: int, header: bytes) -> RegionSink:
         """Create ``region_<guid>_<index>`` starting with ``header``."""

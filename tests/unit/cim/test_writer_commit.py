@@ -16,6 +16,7 @@ from cimsnap.cim.content import State
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.format import FILES_PER_TABLE, PAGE_SIZE, FileAttribute
 from cimsnap.cim.headers import read_image_header
+from cimsnap.cim.image_files import reclaim_unreferenced
 from cimsnap.cim.regions import open_image
 from cimsnap.cim.writer import CimWriter
 
@@ -118,6 +119,13 @@ def test_crash_mid_commit_leaves_only_unreferenced_files(tmp_path: Path) -> None
     sample_image(tmp_path)
     header = read_image_header(tmp_path / "s.cim")
     assert crashed not in {s.guid for s in header.region_sets}
+    (tmp_path / "unrelated.txt").write_text("not an image")
+    kept = sorted(set(os.listdir(tmp_path)) - set(left))
+    removed = reclaim_unreferenced(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(left)
+    assert sorted(os.listdir(tmp_path)) == kept
+    with open_image(tmp_path / "s.cim") as image:
+        assert image.reader.open_stream("link").read() == b"alpha" * 1000
 
 
 def test_contents_and_security_descriptors_are_stored_once(tmp_path: Path) -> None:
