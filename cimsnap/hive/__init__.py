@@ -16,7 +16,7 @@ from cimsnap.hive.errors import (
 from cimsnap.hive.reader import open_hive, read_hive
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
 from cimsnap.hive.view import HiveReader, KeyView, ValueView, decode_value, read_current_build
-from cimsnap.hive.writer import write_hive
+from cimsnap.hive.writer import write_hive, write_hive_to
 
 __all__ = [
     "ChecksumMismatchError",
@@ -39,4 +39,5 @@ __all__ = [
     "read_current_build",
     "read_hive",
     "write_hive",
+    "write_hive_to",
 ]

@@ -127,18 +127,24 @@ class HiveImage:
     """A validated regf image: base block parsed, hive bins walked.
 
     ``data`` is not copied (a ``memoryview`` of a mapped file works); the caller must keep
-    it alive and unchanged. Raises :class:`HiveFormatError` (or its dirty/checksum
+    it alive and unchanged. ``track_cells`` makes :meth:`cell` refuse a second reference
+    to any cell (the eager reader's cycle and amplification guard; callers must then cache
+    shared sk cells themselves). Raises :class:`HiveFormatError` (or its dirty/checksum
     subclasses) from the constructor when the base block or bin chain is bad.
     """
 
-    __slots__ = ("base", "bins", "data", "end", "layered")
+    __slots__ = ("base", "bins", "consumed", "data", "end", "layered", "used")
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, data: bytes | memoryview, *, track_cells: bool = False) -> None:
         self.data = data
         self.base = _parse_base_block(data)
         self.end = self.base.hive_bins_data_size  # cell offsets must stay below this
         self.layered = bool(self.base.flags & C.BaseBlockFlags.LAYERED_KEYS)
         self.bins = self._walk_bins()
+        # With track_cells, :meth:`cell` hands out each cell once and the cells handed out
+        # may not add up to more than the bins: one byte per 8-byte slot, ~1/8 of the file.
+        self.used = bytearray((self.end >> 3) + 1) if track_cells else None
+        self.consumed = 0
 
     def _walk_bins(self) -> list[tuple[int, int]]:
         bins = []
@@ -167,6 +173,15 @@ class HiveImage:
         size = -size
         if size < 8 or off + size > self.end:
             raise HiveFormatError(what, off, f"cell size {size} runs past the hive bins")
+        used = self.used
+        if used is not None:
+            slot = off >> 3
+            if used[slot]:
+                raise HiveFormatError(what, off, "cell referenced twice (cycle or shared cell)")
+            used[slot] = 1
+            self.consumed += size
+            if self.consumed > self.end:
+                raise HiveFormatError(what, off, "referenced cells overlap")
         return _B + off + 4, size - 4
 
     def node(self, off: int) -> NodeRecord:

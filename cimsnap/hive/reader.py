@@ -41,28 +41,6 @@ _DERIVED_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 _SEMANTICS: Final = tuple(LayerSemantics(i) for i in range(4))
 
 
-class _TrackingImage(HiveImage):
-    """A HiveImage that refuses to hand out any cell twice (see the module docstring)."""
-
-    __slots__ = ("consumed", "used")
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        super().__init__(data)
-        self.used = bytearray((self.end >> 3) + 1)
-        self.consumed = 0
-
-    def cell(self, off: int, what: str) -> tuple[int, int]:
-        pos, n = super().cell(off, what)
-        slot = off >> 3
-        if self.used[slot]:
-            raise HiveFormatError(what, off, "cell referenced twice (cycle or shared cell)")
-        self.used[slot] = 1
-        self.consumed += n + 4
-        if self.consumed > self.end:
-            raise HiveFormatError(what, off, "referenced cells overlap")
-        return pos, n
-
-
 def _fold(name: str) -> str:
     # ASCII fast path: Windows' table maps exactly a-z to A-Z below U+0080, as str.upper().
     return name.upper() if name.isascii() else name_key(name)
@@ -74,7 +52,7 @@ def read_hive(data: bytes | memoryview) -> Hive:
     ``data`` is only read during the call. Raises :class:`HiveFormatError` (see the module
     docstring); nothing is returned on failure.
     """
-    image = _TrackingImage(data)
+    image = HiveImage(data, track_cells=True)
     layered = image.layered
     security: dict[int, bytes] = {}
     root_off = image.base.root_cell_offset

@@ -29,6 +29,7 @@ Output is deterministic: the same model gives the same bytes (no clock reads).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from cimsnap.hive import cells as C
@@ -40,6 +41,7 @@ __all__ = [
     "LH_LEAF_MAX",
     "output_minor_version",
     "write_hive",
+    "write_hive_to",
 ]
 
 #: Most entries in one lh leaf. Windows' own split threshold is not documented (§4.5
@@ -72,6 +74,9 @@ DEFAULT_SECURITY_DESCRIPTOR: Final = bytes.fromhex(
     "01020000000000052000000020020000"  # owner S-1-5-32-544
     "010100000000000512000000"  # group S-1-5-18
 )
+
+#: Bin size used when a cell of more than 2 KiB does not fit the open bin.
+_LARGE_BIN_SIZE: Final = 16 * C.HBIN_ALIGN
 
 _NK = C.NK_HEADER_FAST.struct
 _VK = C.VK_HEADER_FAST.struct
@@ -121,9 +126,10 @@ class _Cells:
     def _open_bin(self, cell_size: int) -> int:
         self.close_bin()
         start = self.bin_end
-        bin_size = max(
-            C.HBIN_ALIGN, -(-(cell_size + C.HBIN_HEADER_SIZE) // C.HBIN_ALIGN) * C.HBIN_ALIGN
-        )
+        fit = -(-(cell_size + C.HBIN_HEADER_SIZE) // C.HBIN_ALIGN) * C.HBIN_ALIGN
+        # Big cells (db segments, large lists) open 64 KiB bins so that several share one
+        # bin instead of each wasting the rest of a 4 KiB multiple.
+        bin_size = max(fit, _LARGE_BIN_SIZE if cell_size > C.HBIN_ALIGN // 2 else C.HBIN_ALIGN)
         self.buf.extend(bytes(bin_size))
         stamp = self.first_bin_time if start == C.BASE_BLOCK_SIZE else 0
         _HBIN.pack_into(
@@ -304,6 +310,27 @@ def write_hive(hive: Hive) -> bytes:
     empty or over-long names, backslashes in key names, two children with the same folded
     name, layer marks or tombstones in a hive whose flags lack 0x2, over-deep trees.
     """
+    return bytes(_serialize(hive))
+
+
+def write_hive_to(
+    hive: Hive, write: Callable[[memoryview], object], chunk_size: int = 1 << 20
+) -> int:
+    """Serialize ``hive`` and pass it to ``write`` in chunks; return the byte count.
+
+    The image is still built in memory first (cells point backwards and forwards), so this
+    saves only the final copy that :func:`write_hive` makes. ``write`` must consume each
+    chunk before returning (the buffer is released afterwards). Raises HiveModelError
+    before anything is written, or whatever ``write`` raises.
+    """
+    buf = _serialize(hive)
+    with memoryview(buf) as view:
+        for start in range(0, len(buf), chunk_size):
+            write(view[start : start + chunk_size])
+    return len(buf)
+
+
+def _serialize(hive: Hive) -> bytearray:
     differencing = hive.is_differencing
     cells = _Cells(hive.last_written)
     security = _Security()
@@ -401,4 +428,4 @@ def write_hive(hive: Hive) -> bytes:
         bytes(3584),
     )
     _U32.pack_into(buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf))
-    return bytes(buf)
+    return buf

@@ -3,6 +3,7 @@ checker never raises, and nothing runs away in time."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -55,14 +56,11 @@ def test_mutated_hives(data: bytes) -> None:
     except HiveFormatError as e:
         assert e.what and e.why
     else:
-        try:
+        # A mutated name may have become empty or gained a backslash: HiveModelError.
+        with contextlib.suppress(HiveModelError):
             assert read_hive(write_hive(hive)) is not None
-        except HiveModelError:
-            pass  # e.g. a mutated name became empty or got a backslash
-    try:
+    with contextlib.suppress(HiveFormatError):
         for _path, key in HiveReader(data).walk():
             _ = (key.security, key.class_name, [v.data for v in key.values()])
-    except HiveFormatError:
-        pass
     problems = check_hive(data)
     assert all(p.what and p.why for p in problems)

@@ -19,9 +19,10 @@ from cimsnap.hive.tree import (
     REG_QWORD,
     REG_SZ,
     Hive,
+    Key,
 )
 
-Dump = dict[tuple[str, ...], list[tuple[str, int, object]]]
+Dump = dict[tuple[str, ...], list[tuple[str, int, bytes]]]
 
 # Runs under Debian's /usr/bin/python3, where the hivex binding lives (not in our venv).
 _HIVEX_WALK = r"""
@@ -59,7 +60,7 @@ def hivex_dump(path: Path) -> Dump:
 def model_dump(hive: Hive) -> Dump:
     """Dump our model in the same raw form."""
     result: Dump = {}
-    stack = [((), hive.root)]
+    stack: list[tuple[tuple[str, ...], Key]] = [((), hive.root)]
     while stack:
         path, key = stack.pop()
         result[path] = [(v.name, v.type, v.data) for v in key.values]
@@ -105,14 +106,14 @@ def regipy_dump(path: Path) -> dict[str, list[tuple[str, object]]]:
     """Walk with regipy's NK records (iterative), values untrimmed."""
     from regipy.registry import RegistryHive
 
-    reg = RegistryHive(str(path))
+    reg = RegistryHive(str(path))  # type: ignore[no-untyped-call]
     result: dict[str, list[tuple[str, object]]] = {}
     stack = [("\\", reg.root)]
     while stack:
         key_path, nk = stack.pop()
         vals = []
         if nk.values_count:
-            for v in nk.iter_values(trim_values=False):
+            for v in nk.iter_values(trim_values=False):  # type: ignore[no-untyped-call]
                 known = v.value_type in (
                     "REG_BINARY",
                     "REG_NONE",
@@ -125,7 +126,7 @@ def regipy_dump(path: Path) -> dict[str, list[tuple[str, object]]]:
                 vals.append((v.name, v.value if known else None))
         result[key_path] = vals
         if nk.subkey_count:
-            for child in nk.iter_subkeys():
+            for child in nk.iter_subkeys():  # type: ignore[no-untyped-call]
                 sep = "" if key_path == "\\" else "\\"
                 stack.append((f"{key_path}{sep}{child.name}", child))
     return result

@@ -17,6 +17,7 @@ from cimsnap.hive import (
     read_current_build,
     read_hive,
     write_hive,
+    write_hive_to,
 )
 from cimsnap.hive.tree import REG_BINARY, REG_DWORD, REG_EXPAND_SZ, REG_QWORD, REG_SZ
 from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
@@ -123,7 +124,10 @@ def test_hivexsh_modified_hive_reads_back(tmp_path: Path) -> None:
     _hivexsh(script, base)
     data = out.read_bytes()
     hive = read_hive(data)
-    cv = hive.root.subkey("MICROSOFT").subkey("windows nt").subkey("CurrentVersion")
+    ms = hive.root.subkey("MICROSOFT")
+    nt = ms.subkey("windows nt") if ms else None
+    cv = nt.subkey("CurrentVersion") if nt else None
+    assert cv is not None
     assert [(v.name, v.type, v.data) for v in cv.values] == [
         ("CurrentBuild", REG_SZ, utf16z("20348")),
         ("Path", REG_EXPAND_SZ, utf16z("%SystemRoot%")),
@@ -133,10 +137,8 @@ def test_hivexsh_modified_hive_reads_back(tmp_path: Path) -> None:
     assert set(hive.root.subkeys) == {"MICROSOFT", "EMPTY"}
     assert hivex_dump(out) == model_dump(hive)
     assert read_current_build(data) == 20348
-    assert (
-        HiveReader(data).open_key(r"microsoft\WINDOWS NT\currentversion").value("count").data
-        == 0x12345678
-    )
+    count = HiveReader(data).open_key(r"microsoft\WINDOWS NT\currentversion").value("count")
+    assert count is not None and count.data == 0x12345678
     # and our writer can take over hivex's tree
     assert read_hive(write_hive(hive)) == _normalised(hive)
 
@@ -184,3 +186,12 @@ def test_hivex_binding_modified_hive_reads_back(tmp_path: Path) -> None:
     rewritten = write_hive(hive)
     assert check_hive(rewritten) == []
     assert read_hive(rewritten) == _normalised(hive)
+
+
+def test_write_hive_to_matches_write_hive() -> None:
+    root = Key("ROOT")
+    root.values.append(Value("big", REG_BINARY, bytes(range(256)) * 4000))
+    chunks: list[bytes] = []
+    size = write_hive_to(Hive(root), lambda view: chunks.append(bytes(view)), chunk_size=4096)
+    assert size == sum(map(len, chunks)) and b"".join(chunks) == write_hive(Hive(root))
+    assert max(map(len, chunks)) == 4096
