@@ -1,0 +1,35 @@
+"""Suite-wide settings.
+
+Hypothesis profiles: ``ci`` (selected when the ``CI`` environment variable is set) is
+derandomized, so a CI run is reproducible and a failure can be replayed locally with
+``HYPOTHESIS_PROFILE=ci``; ``dev`` (the default) explores new examples on every run. Both
+bound shrinking, so a failing property reports within the suite's time budget instead of
+spending minutes minimising.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, Phase, settings
+
+_PHASES_BOUNDED = (Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink)
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=_PHASES_BOUNDED,
+    report_multiple_bugs=False,
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    report_multiple_bugs=False,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
