@@ -7,13 +7,11 @@ counted or synced as part of a child layer.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cimsnap.cim import CimFormatError, read_image_header, region_set_files
-from cimsnap.errdefs import FailedPrecondition
 
-__all__ = ["cim_layer_files", "cim_layer_problem", "cim_layer_size", "sync_cim_layer"]
+__all__ = ["cim_layer_files", "cim_layer_problem", "cim_layer_size"]
 
 _log = logging.getLogger(__name__)
 
@@ -47,29 +45,6 @@ def cim_layer_size(cim_path: Path) -> int:
         except FileNotFoundError:
             continue
     return total
-
-
-def sync_cim_layer(cim_path: Path) -> None:
-    """fsync the layer's own files and their directory (data before metadata, §8.2).
-
-    Raises FailedPrecondition if the header is invalid or one of the image's own files is
-    missing (a damaged layer must not be committed), OSError on other I/O failures.
-    """
-    try:
-        paths = cim_layer_files(cim_path)
-        for path in paths:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except (CimFormatError, FileNotFoundError) as e:
-        raise FailedPrecondition(f"layer {cim_path} is damaged: {e}: failed precondition") from e
-    fd = os.open(cim_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def cim_layer_problem(cim_path: Path) -> str | None:

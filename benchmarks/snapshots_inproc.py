@@ -1,0 +1,157 @@
+"""Benchmark: in-process Snapshotter latency against the storage floor measured in this run.
+
+    python -m benchmarks.snapshots_inproc [--ops N] [--list-size M] [--dir PATH]
+
+What is measured (fresh root under ``--dir``, default the system temp dir):
+
+* ``Stat`` p50/p99 over N calls, against the floor: one raw ``SELECT`` by key on the same
+  database with a fresh connection-less loop (``sqlite3`` directly).
+* ``Prepare``/``Remove`` p50/p99 (N each), against the floor: one raw ``INSERT`` + ``COMMIT``
+  with ``journal_mode=WAL, synchronous=FULL`` on a scratch database (one WAL fsync), i.e.
+  what any durable metadata change costs on this disk.
+* ``Commit`` of an ``extract`` snapshot whose CIM was pre-written (pure metadata plus the
+  fsync of the layer's files), and ``Commit`` of a never-written active (builds an empty
+  forked CIM), against the same floor.
+* ``List`` of M snapshots (default 10,000, two labels each, created directly through the
+  metastore), best and median of 5, against a raw ``SELECT`` of the same rows.
+
+Prints each figure, its ratio to the floor, and the server helper's targets (p50 Stat
+< 0.5 ms, Prepare/Commit < 3 ms, List of 10,000 < 300 ms). The gRPC edge is measured by
+``benchmarks/snapshots_api.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cimsnap.cim import build_from_directory
+from cimsnap.snapshotter import Snapshotter
+from cimsnap.store import Kind, Store, create_snapshot
+
+TARGETS_MS = {"Stat": 0.5, "Prepare": 3.0, "Commit": 3.0, "List": 300.0}
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def durable_insert_floor(directory: Path, n: int) -> list[float]:
+    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, key TEXT UNIQUE)")
+    samples = []
+    for i in range(n):
+
+        def one(i: int = i) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (key) VALUES (?)", (f"k{i}",))
+            conn.execute("COMMIT")
+
+        samples.append(timed(one))
+    conn.close()
+    return samples
+
+
+def report(name: str, samples: list[float], floor: float) -> None:
+    p50, p99 = pct(samples, 0.5), pct(samples, 0.99)
+    target = TARGETS_MS.get(name.split()[0])
+    line = f"{name:<28} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  x{p50 / floor:6.1f} of floor"
+    if target is not None:
+        line += f"  target {target} ms ({p50 / target:.2f} of it)"
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ops", type=int, default=300)
+    parser.add_argument("--list-size", type=int, default=10_000)
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cimsnap-bench-", dir=args.dir))
+    try:
+        run(work, args.ops, args.list_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, n: int, list_size: int) -> None:
+    floor_write = durable_insert_floor(work, n)
+    write_floor = pct(floor_write, 0.5)
+    print(f"floor: durable SQLite insert (WAL, FULL) p50 {write_floor:.3f} ms")
+
+    sn = Snapshotter(work / "root")
+    base_mounts = sn.prepare("base-active")
+    sn.commit("base", "base-active")
+
+    prepare = [timed(lambda i=i: sn.prepare(f"ns/{i}/k", "base", {"a": "b"})) for i in range(n)]
+    stat = [timed(lambda i=i: sn.stat(f"ns/{i}/k")) for i in range(n)]
+    remove = [timed(lambda i=i: sn.remove(f"ns/{i}/k")) for i in range(n)]
+
+    db = sqlite3.connect(work / "root" / "metadata.db")
+    raw_stat = [
+        timed(lambda: db.execute("SELECT * FROM snapshots WHERE key = ?", ("base",)).fetchone())
+        for _ in range(n)
+    ]
+    stat_floor = pct(raw_stat, 0.5)
+    print(f"floor: raw SELECT by key p50 {stat_floor:.3f} ms")
+
+    # Commit of an extract snapshot whose CIM the differ already wrote (fork of base).
+    src = work / "empty"
+    src.mkdir()
+    base_cim = Path(base_mounts[0].options[1].removeprefix("cimpath="))
+    extract_commit = []
+    empty_commit = []
+    for i in range(max(10, n // 10)):
+        key = f"ns/{i}/extract-{i} sha256:{i}"
+        mounts = sn.prepare(key, "base")
+        build_from_directory(
+            src, Path(mounts[0].options[1].removeprefix("cimpath=")), parent=base_cim
+        )
+        extract_commit.append(timed(lambda k=key, i=i: sn.commit(f"ns/{i}/sha256:{i}", k)))
+        sn.prepare(f"scratch-{i}", "base")
+        empty_commit.append(timed(lambda i=i: sn.commit(f"empty-{i}", f"scratch-{i}")))
+
+    report("Stat", stat, stat_floor)
+    report("Prepare", prepare, write_floor)
+    report("Remove", remove, write_floor)
+    report("Commit (extract, prewritten)", extract_commit, write_floor)
+    report("Commit (empty CIM build)", empty_commit, write_floor)
+    sn.close()
+
+    list_root = work / "list-root"
+    list_root.mkdir()
+    with Store(list_root / "metadata.db") as store, store.write() as tx:
+        for i in range(list_size):
+            create_snapshot(tx, Kind.ACTIVE, f"default/{i}/k", "", {"a": str(i), "b": "x"}, i)
+    with Snapshotter(list_root) as big:
+        runs = [timed(big.list) for _ in range(5)]
+        count = len(big.list())
+    raw = sqlite3.connect(list_root / "metadata.db")
+    raw_runs = [timed(lambda: raw.execute("SELECT * FROM snapshots").fetchall()) for _ in range(5)]
+    best, median = min(runs), statistics.median(runs)
+    print(
+        f"List of {count:<19} best {best:8.1f} ms  median {median:8.1f} ms  "
+        f"x{best / min(raw_runs):6.1f} of raw SELECT ({min(raw_runs):.1f} ms)  "
+        f"target {TARGETS_MS['List']} ms ({best / TARGETS_MS['List']:.2f} of it)"
+    )
+    print(f"(disk: {os.statvfs(work).f_bsize}-byte blocks at {work})")
+
+
+if __name__ == "__main__":
+    main()
