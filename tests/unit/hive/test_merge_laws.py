@@ -1,9 +1,22 @@
 """Property-based laws of ``merge`` on random trees (windows-layer-import.md §4.4).
 
-The oracle (``layer_model.layered_view``) resolves each path independently through a stack
-of layers, as the kernel's layered keys do; ``merge`` walks trees once with sharing. The
-laws compare what a reader sees (keys, names, classes, values by folded name, timestamps,
-SDs, flags); value *order* is pinned by the idempotence law and the decision tests.
+The laws, for a normal hive B and differencing hives D, D1, D2 (random, with names that
+differ only in Windows case, or that ``str.upper()`` would confuse but Windows does not):
+
+* **layered view**: ``merge(B, D)`` shows, path by path, what the stack [B, D] shows when
+  each path is resolved on its own through the layers (``layer_model.layered_view``, the
+  kernel's reading of layered keys, written without trees, sharing or stacks);
+* **sequence**: ``merge(merge(B, D1), D2)`` shows what the three-layer stack [B, D1, D2]
+  shows; i.e. merging deltas one after another is the same as layering them;
+* **idempotence**: ``merge(merge(B, D), D) == merge(B, D)`` exactly (value order included);
+* **identity**: an empty delta (root only, sem 0) leaves B unchanged (see the test for the
+  one rule-6 exception: the root's class without InheritClass);
+* **normal output**, **inputs untouched**, **untouched subtrees shared by reference**;
+* **tombstone**, **SupersedeTree**, **SupersedeLocal** at a random existing path do what
+  §4.4 rules 2, 4 and 5 say, checked directly rather than through the oracle.
+
+"What a path shows" compares keys, names, classes, values by folded name, timestamps,
+SDs and flags; value *order* is pinned by the idempotence law and the decision tests.
 """
 
 from __future__ import annotations
