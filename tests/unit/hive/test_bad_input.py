@@ -191,3 +191,20 @@ def test_forged_cells(case: str) -> None:
         assert err.offset == offset
         assert f"{offset:#x}" in str(err)
     assert err.what in str(err)
+
+
+def test_lf_and_li_leaves_are_read() -> None:
+    """Older leaf kinds: lf (hint instead of hash) and li (offsets only)."""
+    expected = read_hive(GOOD)
+    lf = bytearray(GOOD)
+    lf[4096 + OFF["A.list"] + 4 : 4096 + OFF["A.list"] + 6] = b"lf"
+    assert read_hive(bytes(lf)) == expected
+    assert not [p for p in check_hive(bytes(lf)) if p.severity == "error"]
+    li = bytearray(GOOD)
+    pos = 4096 + OFF["A.list"] + 4
+    count = struct.unpack_from("<H", li, pos + 2)[0]
+    children = struct.unpack_from(f"<{2 * count}I", li, pos + 4)[0::2]
+    li[pos : pos + 4 + 4 * count] = C.LI.build(
+        {"count": count, "elements": [{"offset": c} for c in children]}
+    )
+    assert read_hive(bytes(li)) == expected

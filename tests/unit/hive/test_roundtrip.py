@@ -183,6 +183,14 @@ def test_hivex_binding_modified_hive_reads_back(tmp_path: Path) -> None:
     child = key.subkey("CHILD")
     assert child is not None and [(v.name, v.type) for v in child.values] == [("Ünï", 7)]
     assert hivex_dump(out) == model_dump(hive)
+    # hivex hashes the UTF-8 bytes of a name (ASCII-only upcase) instead of its upcased UTF-16
+    # units, so its lh hash for the non-ASCII key is wrong; the checker must notice exactly
+    # that and nothing else.
+    reader = HiveReader(data)
+    root_list = reader.image.node(reader.root.offset).subkey_list
+    assert [(p.what, p.offset, p.severity) for p in check_hive(data)] == [
+        ("subkey list", root_list, "error")
+    ]
     rewritten = write_hive(hive)
     assert check_hive(rewritten) == []
     assert read_hive(rewritten) == _normalised(hive)
