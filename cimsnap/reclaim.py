@@ -103,5 +103,6 @@ def destroy_retired(cim_dir: Path, retired: Retired) -> None:
         shutil.rmtree(directory, onerror=_log_error)
 
 
-def _log_error(function: object, path: str, exc_info: object) -> None:
-    _log.warning("cleanup: cannot remove %s: %s", path, exc_info)
+def _log_error(function: object, path: str, exc_info: tuple[type, BaseException, object]) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):  # a concurrent remove got there first
+        _log.warning("cleanup: cannot remove %s: %s", path, exc_info[1])

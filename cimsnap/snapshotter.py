@@ -363,7 +363,10 @@ class Snapshotter:
                 renamed = self._rename_for_removal(snapshot_id)
         except BaseException:
             if renamed is not None:
-                os.rename(renamed[1], renamed[0])
+                try:
+                    os.rename(renamed[1], renamed[0])
+                except OSError as e:  # the row is back; cleanup must not reap the dir
+                    _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
             raise
         try:
             destroy_cim_layer(self._cim(snapshot_id))
@@ -419,5 +422,9 @@ class Snapshotter:
             self._busy.discard(snapshot_id)
 
 
-def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:
-    _log.warning("removal left %s for cleanup (%s)", path, exc_info)
+def _log_rmtree_error(
+    function: object, path: str, exc_info: tuple[type, BaseException, object]
+) -> None:
+    # A concurrent cleanup may be deleting the same rm-<id> tree: vanished entries are fine.
+    if not isinstance(exc_info[1], FileNotFoundError):
+        _log.warning("removal left %s for cleanup (%s)", path, exc_info[1])

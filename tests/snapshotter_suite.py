@@ -756,6 +756,7 @@ def _parent_cims(mounts: list[Mount]) -> list[str]:
 # -- scale ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_128_layer_chain(sn: SnapshotterAPI) -> None:
     parent = ""
     names = []
