@@ -258,7 +258,9 @@ def merge_files(
     :class:`~cimsnap.hive.errors.HiveFormatError` for a malformed input (with a note naming
     the file),
     :class:`HiveMergeError` as :func:`merge` does, and ``OSError`` for I/O failures. On any
-    failure ``out_path`` is not created and no temporary file is left behind.
+    failure ``out_path`` is not created and no temporary file is left behind. The
+    temporary file lives beside ``out_path`` and is published with a hard link (the
+    filesystem must support them, as every Linux one under a containerd root does).
     """
     out = os.fspath(out_path)
     if os.path.lexists(out):
