@@ -1,0 +1,73 @@
+"""Mutation fuzzing of the CIM reader: random byte flips and truncations of a valid image
+raise only CimFormatError (or a lookup's CimApiError), in bounded time (§1, §13)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cimsnap.cim import format as fmt
+from cimsnap.cim.errors import CimFormatError
+from cimsnap.cim.headers import parse_image_header
+from tests.unit.cim.hostile import survive
+from tests.unit.cim.test_reader import sample
+
+BUILT = sample().build()
+FILESYSTEM = BUILT.offsets["filesystem"]
+UPCASE_START = BUILT.locate("upcase")[1]
+UPCASE_END = UPCASE_START + fmt.UPCASE_TABLE_SIZE
+META = bytes(BUILT.regions[0])
+OTHER = [bytes(r) for r in BUILT.regions[1:]]
+
+# Flips land mostly in the metadata objects (not the 128 KiB upcase table).
+positions = st.one_of(
+    st.integers(0, UPCASE_START - 1),
+    st.integers(UPCASE_END, len(META) - 1),
+    st.integers(UPCASE_START, UPCASE_END - 1),
+)
+flips = st.lists(st.tuples(positions, st.integers(1, 255)), min_size=1, max_size=8)
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+
+
+def run(meta: bytes, others=OTHER) -> str:
+    views = [memoryview(meta), *(memoryview(o) for o in others)]
+    return survive(views, FILESYSTEM)
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(flips)
+def test_byte_flips_of_metadata(changes):
+    meta = bytearray(META)
+    for position, xor in changes:
+        meta[position] ^= xor
+    run(bytes(meta))
+
+
+@pytest.mark.timeout(120)
+@FUZZ
+@given(st.integers(0, len(META)), st.integers(0, 2), st.integers(0, 20_000))
+def test_truncations(meta_cut, region, other_cut):
+    others = list(OTHER)
+    others[region % len(others)] = others[region % len(others)][:other_cut]
+    run(META[:meta_cut], others)
+
+
+@pytest.mark.timeout(60)
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, len(BUILT.cim) - 1), st.integers(1, 255)), max_size=6))
+def test_image_header_flips(changes):
+    data = bytearray(BUILT.cim)
+    for position, xor in changes:
+        data[position] ^= xor
+    with contextlib.suppress(CimFormatError):
+        parse_image_header(bytes(data))
