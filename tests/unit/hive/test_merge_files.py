@@ -4,6 +4,7 @@ reader, by hivex (Debian's python3-hivex / hivexml) and by regipy."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -164,3 +165,23 @@ def test_a_malformed_delta_leaves_no_output_and_names_the_file(tmp_path: Path) -
     done = cli("merge", str(base_path), str(bad), str(tmp_path / "out"))
     assert done.returncode == 1
     assert "delta" in done.stderr and "cimsnap hive check" in done.stderr
+
+
+def test_the_garbage_collector_is_restored_after_success_and_failure(tmp_path: Path) -> None:
+    base_path = write(tmp_path, "b", sample_base())
+    delta_path = write(tmp_path, "d", sample_delta())
+    assert gc.isenabled()
+    merge_files(base_path, delta_path, tmp_path / "out")
+    assert gc.isenabled()
+    with pytest.raises(AlreadyExists):
+        merge_files(base_path, delta_path, tmp_path / "out")
+    (tmp_path / "bad").write_bytes(b"regf" + bytes(5000))
+    with pytest.raises(HiveFormatError):
+        merge_files(base_path, tmp_path / "bad", tmp_path / "out2")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        merge_files(base_path, delta_path, tmp_path / "out3")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
