@@ -20,12 +20,19 @@ Layout under ``root`` (containerd's cimfs snapshotter, §3.1-3.2):
   ``prepare`` for active snapshots whose key does not contain ``extract``. On Linux,
   containers can't mount CimFS, so this is where files for a new layer are written;
   ``commit`` converts its content into a CIM forked from the parent and then deletes it.
+  The conversion is :func:`cimsnap.cim.build_from_directory`: regular files, directories,
+  hard links and relative symlinks are stored; OCI whiteouts (``.wh.<name>``,
+  ``.wh..wh..opq``) delete from the parent; anything else (FIFOs, sockets, devices,
+  absolute symlinks, names Windows cannot hold) fails the commit with FailedPrecondition.
+  [choice] Unlike containerd's cimfs snapshotter, a parentless non-extract ``prepare`` is
+  allowed (its commit produces a base layer).
 * ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by ``remove`` or ``cleanup``.
 
 Commit (going beyond containerd, which only commits ``extract`` snapshots):
 
 * Key containing ``extract`` whose ``<id>.cim`` exists (the differ's Apply wrote it): the
-  layer's files are fsynced and the commit is pure metadata.
+  layer is checked (header, own region files present) and the commit is pure metadata;
+  the CIM writer made it durable before the ``.cim`` became visible.
 * Any other active snapshot, including an ``extract`` one whose ``.cim`` was never written
   ([choice] for the spec's open case: treat it like a never-written active rather than
   fail, so an empty layer in an image still commits): the ``scratch/`` directory (or an
@@ -35,6 +42,10 @@ Commit (going beyond containerd, which only commits ``extract`` snapshots):
   after fsyncing everything, so a crash leaves no half-visible layer; the metadata commits
   only after the data is durable (§8.2). If the metadata commit fails the new CIM is
   destroyed again, leaving the store as it was.
+
+Not implemented [choice]: the remote-snapshot shortcut (answering a Prepare that carries
+``containerd.io/snapshot.ref`` with AlreadyExists when the chain is already committed);
+containerd then simply fetches and applies the layer (§2.4 allows either).
 
 All methods are synchronous and thread-safe; errors are :mod:`cimsnap.errdefs` classes with
 containerd-style messages. ``OSError`` from the filesystem propagates unchanged.
@@ -113,7 +124,10 @@ class Snapshotter:
             raise
 
     def _check_layers(self) -> frozenset[int]:
-        """Restore lost snapshot directories; return the IDs of damaged committed layers.
+        """Restore snapshot directories; return the IDs of damaged committed layers.
+
+        Every row gets its directory back: renamed from ``rm-<id>`` if a Remove crashed
+        before its commit, else recreated empty (the metastore is the source of truth).
 
         §8.2: a committed row whose CIM is missing or broken (e.g. after a power loss on a
         filesystem that lost unsynced data) is logged as an error, and snapshots can no
@@ -125,7 +139,14 @@ class Snapshotter:
             kinds = id_kinds(tx)
         damaged: set[int] = set()
         for snapshot_id, kind in kinds.items():
-            self._dir(snapshot_id).mkdir(exist_ok=True)
+            path = self._dir(snapshot_id)
+            removing = self.snapshots_dir / f"rm-{snapshot_id}"
+            if not path.exists() and removing.is_dir():
+                # A crash inside Remove's transaction after its rename: the row survived,
+                # so the directory is still in use; put it back before cleanup reaps it.
+                _log.warning("restoring %s of a remove that did not commit", removing)
+                os.rename(removing, path)
+            path.mkdir(exist_ok=True)
             if kind != Kind.COMMITTED:
                 continue
             problem = cim_layer_problem(self._cim(snapshot_id))
@@ -201,16 +222,15 @@ class Snapshotter:
                         f'parent "{parent}" has a damaged layer; remove it and pull again: '
                         "failed precondition"
                     )
-                created = self._make_dir(
-                    ref.id, scratch=kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key
-                )
+                created = self._dir(ref.id)  # anything there now is garbage on failure
+                self._make_dir(ref.id, scratch=kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key)
         except BaseException:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             raise
         return self._mount(ref)
 
-    def _make_dir(self, snapshot_id: int, *, scratch: bool) -> Path:
+    def _make_dir(self, snapshot_id: int, *, scratch: bool) -> None:
         """Create the directory of a fresh ID, clearing leftovers of a crashed transaction.
 
         A fresh ID is referenced by no row, yet a crash after ``mkdir`` but before the
@@ -225,7 +245,6 @@ class Snapshotter:
         path.mkdir()
         if scratch:
             (path / SCRATCH_DIR).mkdir()
-        return path
 
     # -- read ------------------------------------------------------------------------
 

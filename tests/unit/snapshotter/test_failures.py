@@ -130,3 +130,16 @@ def test_crash_between_mkdir_and_commit(tmp_path: Path) -> None:
         assert snapshot_dir(mounts).name == "2"
         assert sorted(p.name for p in snapshot_dir(mounts).iterdir()) == ["scratch"]
         assert list((snapshot_dir(mounts) / "scratch").iterdir()) == []
+
+
+def test_startup_restores_directory_of_an_uncommitted_remove(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Snapshotter(root) as sn:
+        mounts = sn.prepare("k")
+        (snapshot_dir(mounts) / "scratch" / "f").write_text("data")
+    # What a crash after Remove's rename but before its COMMIT leaves behind:
+    snapshot_dir(mounts).rename(root / "snapshots" / f"rm-{snapshot_dir(mounts).name}")
+    with Snapshotter(root) as sn:
+        assert sn.stat("k").kind == Kind.ACTIVE
+        sn.cleanup()
+        assert (snapshot_dir(mounts) / "scratch" / "f").read_text() == "data"
