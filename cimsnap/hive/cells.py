@@ -47,6 +47,7 @@ __all__ = [
     "LF",
     "LH",
     "LH_ELEMENT",
+    "LH_ELEMENT_FAST",
     "LI",
     "LIST_HEADER",
     "LIST_HEADER_FAST",
@@ -58,6 +59,7 @@ __all__ = [
     "NK_HEADER_FAST",
     "NO_CELL",
     "OFFSET_ELEMENT",
+    "OFFSET_ELEMENT_FAST",
     "RI",
     "SK",
     "SK_HEADER",
@@ -322,21 +324,15 @@ def fast_layout(decl: c.Struct) -> FastLayout:
     return FastLayout(struct.Struct("".join(fmt)), tuple(names), tuple(consts))
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=512)
 def _array_struct(element_format: str, count: int) -> struct.Struct:
     return struct.Struct("<" + element_format * count)
 
 
-def fast_array(element: c.Struct, count: int) -> struct.Struct:
-    """Return a cached ``struct.Struct`` for ``count`` consecutive ``element`` records."""
-    layout = _ELEMENT_FORMATS.get(id(element))
-    if layout is None:
-        layout = fast_layout(element).struct.format[1:]
-        _ELEMENT_FORMATS[id(element)] = layout
-    return _array_struct(layout, count)
+def fast_array(element: FastLayout, count: int) -> struct.Struct:
+    """Return a (cached) ``struct.Struct`` for ``count`` consecutive ``element`` records."""
+    return _array_struct(element.struct.format[1:], count)
 
-
-_ELEMENT_FORMATS: dict[int, str] = {}
 
 BASE_BLOCK_FAST: Final = fast_layout(BASE_BLOCK)
 HBIN_HEADER_FAST: Final = fast_layout(HBIN_HEADER)
@@ -346,6 +342,8 @@ VK_HEADER_FAST: Final = fast_layout(VK_HEADER)
 SK_HEADER_FAST: Final = fast_layout(SK_HEADER)
 LIST_HEADER_FAST: Final = fast_layout(LIST_HEADER)
 DB_FAST: Final = fast_layout(DB)
+LH_ELEMENT_FAST: Final = fast_layout(LH_ELEMENT)
+OFFSET_ELEMENT_FAST: Final = fast_layout(OFFSET_ELEMENT)
 
 
 # --- format rules -------------------------------------------------------------------

@@ -115,7 +115,7 @@ class _Checker:
         if bool(rec.flags & C.KeyFlags.HIVE_ENTRY) != is_root:
             self.add("nk cell", off, "HIVE_ENTRY flag must be set on the root only")
         if not is_root:
-            (stored_parent,) = C.fast_array(C.OFFSET_ELEMENT, 1).unpack_from(
+            (stored_parent,) = C.fast_array(C.OFFSET_ELEMENT_FAST, 1).unpack_from(
                 image.data, _B + off + 4 + 16
             )
             if stored_parent != parent:
@@ -234,7 +234,9 @@ class _Checker:
     def leaf_hashes(self, leaf_off: int, sig: bytes, count: int) -> tuple[int, ...] | None:
         if sig != b"lh":
             return None
-        pairs = C.fast_array(C.LH_ELEMENT, count).unpack_from(self.image.data, _B + leaf_off + 8)
+        pairs = C.fast_array(C.LH_ELEMENT_FAST, count).unpack_from(
+            self.image.data, _B + leaf_off + 8
+        )
         return tuple(pairs[1::2])
 
     def security_list(self) -> None:

@@ -229,7 +229,7 @@ class HiveImage:
         pos, n = self.cell(off, what)
         if 4 * count > n:
             raise HiveFormatError(what, off, f"{count} entries overrun a {n}-byte cell")
-        return C.fast_array(C.OFFSET_ELEMENT, count).unpack_from(self.data, pos)
+        return C.fast_array(C.OFFSET_ELEMENT_FAST, count).unpack_from(self.data, pos)
 
     def list_leaf(self, off: int, leaf_only: bool) -> tuple[bytes, tuple[int, ...]]:
         """Read a subkey list cell; return (signature, offsets). ri entries are leaves."""
@@ -240,12 +240,12 @@ class HiveImage:
         if sig in _PAIR_LISTS:
             if 4 + 8 * count > n:
                 raise HiveFormatError("subkey list", off, f"{count} entries overrun the cell")
-            pairs = C.fast_array(C.LH_ELEMENT, count).unpack_from(self.data, pos + 4)
+            pairs = C.fast_array(C.LH_ELEMENT_FAST, count).unpack_from(self.data, pos + 4)
             return sig, pairs[0::2]
         if sig == b"li" or (sig == b"ri" and not leaf_only):
             if 4 + 4 * count > n:
                 raise HiveFormatError("subkey list", off, f"{count} entries overrun the cell")
-            return sig, C.fast_array(C.OFFSET_ELEMENT, count).unpack_from(self.data, pos + 4)
+            return sig, C.fast_array(C.OFFSET_ELEMENT_FAST, count).unpack_from(self.data, pos + 4)
         raise HiveFormatError("subkey list", off, f"unexpected signature {sig!r}")
 
     def value(self, off: int) -> ValueRecord:

@@ -73,7 +73,13 @@ def read_hive(data: bytes | memoryview) -> Hive:
             if child_count:
                 stack.append((child_off, child, child_count, child_list, depth + 1))
     base = image.base
-    return Hive(root, base.minor_version, base.flags, base.file_name, base.last_written)
+    return Hive(
+        root=root,
+        minor_version=base.minor_version,
+        flags=base.flags,
+        file_name=base.file_name,
+        last_written=base.last_written,
+    )
 
 
 def _subkey_offsets(image: HiveImage, off: int, count: int, list_off: int) -> list[int]:
@@ -106,18 +112,18 @@ def _key(
         for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
             v = image.value(vk)
             tombstone = layered and bool(v.flags & C.ValueFlags.TOMBSTONE)
-            values.append(Value(v.name, v.type, v.data, tombstone))
+            values.append(Value(name=v.name, type=v.type, data=v.data, tombstone=tombstone))
     layer = rec.layer if layered else 0
     key = Key(
-        rec.name,
-        rec.last_written,
-        rec.flags & ~_DERIVED_FLAGS,
-        image.class_name(rec, off),
-        sd,
-        _SEMANTICS[layer & C.LAYER_SEMANTICS_MASK],
-        bool(layer & C.INHERIT_CLASS),
-        rec.access_bits,
-        values,
+        name=rec.name,
+        last_written=rec.last_written,
+        flags=rec.flags & ~_DERIVED_FLAGS,
+        class_name=image.class_name(rec, off),
+        security=sd,
+        semantics=_SEMANTICS[layer & C.LAYER_SEMANTICS_MASK],
+        inherit_class=bool(layer & C.INHERIT_CLASS),
+        access_bits=rec.access_bits,
+        values=values,
     )
     return key, rec.subkey_count, rec.subkey_list
 

@@ -86,7 +86,7 @@ _DB = C.DB_FAST.struct
 _HBIN = C.HBIN_HEADER_FAST.struct
 _BASE = C.BASE_BLOCK_FAST.struct
 _CELL = C.CELL_HEADER_FAST.struct
-_U32 = C.fast_array(C.OFFSET_ELEMENT, 1)
+_U32 = C.fast_array(C.OFFSET_ELEMENT_FAST, 1)
 _NO_CELL: Final = C.NO_CELL
 _SEG: Final = C.BIG_DATA_SEGMENT_SIZE
 _ROOT_FLAGS: Final = C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE
@@ -208,7 +208,7 @@ def _put(cells: _Cells, data: bytes, spare: int = 0) -> int:
 def _put_offsets(cells: _Cells, offsets: list[int]) -> int:
     """Allocate a value/segment list cell holding ``offsets``."""
     off = cells.alloc(4 * len(offsets))
-    C.fast_array(C.OFFSET_ELEMENT, len(offsets)).pack_into(
+    C.fast_array(C.OFFSET_ELEMENT_FAST, len(offsets)).pack_into(
         cells.buf, off + C.BASE_BLOCK_SIZE + 4, *offsets
     )
     return off
@@ -239,14 +239,14 @@ def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]]) -> int:
         pos = off + C.BASE_BLOCK_SIZE + 4
         _LIST.pack_into(cells.buf, pos, b"lh", len(leaf))
         flat = [x for pair in leaf for x in pair]
-        C.fast_array(C.LH_ELEMENT, len(leaf)).pack_into(cells.buf, pos + _LIST.size, *flat)
+        C.fast_array(C.LH_ELEMENT_FAST, len(leaf)).pack_into(cells.buf, pos + _LIST.size, *flat)
         leaf_offsets.append(off)
     if len(leaf_offsets) == 1:
         return leaf_offsets[0]
     off = cells.alloc(_LIST.size + 4 * len(leaf_offsets))
     pos = off + C.BASE_BLOCK_SIZE + 4
     _LIST.pack_into(cells.buf, pos, b"ri", len(leaf_offsets))
-    C.fast_array(C.OFFSET_ELEMENT, len(leaf_offsets)).pack_into(
+    C.fast_array(C.OFFSET_ELEMENT_FAST, len(leaf_offsets)).pack_into(
         cells.buf, pos + _LIST.size, *leaf_offsets
     )
     return off

@@ -208,3 +208,18 @@ def test_lf_and_li_leaves_are_read() -> None:
         {"count": count, "elements": [{"offset": c} for c in children]}
     )
     assert read_hive(bytes(li)) == expected
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    import pickle
+
+    err = DirtyHiveError("base block", 4, "dirty", offset_kind="file")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is DirtyHiveError
+    assert (back.what, back.offset, back.why, back.offset_kind) == (
+        "base block",
+        4,
+        "dirty",
+        "file",
+    )
+    assert back.file_offset == 4 and HiveFormatError("x", 0x20, "y").file_offset == 0x1020

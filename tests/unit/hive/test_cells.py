@@ -116,7 +116,7 @@ def test_array_layout() -> None:
     pairs = C.LH.build(
         {"count": 2, "elements": [{"offset": 8, "hash": 9}, {"offset": 16, "hash": 17}]}
     )
-    assert C.fast_array(C.LH_ELEMENT, 2).unpack_from(pairs, 4) == (8, 9, 16, 17)
+    assert C.fast_array(C.LH_ELEMENT_FAST, 2).unpack_from(pairs, 4) == (8, 9, 16, 17)
 
 
 def test_checksum_special_values() -> None:
