@@ -68,6 +68,7 @@ from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.mounts import Mount, cimfs_mount
 from cimsnap.reclaim import destroy_retired, retire_orphans
+from cimsnap.recovery import recover_snapshot_files
 from cimsnap.store import (
     Info,
     Kind,
@@ -87,7 +88,7 @@ from cimsnap.store import (
 )
 from cimsnap.usage import disk_usage
 from cimsnap.wclayer import destroy_cim_layer
-from cimsnap.wclayer.layer_files import cim_layer_problem, cim_layer_size
+from cimsnap.wclayer.layer_files import cim_layer_size
 
 __all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage"]
 
@@ -101,8 +102,8 @@ class Snapshotter:
     """Snapshots of ``root``; see the module docstring for layout and semantics.
 
     The constructor creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
-    ``<root>/snapshots/cim-layers/`` and recreates the directory of any snapshot whose
-    directory was lost (the metastore is the source of truth). ``close()`` is idempotent;
+    ``<root>/snapshots/cim-layers/``, then runs :func:`cimsnap.recovery.recover_snapshot_files`
+    (directories restored, damaged committed layers refused as parents). ``close()`` is idempotent;
     the object is also a context manager.
     """
 
@@ -118,42 +119,12 @@ class Snapshotter:
         self._busy_lock = threading.Lock()
         self._busy: set[int] = set()
         try:
-            self._damaged = self._check_layers()
+            with self._store.read() as tx:
+                kinds = id_kinds(tx)
+            self._damaged = recover_snapshot_files(self.snapshots_dir, self.cim_dir, kinds)
         except BaseException:
             self._store.close()
             raise
-
-    def _check_layers(self) -> frozenset[int]:
-        """Restore snapshot directories; return the IDs of damaged committed layers.
-
-        Every row gets its directory back: renamed from ``rm-<id>`` if a Remove crashed
-        before its commit, else recreated empty (the metastore is the source of truth).
-
-        §8.2: a committed row whose CIM is missing or broken (e.g. after a power loss on a
-        filesystem that lost unsynced data) is logged as an error, and snapshots can no
-        longer be created on top of it (FailedPrecondition) until it is removed and pulled
-        again. [choice] Startup does not fail: that would also block the Remove needed to
-        repair it (peer snapshotters' top complaint, §8.4).
-        """
-        with self._store.read() as tx:
-            kinds = id_kinds(tx)
-        damaged: set[int] = set()
-        for snapshot_id, kind in kinds.items():
-            path = self._dir(snapshot_id)
-            removing = self.snapshots_dir / f"rm-{snapshot_id}"
-            if not path.exists() and removing.is_dir():
-                # A crash inside Remove's transaction after its rename: the row survived,
-                # so the directory is still in use; put it back before cleanup reaps it.
-                _log.warning("restoring %s of a remove that did not commit", removing)
-                os.rename(removing, path)
-            path.mkdir(exist_ok=True)
-            if kind != Kind.COMMITTED:
-                continue
-            problem = cim_layer_problem(self._cim(snapshot_id))
-            if problem is not None:
-                _log.error("committed snapshot %d is damaged: %s", snapshot_id, problem)
-                damaged.add(snapshot_id)
-        return frozenset(damaged)
 
     # -- lifecycle -------------------------------------------------------------------
 
