@@ -228,11 +228,13 @@ def _put_data(cells: _Cells, data: bytes) -> int:
     return off
 
 
-def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]]) -> int:
+def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]], path: str) -> int:
     """Store sorted (nk offset, hash) pairs as one lh list or an ri of lh leaves."""
     if not entries:
         return _NO_CELL
     leaves = [entries[i : i + LH_LEAF_MAX] for i in range(0, len(entries), LH_LEAF_MAX)]
+    if len(leaves) > 0xFFFF:
+        raise HiveModelError(path, f"more than {0xFFFF * LH_LEAF_MAX} subkeys")
     leaf_offsets = []
     for leaf in leaves:
         off = cells.alloc(_LIST.size + 8 * len(leaf))
@@ -359,7 +361,7 @@ def _serialize(hive: Hive) -> bytearray:
             if child.class_name:
                 max_child_class = max(max_child_class, len(child.class_name.encode("utf-16-le")))
             stack.append((child, child_off, nk_off, path + "\\" + child.name, depth + 1))
-        subkey_list = _put_subkey_list(cells, entries)
+        subkey_list = _put_subkey_list(cells, entries, path)
         class_off, class_len = _NO_CELL, 0
         if key.class_name:
             class_bytes = key.class_name.encode("utf-16-le")
