@@ -2,6 +2,7 @@
 # Installs the Debian packages the test suite needs, when they are missing.
 #   containerd     - the real daemon the integration tests start on a private socket
 #   libhivex-bin   - hivexml/hivexsh: an independent regf reader for the hive tests
+#   python3-hivex  - hivex's Python binding (Debian's /usr/bin/python3 only): raw hive dumps/edits
 #   ntfs-3g        - mkntfs/ntfscat: regenerates Windows' upcase table to check the shipped copy
 # Runs apt-get only when something is missing; needs root (or sudo) in that case.
 set -euo pipefail
@@ -9,6 +10,7 @@ need=()
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v ctr >/dev/null 2>&1 || need+=(containerd)
 command -v hivexml >/dev/null 2>&1 || need+=(libhivex-bin)
+/usr/bin/python3 -c 'import hivex' >/dev/null 2>&1 || need+=(python3-hivex)
 command -v mkntfs >/dev/null 2>&1 || need+=(ntfs-3g)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
