@@ -8,10 +8,10 @@ Two phases, so the metastore's write lock is held only for cheap renames (§8.3,
    get the same fresh ID (after a crash rolled the sequence back), and then finds the name
    free. Existing ``rm-*`` entries (interrupted removals) and ``.cim`` files with foreign
    names are collected too.
-2. :func:`destroy_retired`, outside the metastore lock: destroy the retired images
-   (their own region files unless another image shares them), sweep region/objectid files
-   and temporary images no ``.cim`` references (only while no CIM writer is active), and
-   delete the retired directories.
+2. :func:`destroy_retired`, outside the metastore lock: unlink the retired images, then
+   sweep region/objectid files and temporary images no remaining ``.cim`` references (only
+   while no CIM writer is active, else at the next cleanup), and delete the retired
+   directories.
 
 Both phases are idempotent. Entries that are not directories or ``.cim`` files, and names
 this module does not recognise, are left alone.
@@ -26,7 +26,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
-from cimsnap.wclayer import destroy_cim_layer, sweep_unreferenced_regions
+from cimsnap.wclayer import sweep_unreferenced_regions
 
 __all__ = ["Retired", "destroy_retired", "retire_orphans"]
 
@@ -89,11 +89,13 @@ def retire_orphans(snapshots_dir: Path, cim_dir: Path, live_ids: Set[int]) -> Re
 
 def destroy_retired(cim_dir: Path, retired: Retired) -> None:
     """Phase 2: destroy what phase 1 retired; failures are logged and retried next time."""
+    # Unlink the retired images first, then sweep every region set no remaining image
+    # references, once (destroying them one by one would re-read all headers each time).
     for image in retired.images:
         try:
-            destroy_cim_layer(image)
+            image.unlink(missing_ok=True)
         except OSError as e:
-            _log.warning("cleanup: cannot destroy %s: %s", image, e)
+            _log.warning("cleanup: cannot remove %s: %s", image, e)
     try:
         for path in sweep_unreferenced_regions(cim_dir):
             _log.info("cleanup: removed unreferenced %s", path.name)

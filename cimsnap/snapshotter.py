@@ -359,7 +359,11 @@ class Snapshotter:
                     _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
             raise
         try:
-            destroy_cim_layer(self._cim(snapshot_id))
+            # Only a descendant's CIM forks from this layer's region set, and Remove
+            # refused a snapshot with children: no other live image references it, so the
+            # header scan (O(layers) reads per call, too slow for GC, §8.4) is skipped.
+            # Orphan CIMs that might still name it are garbage for cleanup.
+            destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
         except (CimsnapError, OSError) as e:
             _log.warning("remove %s: CIM of %d left for cleanup: %s", key, snapshot_id, e)
         if renamed is not None:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Final
 
@@ -47,19 +48,24 @@ def referenced_region_sets(directory: Path, *, excluding: Path | None = None) ->
     return referenced
 
 
-def destroy_cim_layer(cim_path: Path) -> None:
+def destroy_cim_layer(
+    cim_path: Path, *, referenced_elsewhere: AbstractSet[uuid.UUID] | None = None
+) -> None:
     """Remove the image ``cim_path`` and the region/objectid files only it uses.
 
     * No ``.cim`` at ``cim_path``: nothing to do (hcsshim's safety check); returns.
     * The ``.cim`` is unlinked first, so a crash never leaves an image whose regions are
-      gone; its own region set's files follow unless another image in the directory
-      references that set. Parents' files are never touched.
-    * If the image's own header is unreadable, or another image's header is, only the
-      ``.cim`` is removed and the region files are left for ``Snapshotter.cleanup`` (which
-      applies the same rule); this is logged.
+      gone; its own region set's files follow unless another image references that set.
+      Parents' files are never touched.
+    * ``referenced_elsewhere``: the region-set GUIDs other images use, when the caller
+      knows them; ``None`` (the default) reads every other ``.cim`` header in the
+      directory, which costs O(images) file reads.
+    * If the image's own header is unreadable, or (when scanning) another image's header
+      is, only the ``.cim`` is removed and the region files are left for the sweep
+      (:func:`sweep_unreferenced_regions`, run by ``Snapshotter.cleanup``); this is logged.
 
     Raises OSError if the ``.cim`` cannot be unlinked (then nothing was removed), or if a
-    region file cannot be unlinked (the ``.cim`` is already gone; cleanup finishes it).
+    region file cannot be unlinked (the ``.cim`` is already gone; the sweep finishes it).
     """
     directory = cim_path.parent
     try:
@@ -70,16 +76,17 @@ def destroy_cim_layer(cim_path: Path) -> None:
         _log.warning("destroying unreadable image %s; its region files are left: %s", cim_path, e)
         cim_path.unlink(missing_ok=True)
         return
-    try:
-        others = referenced_region_sets(directory, excluding=cim_path)
-    except (CimFormatError, OSError) as e:
-        _log.warning(
-            "cannot read every image in %s (%s); keeping %s's regions", directory, e, cim_path
-        )
-        cim_path.unlink(missing_ok=True)
-        return
+    if referenced_elsewhere is None:
+        try:
+            referenced_elsewhere = referenced_region_sets(directory, excluding=cim_path)
+        except (CimFormatError, OSError) as e:
+            _log.warning(
+                "cannot read every image in %s (%s); keeping %s's regions", directory, e, cim_path
+            )
+            cim_path.unlink(missing_ok=True)
+            return
     cim_path.unlink(missing_ok=True)
-    if header.own.guid in others:
+    if header.own.guid in referenced_elsewhere:
         return
     for path in region_set_files(directory, header.own):
         path.unlink(missing_ok=True)

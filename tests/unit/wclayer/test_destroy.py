@@ -127,3 +127,15 @@ def test_sweep_skips_when_an_image_is_unreadable(chain: tuple[Path, Path, Path])
     (d / "junk.cim").write_bytes(b"garbage")
     assert sweep_unreferenced_regions(d) == []
     assert orphan.exists()
+
+
+def test_caller_supplied_references_skip_the_scan(chain: tuple[Path, Path, Path]) -> None:
+    a, _b, c = chain
+    (a.parent / "junk.cim").write_bytes(b"garbage")  # a scan would refuse to delete regions
+    c_files = own_files(c)
+    destroy_cim_layer(c, referenced_elsewhere=frozenset())
+    assert not any(p.exists() for p in [c, *c_files])
+    a_files = own_files(a)
+    destroy_cim_layer(a, referenced_elsewhere={read_image_header(a).own.guid})
+    assert not a.exists()
+    assert all(p.exists() for p in a_files)
