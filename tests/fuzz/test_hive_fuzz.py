@@ -19,19 +19,19 @@ from cimsnap.hive import (
     write_hive,
 )
 from cimsnap.hive import cells as C
-from tests.unit.hive.forge import sample_hive
+from tests.unit.hive.forge import delta_hive, sample_hive
 
-SEED = sample_hive()
-CELLS_END = len(SEED)
+SEEDS = (sample_hive(), delta_hive())
 
 
 @st.composite
 def mutations(draw: st.DrawFn) -> bytes:
-    buf = bytearray(SEED)
+    seed = draw(st.sampled_from(SEEDS))
+    buf = bytearray(seed)
     for _ in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["byte", "u32", "u16", "offset"]))
         # Mostly hit the first bins, where the nk/vk/list cells of the sample live.
-        pos = draw(st.integers(4096, min(CELLS_END - 4, 4096 + 0x3000)))
+        pos = draw(st.integers(4096, min(len(seed) - 4, 4096 + 0x3000)))
         if kind == "byte":
             buf[pos] = draw(st.integers(0, 255))
         elif kind == "u16":
@@ -41,7 +41,7 @@ def mutations(draw: st.DrawFn) -> bytes:
                 "<I", buf, pos, draw(st.sampled_from([0, 0x20, 0x7FFFFFFF, 0xFFFFFFFF]))
             )
         else:
-            struct.pack_into("<I", buf, pos, draw(st.integers(0, len(SEED) - 4096)) & ~7)
+            struct.pack_into("<I", buf, pos, draw(st.integers(0, len(seed) - 4096)) & ~7)
     if draw(st.booleans()):
         struct.pack_into("<I", buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf))
     return bytes(buf)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from cimsnap.hive import Hive, HiveReader, Key, Value, write_hive
+from cimsnap.hive import Hive, HiveReader, Key, LayerSemantics, Value, write_hive
 from cimsnap.hive import cells as C
-from cimsnap.hive.tree import REG_BINARY, REG_DWORD, REG_SZ
+from cimsnap.hive.tree import REG_BINARY, REG_DWORD, REG_NONE, REG_SZ
 
 
 def sample_hive() -> bytes:
@@ -30,6 +30,24 @@ def sample_hive() -> bytes:
     for i in range(600):
         many.add_subkey(Key(f"k{i:04d}"))
     return write_hive(Hive(root))
+
+
+def delta_hive() -> bytes:
+    """A small differencing hive: every layer semantics, InheritClass, tombstone values."""
+    root = Key("ROOT")
+    svc = root.add_subkey(Key("Services", inherit_class=True))
+    svc.add_subkey(Key("gone", semantics=LayerSemantics.TOMBSTONE))
+    tree = svc.add_subkey(
+        Key("tree", semantics=LayerSemantics.SUPERSEDE_TREE, inherit_class=True, class_name="k")
+    )
+    tree.add_subkey(Key("leaf", semantics=LayerSemantics.SUPERSEDE_TREE))
+    local = svc.add_subkey(Key("local", semantics=LayerSemantics.SUPERSEDE_LOCAL))
+    local.values += [
+        Value("dead", REG_NONE, b"", tombstone=True),
+        Value("live", REG_SZ, "x\0".encode("utf-16-le")),
+        Value("big", REG_BINARY, bytes(20000)),
+    ]
+    return write_hive(Hive(root, minor_version=6, flags=int(C.BaseBlockFlags.LAYERED_KEYS)))
 
 
 def field_pos(decl: Any, name: str) -> int:

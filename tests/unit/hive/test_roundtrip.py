@@ -59,6 +59,17 @@ def test_write_read_round_trip(hive: Hive) -> None:
     assert read_hive(again) == first
 
 
+@given(hives(layered=True))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_differencing_round_trip(hive: Hive) -> None:
+    data = write_hive(hive)
+    assert check_hive(data) == []
+    first = read_hive(data)
+    assert first.is_differencing
+    assert first == _normalised(hive)
+    assert write_hive(first) == data
+
+
 @given(hives())
 @EXTERNAL
 def test_hivex_reads_writer_output(tmp_path_factory: pytest.TempPathFactory, hive: Hive) -> None:

@@ -22,6 +22,7 @@ from cimsnap.hive.tree import (
     REG_SZ,
     Hive,
     Key,
+    LayerSemantics,
     Value,
     name_key,
 )
@@ -70,20 +71,25 @@ def value_data(draw: st.DrawFn) -> tuple[int, bytes]:
 
 
 @st.composite
-def value_lists(draw: st.DrawFn) -> list[Value]:
+def value_lists(draw: st.DrawFn, layered: bool = False) -> list[Value]:
     out: list[Value] = []
     seen: set[str] = set()
     for name in draw(st.lists(st.one_of(st.just(""), names), max_size=4)):
         if name_key(name) in seen:
             continue
         seen.add(name_key(name))
+        if layered and draw(st.integers(0, 3)) == 0:
+            out.append(Value(name, REG_NONE, b"", tombstone=True))
+            continue
         vtype, data = draw(value_data())
         out.append(Value(name, vtype, data))
     return out
 
 
 @st.composite
-def keys(draw: st.DrawFn, depth: int = 3) -> Key:
+def keys(draw: st.DrawFn, depth: int = 3, layered: bool = False) -> Key:
+    """A key subtree; with ``layered``, random layer semantics, InheritClass and tombstone
+    values (any combination: the writer stores marks, it does not judge them)."""
     key = Key(
         draw(names),
         last_written=draw(st.integers(0, 2**64 - 1)),
@@ -91,21 +97,25 @@ def keys(draw: st.DrawFn, depth: int = 3) -> Key:
         class_name=draw(st.one_of(st.none(), names)),
         security=draw(st.sampled_from(SECURITY)),
         access_bits=draw(st.sampled_from([0, 2, 0xFF])),
-        values=draw(value_lists()),
+        values=draw(value_lists(layered)),
     )
+    if layered:
+        key.semantics = draw(st.sampled_from(list(LayerSemantics)))
+        key.inherit_class = draw(st.booleans())
     if depth > 0:
-        for child in draw(st.lists(keys(depth=depth - 1), max_size=4)):
-            if child.subkey(child.name) is None and key.subkey(child.name) is None:
+        for child in draw(st.lists(keys(depth=depth - 1, layered=layered), max_size=4)):
+            if key.subkey(child.name) is None:
                 key.add_subkey(child)
     return key
 
 
 @st.composite
-def hives(draw: st.DrawFn) -> Hive:
-    """A normal hive of up to ~85 keys."""
+def hives(draw: st.DrawFn, layered: bool = False) -> Hive:
+    """A hive of up to ~85 keys: normal, or with ``layered`` a differencing hive."""
     return Hive(
-        draw(keys()),
+        draw(keys(layered=layered)),
         minor_version=draw(st.sampled_from([5, 6])),
+        flags=2 if layered else 0,
         file_name=draw(st.sampled_from(["", r"\??\C:\Windows\System32\config\SOFTWARE"])),
         last_written=draw(st.integers(0, 2**64 - 1)),
     )
