@@ -12,6 +12,7 @@ What is measured (fresh root under ``--dir``, default the system temp dir):
 * ``Commit`` of an ``extract`` snapshot whose CIM was pre-written (pure metadata plus the
   fsync of the layer's files), and ``Commit`` of a never-written active (builds an empty
   forked CIM), against the same floor.
+* ``Remove`` of the committed empty layers (directory and own CIM files destroyed).
 * ``List`` of M snapshots (default 10,000, two labels each, created directly through the
   metastore), best and median of 5, against a raw ``SELECT`` of the same rows.
 
@@ -127,11 +128,14 @@ def run(work: Path, n: int, list_size: int) -> None:
         sn.prepare(f"scratch-{i}", "base")
         empty_commit.append(timed(lambda i=i: sn.commit(f"empty-{i}", f"scratch-{i}")))
 
+    remove_layer = [timed(lambda i=i: sn.remove(f"empty-{i}")) for i in range(len(empty_commit))]
+
     report("Stat", stat, stat_floor)
     report("Prepare", prepare, write_floor)
     report("Remove", remove, write_floor)
     report("Commit (extract, prewritten)", extract_commit, write_floor)
     report("Commit (empty CIM build)", empty_commit, write_floor)
+    report("Remove (committed layer)", remove_layer, write_floor)
     sn.close()
 
     list_root = work / "list-root"

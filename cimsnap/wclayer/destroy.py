@@ -88,17 +88,10 @@ def destroy_cim_layer(
     cim_path.unlink(missing_ok=True)
     if header.own.guid in referenced_elsewhere:
         return
+    # No directory fsync: an unlink lost in a crash only resurrects a file that no image
+    # references, which the sweep removes.
     for path in region_set_files(directory, header.own):
         path.unlink(missing_ok=True)
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: ``region_<guid>_<n>`` and ``objectid_<guid>_<n>`` (cim-format.md §2).
