@@ -244,6 +244,9 @@ def _get(args: argparse.Namespace) -> int:
         json.dump(record, sys.stdout)
         sys.stdout.write("\n")
         return 0
+    if value.tombstone:
+        _fail(f"{args.value!r} is a tombstone: this delta deletes the lower layer's value")
+        return 0
     data = value.data
     if isinstance(data, list):
         sys.stdout.writelines(f"{s}\n" for s in data)

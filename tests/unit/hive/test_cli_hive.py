@@ -134,6 +134,14 @@ def test_get_prints_the_typed_value(capsys: pytest.CaptureFixture[str], base: Pa
     assert run(capsys, "get", str(base), CV, "blob")[:2] == (0, "01ab\n")
 
 
+def test_get_of_a_tombstone_value_says_so(capsys: pytest.CaptureFixture[str], delta: Path) -> None:
+    code, out, err = run(capsys, "get", str(delta), "Microsoft", "old")
+    assert (code, out) == (0, "")
+    assert "tombstone" in err
+    code, out, _ = run(capsys, "get", str(delta), "Microsoft", "old", "--json")
+    assert json.loads(out)["tombstone"] is True
+
+
 def test_get_json(capsys: pytest.CaptureFixture[str], base: Path) -> None:
     code, out, _ = run(capsys, "get", str(base), CV, "Paths", "--json")
     assert code == 0
