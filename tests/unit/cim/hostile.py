@@ -6,10 +6,22 @@ from cimsnap.cim.errors import CimApiError, CimFormatError
 from cimsnap.cim.reader import CimReader
 from cimsnap.cim.verify import verify_reader
 
+#: Bytes read from each end of a stream: a sparse stream may legitimately claim 2**48 bytes,
+#: which no test can read whole; its head and tail exercise every code path.
+READ_LIMIT = 1 << 20
+
+
+def _read(stream) -> int:
+    total = len(stream.read(READ_LIMIT))
+    if stream.length > 2 * READ_LIMIT:
+        stream.seek(-READ_LIMIT, 2)
+    return total + len(stream.read(READ_LIMIT))
+
 
 def exercise(reader: CimReader) -> int:
-    """Walk, stat, list and read every stream; return bytes read. Lets only the reader's
-    documented error classes escape (CimFormatError; CimApiError for lookups)."""
+    """Walk, stat, list and read every stream (head and tail); return bytes read. Lets
+    only the reader's documented error classes escape (CimFormatError; CimApiError for
+    lookups)."""
     total = 0
     for path, record in reader.walk():
         reader.info(record, path)
@@ -17,12 +29,10 @@ def exercise(reader: CimReader) -> int:
             reader.listdir(path)
         else:
             with reader.open_record_stream(record, None) as stream:
-                for chunk in stream.chunks(1 << 16):
-                    total += len(chunk)
+                total += _read(stream)
         for stream_info in reader.streams(path) if path else []:
             with reader.open_record_stream(record, stream_info.name) as stream:
-                for chunk in stream.chunks(1 << 16):
-                    total += len(chunk)
+                total += _read(stream)
     return total
 
 
