@@ -14,6 +14,7 @@ For one key path, with ``b`` the base node (or none) and ``d`` the delta node (o
 6. ``d`` is merge (0): ``b``'s values with ``d``'s applied (a tombstone removes the
    same-named value, any other value replaces or adds); class per InheritClass; subkeys
    merged as in rule 5;
+7. the properties of merged keys: see the decision table below;
 8. a tombstone with no counterpart has no effect, and a descendant of a SupersedeTree node
    is handled as in rule 3 whatever its own semantics (only tombstones are honoured there).
 
@@ -35,6 +36,7 @@ value order            ``b``'s order with replacements in place; new values appe
 duplicate names        within one key's ``d`` values, applied in order (last one wins);
                        duplicate ``b`` values of a key whose values ``d`` changes collapse
                        into the last one, at the first one's place
+InheritClass, new key  no class (nothing to inherit from; rule 3)
 InheritClass below 3   a descendant of a SupersedeTree node never inherits (the lower
                        subtree is hidden), so its class is empty, as for a new key
 output hive version    minor version 6 (offreg-saved samples are v1.6)
