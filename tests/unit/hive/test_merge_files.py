@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cimsnap.errdefs import AlreadyExists, NotFound
-from cimsnap.hive import HiveFormatError, check_hive, read_hive, write_hive
-from cimsnap.hive.merge import merge, merge_files
+from cimsnap.hive import HiveFormatError, HiveModelError, check_hive, read_hive, write_hive
+from cimsnap.hive.merge import HiveMergeError, merge, merge_files
 from cimsnap.hive.query import os_build_number
 from cimsnap.hive.tree import (
     REG_BINARY,
@@ -185,3 +185,28 @@ def test_the_garbage_collector_is_restored_after_success_and_failure(tmp_path: P
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_damaged_deltas_fail_cleanly_or_merge_into_a_valid_hive(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """Byte damage past the base block: only the format/merge error classes, no output.
+
+    HiveModelError is among them: the reader accepts a backslash inside a stored key name,
+    which the writer then refuses for the merged hive (still a clean failure).
+    """
+    raw = bytearray(write_hive(sample_delta()))
+    for _ in range(data.draw(st.integers(1, 6))):
+        raw[data.draw(st.integers(4096, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    tmp = tmp_path_factory.mktemp("f")
+    base_path = write(tmp, "b", sample_base())
+    (tmp / "d").write_bytes(bytes(raw))
+    try:
+        merge_files(base_path, tmp / "d", tmp / "out")
+    except (HiveFormatError, HiveMergeError, HiveModelError):
+        assert sorted(os.listdir(tmp)) == ["b", "d"]
+    else:
+        problems = check_hive((tmp / "out").read_bytes())
+        assert [p for p in problems if p.severity == "error"] == []
