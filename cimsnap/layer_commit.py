@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cimsnap.errdefs import FailedPrecondition
+from cimsnap.errdefs import FailedPrecondition, NotFound
 from cimsnap.store import SnapshotRef
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_problem
@@ -53,8 +53,12 @@ def materialise_layer(
     parent = cim_dir / f"{ref.parent_ids[0]}.cim" if ref.parent_ids else None
     source = snapshots_dir / str(ref.id) / SCRATCH_DIR
     with build_lock:
-        destroy_cim_layer(cim_path)
+        # A leftover .cim of this still-active snapshot: nothing forks from an active.
+        destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
         if not source.exists() and not source.is_symlink():
-            source.mkdir(parents=True)
+            try:
+                source.mkdir()
+            except FileNotFoundError:  # snapshots/<id> is gone: removed meanwhile
+                raise NotFound(f"snapshot {ref.id} was removed: not found") from None
         build_scratch_layer(source, cim_path, parent=parent)
     return True

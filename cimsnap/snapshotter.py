@@ -212,7 +212,7 @@ class Snapshotter:
         if path.exists():
             _log.warning("removing leftover %s of a rolled-back snapshot", path)
             shutil.rmtree(path)
-        destroy_cim_layer(self._cim(snapshot_id))
+        destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
         path.mkdir()
         if scratch:
             (path / SCRATCH_DIR).mkdir()
@@ -318,8 +318,8 @@ class Snapshotter:
                 with self._store.write() as tx:
                     commit_active(tx, key, name, recorded, checked, parent, self._clock.now_ns())
             except BaseException:
-                if built:
-                    destroy_cim_layer(self._cim(ref.id))
+                if built:  # still active, so no child can have forked from it
+                    destroy_cim_layer(self._cim(ref.id), referenced_elsewhere=frozenset())
                 raise
         finally:
             self._release(ref.id)

@@ -7,6 +7,7 @@ error classes: the snapshotter never sees CIM exceptions.
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 from cimsnap.cim import CimError, CimFormatError, build_from_directory
@@ -17,7 +18,9 @@ from cimsnap.wclayer.destroy import destroy_cim_layer
 __all__ = ["build_scratch_layer"]
 
 
-def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) -> int:
+def build_scratch_layer(
+    source: Path, cim_path: Path, *, parent: Path | None, busy_timeout: float = 60.0
+) -> int:
     """Write ``cim_path`` holding the tree at ``source``, forked from ``parent``'s CIM.
 
     ``source`` must be a real directory (not a symlink); an empty one gives an empty
@@ -26,8 +29,8 @@ def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) ->
 
     Raises FailedPrecondition if ``source`` is not a directory, ``parent`` is missing or
     unreadable, or some entries cannot be represented (the first problem is named);
-    Unavailable if another CIM writer holds the directory (retry later); OSError on I/O
-    failure.
+    Unavailable if another CIM writer keeps the directory for more than ``busy_timeout``
+    seconds (retried with backoff meanwhile); OSError on I/O failure.
     """
     try:
         mode = source.lstat().st_mode
@@ -37,20 +40,32 @@ def build_scratch_layer(source: Path, cim_path: Path, *, parent: Path | None) ->
         raise FailedPrecondition(f"scratch {source} is not a directory: failed precondition")
     if parent is not None and not parent.is_file():
         raise FailedPrecondition(f"parent layer {parent} is missing: failed precondition")
-    try:
-        report = build_from_directory(source, cim_path, parent=parent)
-    except CimSharingViolationError as e:
-        raise Unavailable(f"layer directory {cim_path.parent} is busy: {e}: unavailable") from e
-    except CimFormatError as e:
-        raise FailedPrecondition(
-            f"parent layer {parent} is damaged: {e}: failed precondition"
-        ) from e
-    except CimError as e:
-        raise FailedPrecondition(
-            f"building {cim_path} from {source}: {e}: failed precondition"
-        ) from e
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.01
+    while True:
+        try:
+            report = build_from_directory(source, cim_path, parent=parent)
+            break
+        except CimSharingViolationError as e:
+            # One CIM writer per directory (cim-format.md §12): another writer, e.g. the
+            # differ importing a layer, holds it. Wait for it, within bounds.
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(
+                    f"layer directory {cim_path.parent} is busy: {e}: unavailable"
+                ) from e
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except CimFormatError as e:
+            raise FailedPrecondition(
+                f"parent layer {parent} is damaged: {e}: failed precondition"
+            ) from e
+        except CimError as e:
+            raise FailedPrecondition(
+                f"building {cim_path} from {source}: {e}: failed precondition"
+            ) from e
     if report.problems:
-        destroy_cim_layer(cim_path)
+        # The image was just created under a fresh region-set GUID: nothing references it.
+        destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
         path, why = report.problems[0]
         raise FailedPrecondition(
             f"{len(report.problems)} entries of {source} cannot become a layer; first {path}: "
