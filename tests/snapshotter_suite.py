@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import pytest
 
 from cimsnap.cim import build_from_directory, read_image_header
+from cimsnap.cim.regions import open_image
 from cimsnap.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cimsnap.snapshotter import Info, Kind, Mount, Usage
 
@@ -349,6 +350,57 @@ def test_commit_of_damaged_extract_cim_fails(sn: SnapshotterAPI, root: Path) -> 
     expect_unchanged(
         root, FailedPrecondition, lambda: sn.commit("n", "default/3/extract-3 sha256:z")
     )
+
+
+def layer_tree(cim: Path) -> dict[str, bytes | None]:
+    """The merged tree an image presents: path (``\\``-separated) -> data, None for dirs."""
+    with open_image(cim) as image:
+        reader = image.reader
+        return {
+            path: None if rec.is_directory else reader.open_record_stream(rec, None).read()
+            for path, rec in reader.walk()
+            if path
+        }
+
+
+def test_layers_content_like_check_snapshots(sn: SnapshotterAPI) -> None:
+    # containerd testsuite LayerFileupdate, RemoveDirectoryInLowerLayer,
+    # DeletedFilesInChildSnapshot and MoveFileFromLowerLayer, on the committed CIMs.
+    base = sn.prepare("base-a")
+    scratch = snapshot_dir(base) / "scratch"
+    (scratch / "keep").write_text("k")
+    (scratch / "update").write_text("v1")
+    (scratch / "gone").write_text("g")
+    (scratch / "dir").mkdir()
+    (scratch / "dir" / "inner").write_text("i")
+    (scratch / "move-me").write_text("m")
+    sn.commit("base", "base-a")
+    assert not scratch.exists()  # converted, then deleted
+
+    child = sn.prepare("child-a", "base")
+    scratch = snapshot_dir(child) / "scratch"
+    (scratch / "update").write_text("v2")
+    (scratch / ".wh.gone").write_text("")
+    (scratch / ".wh.dir").write_text("")
+    (scratch / ".wh.move-me").write_text("")
+    (scratch / "moved").write_text("m")
+    (scratch / "new").write_text("n")
+    sn.commit("child", "child-a")
+
+    assert layer_tree(cim_path(base)) == {
+        "keep": b"k",
+        "update": b"v1",
+        "gone": b"g",
+        "dir": None,
+        "dir\\inner": b"i",
+        "move-me": b"m",
+    }
+    assert layer_tree(cim_path(child)) == {
+        "keep": b"k",
+        "update": b"v2",
+        "moved": b"m",
+        "new": b"n",
+    }
 
 
 # -- remove -----------------------------------------------------------------------------------
@@ -770,6 +822,7 @@ def test_128_layer_chain(sn: SnapshotterAPI) -> None:
     view = sn.view("top", parent)
     cims = _parent_cims(view)
     assert len(cims) == 128
+    assert layer_tree(Path(cims[0])) == {f"f{i}": str(i).encode() for i in range(128)}
     header = read_image_header(Path(cims[0]))
     assert len(header.parents) == 127
     info = sn.stat("layer-127")
