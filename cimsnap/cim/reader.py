@@ -15,6 +15,7 @@ root; empty components are ignored.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class CimReader:
         self.record = functools.lru_cache(maxsize=RECORD_CACHE_SIZE)(self._load_record)
         self._table_entry = functools.lru_cache(maxsize=TABLE_CACHE_SIZE)(self._load_table_entry)
         self._directory = functools.lru_cache(maxsize=TABLE_CACHE_SIZE)(self._load_directory)
+        self._keys = functools.lru_cache(maxsize=TABLE_CACHE_SIZE)(self._load_keys)
         view = self.object_at(filesystem_offset, fmt.FILESYSTEM_OBJECT_SIZE, "Filesystem object")
         filesystem = fmt.FILESYSTEM_OBJECT.parse(bytes(view))
         self.filesystem_offset = filesystem_offset
@@ -224,6 +226,11 @@ class CimReader:
             raise CimNotADirectoryError(f"file {file_id} is not a directory")
         return self._link_table(record.stream, DIRECTORY_VALUE_SIZE, f"directory {file_id}")
 
+    def _load_keys(self, file_id: int) -> list[str]:
+        """Sort keys of every name of directory ``file_id`` in stored order (one pass, so
+        lookups bisect without re-decoding names; proportional to the table's real size)."""
+        return [self.order.key(name) for name in self.directory(file_id).names()]
+
     def directory(self, file_id: int) -> LinkTable:
         """The link table of directory ``file_id``; CimNotADirectoryError for a file."""
         return self._directory(file_id)
@@ -274,8 +281,10 @@ class CimReader:
             if not record.is_directory:
                 raise CimNotADirectoryError(f"{'/'.join(parts[:depth])}: not a directory")
             table = self.directory(record.file_id)
-            index = table.find(name, self.order)
-            if index is None:
+            keys = self._keys(record.file_id)
+            key = self.order.key(name)
+            index = bisect.bisect_left(keys, key)
+            if index == len(keys) or keys[index] != key:
                 error = CimNotFoundError if depth == len(parts) - 1 else CimPathNotFoundError
                 raise error(f"{'/'.join(parts[: depth + 1])}: no such file or directory")
             record = self.record(table.file_id_at(index))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimsnap.cim import format as fmt
@@ -30,12 +30,9 @@ positions = st.one_of(
 )
 flips = st.lists(st.tuples(positions, st.integers(1, 255)), min_size=1, max_size=8)
 
-FUZZ = settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    derandomize=True,
-)
+# Profile-level options (derandomize in CI, deadline, health checks) come from
+# tests/conftest.py; only the budget is set here.
+FUZZ = settings(max_examples=150)
 
 
 def run(meta: bytes, others=OTHER) -> str:
