@@ -288,6 +288,15 @@ class FastLayout:
         """Bytes occupied by the layout."""
         return self.struct.size
 
+    def require_order(self, names: tuple[str, ...]) -> None:
+        """Raise ImportError unless the fields are exactly ``names`` in this order.
+
+        Hot code packs and unpacks positionally; modules call this at import time for each
+        layout they use that way, so a changed declaration stops them loudly.
+        """
+        if self.names != names:
+            raise ImportError(f"regf layout changed: {self.names} != {names}")
+
     def unpack_named(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
         """Unpack one record at ``offset`` into a field-name -> value dict (not for hot paths)."""
         return dict(zip(self.names, self.struct.unpack_from(buf, offset), strict=True))

@@ -114,12 +114,8 @@ class _Checker:
         is_root = parent < 0
         if bool(rec.flags & C.KeyFlags.HIVE_ENTRY) != is_root:
             self.add("nk cell", off, "HIVE_ENTRY flag must be set on the root only")
-        if not is_root:
-            (stored_parent,) = C.fast_array(C.OFFSET_ELEMENT_FAST, 1).unpack_from(
-                image.data, _B + off + 4 + 16
-            )
-            if stored_parent != parent:
-                self.add("nk cell", off, f"parent {stored_parent:#x}, expected {parent:#x}")
+        if not is_root and rec.parent != parent:
+            self.add("nk cell", off, f"parent {rec.parent:#x}, expected {parent:#x}")
         if rec.layer and not image.layered:
             self.add("nk cell", off, "layer bits in a hive without layered keys", "warning")
         if depth > C.MAX_KEY_DEPTH:
@@ -129,7 +125,6 @@ class _Checker:
             self.sk_users[rec.security] = self.sk_users.get(rec.security, 0) + 1
         if rec.class_offset != C.NO_CELL and self.ref(rec.class_offset, "class name"):
             self.guard(image.class_name, rec, off)
-        max_fields = C.NK_HEADER_FAST.struct.unpack_from(image.data, _B + off + 4)[15:19]
         max_name, max_value = self.values(off, rec)
         children = self.subkeys(off, rec)
         child_name = child_class = 0
@@ -138,7 +133,12 @@ class _Checker:
             if crec is not None:
                 child_name = max(child_name, len(crec.name.encode("utf-16-le", "surrogatepass")))
                 child_class = max(child_class, crec.class_length)
-        stored = (max_fields[0] & 0xFFFF, max_fields[1], max_fields[2], max_fields[3])
+        stored = (
+            rec.max_subkey_name & 0xFFFF,
+            rec.max_class,
+            rec.max_value_name,
+            rec.max_value_data,
+        )
         actual = (child_name, child_class, max_name, max_value)
         labels = ("max subkey name", "max class", "max value name", "max value data")
         for label, have, need in zip(labels, stored, actual, strict=True):
@@ -173,8 +173,8 @@ class _Checker:
         return max_name, max_data
 
     def value_data_refs(self, vk: int) -> None:
-        fields = C.VK_HEADER_FAST.struct.unpack_from(self.image.data, _B + vk + 4)
-        size, data_off, flags = fields[2], fields[3], fields[5]
+        fields = C.VK_HEADER_FAST.unpack_named(self.image.data, _B + vk + 4)
+        size, data_off, flags = fields["data_size"], fields["data_offset"], fields["flags"]
         if size & C.DATA_INLINE_FLAG or size == 0:
             return
         if self.image.layered and flags & C.ValueFlags.TOMBSTONE:

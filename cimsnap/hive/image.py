@@ -12,7 +12,9 @@ lists may only point to leaves, and a db record's segments must cover its size.
 
 from __future__ import annotations
 
-from typing import Final, NamedTuple
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any, Final, NamedTuple
 
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import ChecksumMismatchError, DirtyHiveError, HiveFormatError
@@ -47,7 +49,7 @@ class BaseBlock(NamedTuple):
 
 
 class NodeRecord(NamedTuple):
-    """The fields of one nk cell (§4.1), names decoded."""
+    """The fields of one nk cell (§4.1), named as in ``cells.NK_HEADER``, name decoded."""
 
     name: str
     flags: int
@@ -61,6 +63,30 @@ class NodeRecord(NamedTuple):
     security: int
     class_offset: int
     class_length: int
+    parent: int
+    max_subkey_name: int
+    max_class: int
+    max_value_name: int
+    max_value_data: int
+
+
+def _picker(layout: C.FastLayout, fields: tuple[str, ...]) -> Callable[[tuple[Any, ...]], Any]:
+    """itemgetter for ``fields`` of an unpacked ``layout`` tuple (positions by name)."""
+    return itemgetter(*(layout.names.index(name) for name in fields))
+
+
+_NK_PICK = _picker(C.NK_HEADER_FAST, NodeRecord._fields[1:])
+_NK_SIGNATURE = C.NK_HEADER_FAST.names.index("signature")
+_NK_NAME_LENGTH = C.NK_HEADER_FAST.names.index("name_length")
+C.VK_HEADER_FAST.require_order(
+    ("signature", "name_length", "data_size", "data_offset", "type", "flags", "spare"),
+)
+C.SK_HEADER_FAST.require_order(
+    ("signature", "reserved", "flink", "blink", "reference_count", "descriptor_size"),
+)
+C.LIST_HEADER_FAST.require_order(("signature", "count"))
+C.DB_FAST.require_order(("signature", "segment_count", "segment_list"))
+C.HBIN_HEADER_FAST.require_order(("signature", "offset", "size", "reserved", "timestamp", "spare"))
 
 
 class ValueRecord(NamedTuple):
@@ -191,17 +217,15 @@ class HiveImage:
         if n < _NK.size:
             raise HiveFormatError("nk cell", off, f"cell of {n} bytes is too small")
         f = _NK.unpack_from(data, pos)
-        if f[0] != b"nk":
-            raise HiveFormatError("nk cell", off, f"signature {f[0]!r}, not b'nk'")
-        name_len = f[20]
+        if f[_NK_SIGNATURE] != b"nk":
+            raise HiveFormatError("nk cell", off, f"signature {f[_NK_SIGNATURE]!r}, not b'nk'")
+        name_len = f[_NK_NAME_LENGTH]
+        start = pos + _NK.size
         if _NK.size + name_len > n:
             raise HiveFormatError("nk cell", off, f"name of {name_len} bytes overruns the cell")
-        raw = data[pos + 76 : pos + 76 + name_len]
-        flags = f[1]
-        name = _decode_name(raw, flags & _COMP_NAME, "nk cell", off)
-        return NodeRecord(
-            name, flags, f[2], f[3], f[4], f[7], f[9], f[11], f[12], f[13], f[14], f[21]
-        )
+        fields = _NK_PICK(f)
+        name = _decode_name(data[start : start + name_len], fields[0] & _COMP_NAME, "nk cell", off)
+        return NodeRecord(name, *fields)
 
     def class_name(self, rec: NodeRecord, off: int) -> str | None:
         """Decode a key's class name (None when absent or empty)."""
@@ -259,7 +283,7 @@ class HiveImage:
             raise HiveFormatError("vk cell", off, f"signature {sig!r}, not b'vk'")
         if _VK.size + name_len > n:
             raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
-        raw = data[pos + 20 : pos + 20 + name_len]
+        raw = data[pos + _VK.size : pos + _VK.size + name_len]
         name = _decode_name(raw, flags & _VALUE_COMP_NAME, "vk cell", off)
         if size & C.DATA_INLINE_FLAG:
             size &= 0x7FFFFFFF

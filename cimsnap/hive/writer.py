@@ -88,8 +88,47 @@ _BASE = C.BASE_BLOCK_FAST.struct
 _CELL = C.CELL_HEADER_FAST.struct
 _U32 = C.fast_array(C.OFFSET_ELEMENT_FAST, 1)
 _NO_CELL: Final = C.NO_CELL
+# The packers below are called positionally in these field orders.
+C.NK_HEADER_FAST.require_order(
+    (
+        "signature",
+        "flags",
+        "last_written",
+        "access_bits",
+        "layer",
+        "spare",
+        "parent",
+        "subkey_count",
+        "volatile_subkey_count",
+        "subkey_list",
+        "volatile_subkey_list",
+        "value_count",
+        "value_list",
+        "security",
+        "class_offset",
+        "max_subkey_name",
+        "max_class",
+        "max_value_name",
+        "max_value_data",
+        "work_var",
+        "name_length",
+        "class_length",
+    )
+)
+C.VK_HEADER_FAST.require_order(
+    ("signature", "name_length", "data_size", "data_offset", "type", "flags", "spare")
+)
+C.SK_HEADER_FAST.require_order(
+    ("signature", "reserved", "flink", "blink", "reference_count", "descriptor_size")
+)
+C.DB_FAST.require_order(("signature", "segment_count", "segment_list"))
+C.HBIN_HEADER_FAST.require_order(("signature", "offset", "size", "reserved", "timestamp", "spare"))
 _SEG: Final = C.BIG_DATA_SEGMENT_SIZE
-_ROOT_FLAGS: Final = C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE
+# Plain ints: IntFlag arithmetic costs a Python-level call per key on the hot path.
+_ROOT_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE)
+_KEY_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
+_VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
+_VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 
 
@@ -276,12 +315,12 @@ def _write_values(cells: _Cells, key: Key, path: str, differencing: bool) -> tup
         if len(value.name) > C.MAX_VALUE_NAME_LENGTH:
             raise HiveModelError(path, f"value name longer than {C.MAX_VALUE_NAME_LENGTH}")
         max_name = max(max_name, 2 * len(value.name) if compressed else len(stored))
-        flags = C.ValueFlags.COMP_NAME if compressed else 0
+        flags = _VALUE_COMP_NAME if compressed else 0
         data = value.data
         if value.tombstone:
             if not differencing:
                 raise HiveModelError(path, f"tombstone value {value.name!r} in a normal hive")
-            flags |= C.ValueFlags.TOMBSTONE
+            flags |= _VALUE_TOMBSTONE
             vtype, size, data_off = REG_NONE, 0, _NO_CELL
         else:
             vtype = value.type
@@ -373,7 +412,7 @@ def _serialize(hive: Hive) -> bytearray:
         if key is hive.root:
             flags |= _ROOT_FLAGS
         if compressed:
-            flags |= C.KeyFlags.COMP_NAME
+            flags |= _KEY_COMP_NAME
         layer = int(key.semantics) | (C.INHERIT_CLASS if key.inherit_class else 0)
         pos = nk_off + C.BASE_BLOCK_SIZE + 4
         _NK.pack_into(

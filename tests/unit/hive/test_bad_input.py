@@ -223,3 +223,20 @@ def test_errors_pickle_with_their_fields() -> None:
         "file",
     )
     assert back.file_offset == 4 and HiveFormatError("x", 0x20, "y").file_offset == 0x1020
+
+
+def test_read_hive_restores_the_garbage_collector() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(HiveFormatError):
+        read_hive(GOOD[:5000])
+    assert gc.isenabled()
+    read_hive(GOOD)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        read_hive(GOOD)
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
