@@ -22,7 +22,12 @@ from cimsnap.cim.errors import (
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.headers import ImageHeader, RegionSet, read_image_header, region_set_files
 from cimsnap.cim.offsets import RegionOffset
+from cimsnap.cim.reader import CimReader, DirEntry, FileInfo, StreamInfo
+from cimsnap.cim.records import FileRecord, StreamDescriptor
+from cimsnap.cim.regions import CimImage, open_image
+from cimsnap.cim.streams import StreamReader
 from cimsnap.cim.upcase import NameOrder, check_name
+from cimsnap.cim.verify import Problem, Severity, verify_image, verify_path, verify_reader
 from cimsnap.cim.writer import CimWriter
 
 __all__ = [
@@ -31,21 +36,35 @@ __all__ = [
     "CimError",
     "CimFileExistsError",
     "CimFormatError",
+    "CimImage",
     "CimInvalidNameError",
     "CimLinkToDirectoryError",
     "CimNotADirectoryError",
     "CimNotFoundError",
     "CimPathNotFoundError",
+    "CimReader",
     "CimStream",
     "CimWriteBeyondSizeError",
     "CimWriter",
+    "DirEntry",
+    "FileInfo",
     "FileMetadata",
+    "FileRecord",
     "ImageHeader",
     "NameOrder",
+    "Problem",
     "RegionOffset",
     "RegionSet",
+    "Severity",
+    "StreamDescriptor",
+    "StreamInfo",
+    "StreamReader",
     "build_from_directory",
     "check_name",
+    "open_image",
     "read_image_header",
     "region_set_files",
+    "verify_image",
+    "verify_path",
+    "verify_reader",
 ]

@@ -267,6 +267,30 @@ class CimReader:
             )
         return stream
 
+    # -- security descriptor, EA, reparse data (§8) -----------------------------------
+
+    def security_descriptor(self, record: FileRecord) -> bytes:
+        """The self-relative SD of ``record`` (b"" if SdOffset is null); CimFormatError."""
+        if record.sd_offset == 0:
+            return b""
+        what = f"security descriptor of file {record.file_id}"
+        return bytes(self.counted_object(record.sd_offset, 2, what))
+
+    def extended_attributes(self, record: FileRecord) -> bytes:
+        """The FILE_FULL_EA_INFORMATION chain of ``record`` (EaLength bytes, b"" if none)."""
+        if record.ea_offset == 0 or record.ea_length == 0:
+            return b""
+        return bytes(
+            self.object_at(record.ea_offset, record.ea_length, f"EA of file {record.file_id}")
+        )
+
+    def reparse_data(self, record: FileRecord) -> bytes:
+        """The REPARSE_DATA_BUFFER of ``record``, header included (b"" if none)."""
+        if record.reparse_offset == 0:
+            return b""
+        what = f"reparse data of file {record.file_id}"
+        return bytes(self.counted_object(record.reparse_offset, 2, what))
+
     # -- paths ---------------------------------------------------------------------------
 
     def lookup(self, path: str) -> FileRecord:
