@@ -382,7 +382,9 @@ def lh_hash_folded(folded: str) -> int:
     if folded.isascii():
         units = folded.encode("ascii")
     else:
-        units = (u for (u,) in struct.iter_unpack("<H", folded.encode("utf-16-le")))
+        units = (
+            u for (u,) in struct.iter_unpack("<H", folded.encode("utf-16-le", "surrogatepass"))
+        )
     h = 0
     for unit in units:
         h = (h * 37 + unit) & 0xFFFFFFFF

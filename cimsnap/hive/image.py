@@ -145,7 +145,7 @@ def _parse_base_block(data: bytes | memoryview) -> BaseBlock:
             f"hive bins data size {size:#x} does not fit a {len(data)}-byte file",
             offset_kind="file",
         )
-    file_name = f["file_name"].decode("utf-16-le", "replace").split("\0", 1)[0]
+    file_name = f["file_name"].decode("utf-16-le", "surrogatepass").split("\0", 1)[0]
     return BaseBlock(minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name)
 
 

@@ -233,7 +233,7 @@ def _stored_name(name: str) -> tuple[bytes, bool]:
     try:
         return name.encode("latin-1"), True
     except UnicodeEncodeError:
-        return name.encode("utf-16-le"), False
+        return name.encode("utf-16-le", "surrogatepass"), False
 
 
 def _put(cells: _Cells, data: bytes, spare: int = 0) -> int:
@@ -296,7 +296,7 @@ def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]], path: str) -
 def _check_key(key: Key, path: str, differencing: bool, depth: int) -> None:
     if not key.name or "\\" in key.name:
         raise HiveModelError(path, "a key name must be non-empty and contain no backslash")
-    if len(key.name.encode("utf-16-le")) > 2 * C.MAX_KEY_NAME_LENGTH:
+    if len(key.name.encode("utf-16-le", "surrogatepass")) > 2 * C.MAX_KEY_NAME_LENGTH:
         raise HiveModelError(path, f"key name longer than {C.MAX_KEY_NAME_LENGTH} units")
     if depth > C.MAX_KEY_DEPTH:
         raise HiveModelError(path, f"deeper than {C.MAX_KEY_DEPTH} levels")
@@ -384,7 +384,7 @@ def _serialize(hive: Hive) -> bytearray:
         children = []
         for child in key.subkeys.values():
             folded = name_key(child.name)
-            children.append((folded.encode("utf-16-be"), folded, child))
+            children.append((folded.encode("utf-16-be", "surrogatepass"), folded, child))
         children.sort(key=lambda t: t[0])
         entries: list[tuple[int, int]] = []
         max_child_name = max_child_class = 0
@@ -396,14 +396,18 @@ def _serialize(hive: Hive) -> bytearray:
             stored, _compressed = _stored_name(child.name)
             child_off = cells.alloc(_NK.size + len(stored))
             entries.append((child_off, C.lh_hash_folded(folded)))
-            max_child_name = max(max_child_name, len(child.name.encode("utf-16-le")))
+            max_child_name = max(
+                max_child_name, len(child.name.encode("utf-16-le", "surrogatepass"))
+            )
             if child.class_name:
-                max_child_class = max(max_child_class, len(child.class_name.encode("utf-16-le")))
+                max_child_class = max(
+                    max_child_class, len(child.class_name.encode("utf-16-le", "surrogatepass"))
+                )
             stack.append((child, child_off, nk_off, path + "\\" + child.name, depth + 1))
         subkey_list = _put_subkey_list(cells, entries, path)
         class_off, class_len = _NO_CELL, 0
         if key.class_name:
-            class_bytes = key.class_name.encode("utf-16-le")
+            class_bytes = key.class_name.encode("utf-16-le", "surrogatepass")
             class_off, class_len = _put(cells, class_bytes), len(class_bytes)
         value_list, max_value_name, max_value_data = _write_values(cells, key, path, differencing)
         sk_off = security.use(cells, key.security or DEFAULT_SECURITY_DESCRIPTOR)

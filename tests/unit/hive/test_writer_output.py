@@ -45,3 +45,20 @@ def test_inputs_bytes_memoryview_and_path(tmp_path: Path) -> None:
     assert open_hive(path) == expected
     # the base block keeps the last 31 UTF-16 units of the file name
     assert expected.file_name == r"indows\System32\config\SOFTWARE"
+
+
+def test_unpaired_surrogates_round_trip() -> None:
+    """UTF-16 names may hold unpaired surrogates (Windows does not validate UTF-16)."""
+    from cimsnap.hive import check_hive
+    from cimsnap.hive.cells import lh_hash
+
+    root = Key("ROOT")
+    odd = root.add_subkey(Key("a\ud800b", class_name="c\udc00"))
+    odd.values.append(Value("v\udfff", REG_SZ, "x\ud800\0".encode("utf-16-le", "surrogatepass")))
+    data = write_hive(Hive(root))
+    assert check_hive(data) == []
+    back = read_hive(data)
+    key = back.root.subkey("A\ud800B")
+    assert key is not None and key.name == "a\ud800b" and key.class_name == "c\udc00"
+    assert [v.name for v in key.values] == ["v\udfff"]
+    assert lh_hash("a\ud800b") == ((65 * 37 + 0xD800) * 37 + 66)
