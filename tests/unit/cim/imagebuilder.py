@@ -103,7 +103,9 @@ class BuiltImage:
 class ImageBuilder:
     """Files are added by parent ID; IDs are dense from 1 (the root)."""
 
-    def __init__(self, parents=(), sort=True, guid=None):
+    def __init__(self, parents=(), sort=True, guid=None, upcase=None):
+        self.upcase = upcase or upcase_table_bytes()
+        self.order = NameOrder.from_table(self.upcase)
         self.parents = tuple(parents)
         self.base = sum(p.count for p in self.parents)
         self.guid = guid or uuid.UUID(int=0x1234_5678_9ABC_DEF0_0FED_CBA9_8765_4321)
@@ -149,7 +151,7 @@ class ImageBuilder:
 
         def link_table(items, value_builder):
             if self.sort:
-                items = sorted(items, key=lambda item: ORDER.key(item[0]))
+                items = sorted(items, key=lambda item: self.order.key(item[0]))
             count = len(items)
             values = b"".join(value_builder(v) for _, v in items)
             names_at = fmt.LINK_TABLE_HEADER_SIZE + len(values) + 4 * count
@@ -253,7 +255,7 @@ class ImageBuilder:
                 {"offset": table_offset, "count": len(chunk), "entry_size": 96, "reserved": 0}
             )
         directory_offset = put(meta, directory, 8, "file_table_directory")
-        upcase = put(meta, upcase_table_bytes(), 8, "upcase")
+        upcase = put(meta, self.upcase, 8, "upcase")
         filesystem = put(
             meta,
             fmt.FILESYSTEM_OBJECT.build(

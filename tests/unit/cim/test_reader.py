@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import uuid
 
 import pytest
@@ -19,6 +20,8 @@ from cimsnap.cim.errors import (
 )
 from cimsnap.cim.reader import CimReader, DirEntry, StreamInfo
 from cimsnap.cim.regions import open_image
+from cimsnap.cim.verify import verify_reader
+from cimsnap.upcase import upcase_table_bytes
 from tests.unit.cim.imagebuilder import ImageBuilder
 
 SYMLINK = (0xA000000C).to_bytes(4, "little") + bytes(12) + "target".encode("utf-16-le")
@@ -196,3 +199,22 @@ def test_missing_region_file_is_named(tmp_path):
     with pytest.raises(CimFormatError) as info:
         open_image(cim)
     assert victim.name in str(info.value) and info.value.region == 1
+
+
+def test_lookups_use_the_images_own_upcase_table():
+    # A stored table that does not fold a-z: names become case-sensitive, and the link
+    # table is sorted with that table ('B' < 'a'), which the default table would not find.
+    table = bytearray(upcase_table_bytes())
+    for c in range(ord("a"), ord("z") + 1):
+        struct.pack_into("<H", table, 2 * c, c)
+    b = ImageBuilder(upcase=bytes(table))
+    for name in ["a", "A", "b", "B", "zz"]:
+        b.add_file(1, name, name.encode())
+    built = b.build()
+    r = reader_of(built)
+    assert [e.name for e in r.listdir()] == ["A", "B", "a", "b", "zz"]
+    for name in ["a", "A", "b", "B", "zz"]:
+        assert r.open_stream(name).read() == name.encode()
+    with pytest.raises(CimNotFoundError):
+        r.stat("ZZ")
+    assert verify_reader(r) == []
