@@ -24,8 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cimsnap.cim.errors import CimApiError, CimError, CimFormatError, CimNotFoundError
-from cimsnap.cim.reader import FileInfo
+from cimsnap.cim.errors import (
+    CimApiError,
+    CimError,
+    CimFileExistsError,
+    CimFormatError,
+    CimNotFoundError,
+)
+from cimsnap.cim.format import StreamType
+from cimsnap.cim.reader import FileInfo, split_path
 from cimsnap.cim.regions import CimImage, open_image
 from cimsnap.cim.verify import Severity, verify_image
 
@@ -133,7 +140,7 @@ def _info_json(info: FileInfo) -> dict[str, object]:
 def _kind(info: FileInfo) -> str:
     if info.is_directory:
         return "directory"
-    return "pe-image" if info.stream_type.name == "PE_IMAGE" else "file"
+    return "pe-image" if info.stream_type is StreamType.PE_IMAGE else "file"
 
 
 def _attribute_letters(attributes: int) -> str:
@@ -147,14 +154,19 @@ def _ls(args: argparse.Namespace) -> int:
     def body(image: CimImage) -> int:
         reader = image.reader
         record = reader.lookup(args.path)
-        base = "\\".join(p for p in args.path.replace("/", "\\").split("\\") if p)
-        if record.is_directory:
-            entries = [
-                reader.info(reader.record(e.file_id), f"{base}\\{e.name}" if base else e.name)
-                for e in reader.listdir(args.path)
-            ]
-        else:
-            entries = [reader.info(record, base)]
+        base = "\\".join(split_path(args.path))
+        entries: list[FileInfo] = []
+        skipped = 0
+        if not record.is_directory:
+            entries.append(reader.info(record, base))
+        for entry in reader.listdir(args.path) if record.is_directory else []:
+            # Lenient: a bad entry is reported and skipped, the rest is still listed.
+            path = f"{base}\\{entry.name}" if base else entry.name
+            try:
+                entries.append(reader.info(reader.record(entry.file_id), path))
+            except CimFormatError as e:
+                print(f"cimsnap: {args.image}: {path}: skipped: {e}", file=sys.stderr)
+                skipped += 1
         if args.json:
             print(json.dumps([_info_json(i) for i in entries], indent=2))
         else:
@@ -163,7 +175,9 @@ def _ls(args: argparse.Namespace) -> int:
                 suffix = "\\" if info.is_directory else ""
                 attrs = _attribute_letters(info.attributes)
                 print(f"{attrs} {info.size:>12} {_time(info.last_write_time)[:19]} {name}{suffix}")
-        return 0
+        if skipped:
+            print(f"cimsnap: run `cimsnap cim verify {args.image}` for details", file=sys.stderr)
+        return 1 if skipped else 0
 
     return _guard(args, body)
 
@@ -267,6 +281,8 @@ def _build(args: argparse.Namespace) -> int:
         return _error(f"{args.src}: not a directory; give the directory tree to store")
     try:
         report = build_from_directory(args.src, args.out, parent=args.parent, progress=progress)
+    except CimFileExistsError as e:
+        return _error(f"{args.out}: build failed: {e}; remove it or choose another name")
     except CimError as e:
         return _error(f"{args.out}: build failed: {e}")
     except OSError as e:

@@ -143,3 +143,30 @@ def test_build_clean_tree_exits_0_and_fork(capsys, tmp_path):
     capsys.readouterr()
     code, out_text, _ = run(capsys, "cim", "ls", str(out / "fork.cim"), "--json")
     assert code == 0 and [e["path"] for e in json.loads(out_text)] == ["f", "g"]
+
+
+def test_ls_is_lenient_about_bad_entries(capsys, tmp_path):
+    import struct
+
+    from tests.unit.cim.imagebuilder import ImageBuilder
+
+    b = ImageBuilder()
+    b.add_file(1, "good", b"1")
+    b.add_file(1, "worse", b"2")
+    built = b.build()
+    region, offset = built.locate("dir:1")
+    struct.pack_into("<I", built.regions[region], offset + 12, 4242)  # "worse" -> bad ID
+    cim = built.write(tmp_path)
+    code, out, err = run(capsys, "cim", "ls", str(cim))
+    assert code == 1
+    assert out.split()[-1] == "good" and "worse" in err and "skipped" in err
+
+
+def test_build_refuses_existing_output(capsys, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"1")
+    assert main(["cim", "build", str(src), str(tmp_path / "a.cim")]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "cim", "build", str(src), str(tmp_path / "a.cim"))
+    assert code == 1 and "choose another name" in err
