@@ -28,7 +28,7 @@ from cimsnap.cim.reader import CimReader
 from cimsnap.cim.records import FileRecord, StreamDescriptor
 from cimsnap.cim.regions import CimImage, open_image
 from cimsnap.cim.streams import stream_runs
-from cimsnap.cim.upcase import invalid_name_reason
+from cimsnap.cim.upcase import invalid_name_reason, name_units
 
 __all__ = ["Problem", "Severity", "verify_image", "verify_path", "verify_reader"]
 
@@ -282,7 +282,7 @@ class _Checker:
                     self.error(e)
                     continue
                 child_path = f"{path}\\{name}"
-                if len(child_path) > fmt.MAX_PATH_LENGTH:
+                if name_units(child_path) > fmt.MAX_PATH_LENGTH:
                     self.add(Severity.ERROR, child_path[:80] + "...", "path is too long")
                     continue
                 if not child.is_directory:
@@ -352,6 +352,10 @@ def _region_file_problems(image: CimImage, index: int, n: int, objectid: Path) -
         parsed = fmt.OBJECTID_HEADER.parse(data)
         if parsed.index != n or parsed.common.type != fmt.FileType.OBJECTID:
             problems.append(Problem(Severity.WARNING, what, "wrong Type or Index"))
+        end = parsed.table_offset + parsed.count * fmt.OBJECTID_ENTRY_SIZE
+        if parsed.count and end > objectid.stat().st_size:
+            why = f"{parsed.count} entries at {parsed.table_offset} run past the file's end"
+            problems.append(Problem(Severity.WARNING, what, why))
     return problems
 
 
