@@ -53,6 +53,7 @@ containerd-style messages. ``OSError`` from the filesystem propagates unchanged.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -62,7 +63,7 @@ from pathlib import Path
 from typing import Final
 
 from cimsnap.clock import MicrosecondClock
-from cimsnap.errdefs import CimsnapError, FailedPrecondition
+from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
 from cimsnap.filters import parse_all
 from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
@@ -101,7 +102,8 @@ UNPACK_KEY_MARKER: Final = "extract"
 class Snapshotter:
     """Snapshots of ``root``; see the module docstring for layout and semantics.
 
-    The constructor creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
+    The constructor takes ``<root>/lock`` (Unavailable if another snapshotter holds the
+    root), creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
     ``<root>/snapshots/cim-layers/``, then runs :func:`cimsnap.recovery.recover_snapshot_files`
     (directories restored, damaged committed layers refused as parents). ``close()`` is idempotent;
     the object is also a context manager.
@@ -112,7 +114,12 @@ class Snapshotter:
         self.snapshots_dir = self.root / "snapshots"
         self.cim_dir = self.snapshots_dir / "cim-layers"
         self.cim_dir.mkdir(parents=True, exist_ok=True)
-        self._store = Store(self.root / "metadata.db")
+        self._root_lock = _lock_root(self.root)
+        try:
+            self._store = Store(self.root / "metadata.db")
+        except BaseException:
+            os.close(self._root_lock)
+            raise
         self._clock = MicrosecondClock()
         # One CIM writer per directory (cim-format.md §12): builds and cleanup take this.
         self._build_lock = threading.Lock()
@@ -123,14 +130,18 @@ class Snapshotter:
                 kinds = id_kinds(tx)
             self._damaged = recover_snapshot_files(self.snapshots_dir, self.cim_dir, kinds)
         except BaseException:
-            self._store.close()
+            self.close()
             raise
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the metastore (idempotent); later calls raise Unavailable."""
+        """Release the metastore and the root (idempotent); later calls raise Unavailable."""
         self._store.close()
+        with self._busy_lock:
+            fd, self._root_lock = self._root_lock, -1
+        if fd >= 0:
+            os.close(fd)  # releases the flock
 
     def __enter__(self) -> Snapshotter:
         return self
@@ -414,6 +425,23 @@ class Snapshotter:
     def _release(self, snapshot_id: int) -> None:
         with self._busy_lock:
             self._busy.discard(snapshot_id)
+
+
+def _lock_root(root: Path) -> int:
+    """Take ``<root>/lock`` exclusively for this object's lifetime; return the descriptor.
+
+    Two snapshotters on one root would each reap the other's in-flight files (cleanup,
+    leftover clearing) and break the one-CIM-writer rule, so a second one is refused with
+    Unavailable, whether in this process or another. The kernel drops the lock when the
+    process dies, so a crash never leaves the root locked.
+    """
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Unavailable(f"{root} is in use by another snapshotter: unavailable") from None
+    return fd
 
 
 def _log_rmtree_error(

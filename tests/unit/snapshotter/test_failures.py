@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.errdefs import NotFound
+from cimsnap.errdefs import NotFound, Unavailable
 from cimsnap.snapshotter import Kind, Snapshotter
 from cimsnap.store import WriteTx
 from tests.snapshotter_suite import cim_path, snapshot_dir, state
@@ -143,3 +143,25 @@ def test_startup_restores_directory_of_an_uncommitted_remove(tmp_path: Path) -> 
         assert sn.stat("k").kind == Kind.ACTIVE
         sn.cleanup()
         assert (snapshot_dir(mounts) / "scratch" / "f").read_text() == "data"
+
+
+def test_second_snapshotter_on_the_same_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with Snapshotter(root) as first:
+        first.prepare("k")
+        with pytest.raises(Unavailable):
+            Snapshotter(root)
+        other_process = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from cimsnap.snapshotter import Snapshotter; Snapshotter(Path(sys.argv[1]))",
+                str(root),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert "Unavailable" in other_process.stderr
+    with Snapshotter(root) as again:
+        assert again.stat("k").kind == Kind.ACTIVE
