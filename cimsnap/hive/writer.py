@@ -33,7 +33,9 @@ from collections.abc import Callable
 from typing import Final
 
 from cimsnap.hive import cells as C
+from cimsnap.hive.bins import CellAllocator, put_bytes, put_offsets
 from cimsnap.hive.errors import HiveModelError
+from cimsnap.hive.security import DEFAULT_SECURITY_DESCRIPTOR, SecurityCells
 from cimsnap.hive.tree import REG_NONE, Hive, Key, name_key
 
 __all__ = [
@@ -49,43 +51,11 @@ __all__ = [
 #: 65,535 leaves under one ri gives far more than any real key has.
 LH_LEAF_MAX: Final = 512
 
-#: Self-relative SD given to keys that carry none (§4.5 "every key needs a valid sk"):
-#: revision 1, control SE_SELF_RELATIVE | SE_DACL_PRESENT (0x8004), owner BUILTIN\
-#: Administrators (S-1-5-32-544), group SYSTEM (S-1-5-18), no SACL, and a DACL (revision 2)
-#: of three container-inherit ACCESS_ALLOWED ACEs: SYSTEM KEY_ALL_ACCESS (0xF003F),
-#: Administrators KEY_ALL_ACCESS, BUILTIN\Users KEY_READ (0x20019).
-DEFAULT_SECURITY_DESCRIPTOR: Final = bytes.fromhex(
-    "01000480"
-    "60000000"
-    "70000000"
-    "00000000"
-    "14000000"  # header: owner 96, group 112, dacl 20
-    "02004c00"
-    "03000000"  # ACL: revision 2, size 76, 3 ACEs
-    "00021400"
-    "3f000f00"
-    "010100000000000512000000"  # allow SY KEY_ALL_ACCESS
-    "00021800"
-    "3f000f00"
-    "01020000000000052000000020020000"  # allow BA KEY_ALL_ACCESS
-    "00021800"
-    "19000200"
-    "01020000000000052000000021020000"  # allow BU KEY_READ
-    "01020000000000052000000020020000"  # owner S-1-5-32-544
-    "010100000000000512000000"  # group S-1-5-18
-)
-
-#: Bin size used when a cell of more than 2 KiB does not fit the open bin.
-_LARGE_BIN_SIZE: Final = 16 * C.HBIN_ALIGN
-
 _NK = C.NK_HEADER_FAST.struct
 _VK = C.VK_HEADER_FAST.struct
-_SK = C.SK_HEADER_FAST.struct
 _LIST = C.LIST_HEADER_FAST.struct
 _DB = C.DB_FAST.struct
-_HBIN = C.HBIN_HEADER_FAST.struct
 _BASE = C.BASE_BLOCK_FAST.struct
-_CELL = C.CELL_HEADER_FAST.struct
 _U32 = C.fast_array(C.OFFSET_ELEMENT_FAST, 1)
 _NO_CELL: Final = C.NO_CELL
 # The packers below are called positionally in these field orders.
@@ -118,11 +88,7 @@ C.NK_HEADER_FAST.require_order(
 C.VK_HEADER_FAST.require_order(
     ("signature", "name_length", "data_size", "data_offset", "type", "flags", "spare")
 )
-C.SK_HEADER_FAST.require_order(
-    ("signature", "reserved", "flink", "blink", "reference_count", "descriptor_size")
-)
 C.DB_FAST.require_order(("signature", "segment_count", "segment_list"))
-C.HBIN_HEADER_FAST.require_order(("signature", "offset", "size", "reserved", "timestamp", "spare"))
 _SEG: Final = C.BIG_DATA_SEGMENT_SIZE
 # Plain ints: IntFlag arithmetic costs a Python-level call per key on the hot path.
 _ROOT_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE)
@@ -141,93 +107,6 @@ def output_minor_version(hive: Hive) -> int:
     return 6 if hive.minor_version >= 6 else 5
 
 
-class _Cells:
-    """Bump allocator laying cells into hive bins inside one growing buffer."""
-
-    __slots__ = ("bin_end", "buf", "first_bin_time", "pos")
-
-    def __init__(self, first_bin_time: int) -> None:
-        self.buf = bytearray(C.BASE_BLOCK_SIZE)
-        self.pos = C.BASE_BLOCK_SIZE  # next free byte (absolute)
-        self.bin_end = C.BASE_BLOCK_SIZE  # end of the open bin (absolute)
-        self.first_bin_time = first_bin_time
-
-    def alloc(self, data_size: int) -> int:
-        """Reserve an allocated cell for ``data_size`` bytes; return its cell offset."""
-        size = (data_size + 4 + 7) & ~7
-        pos = self.pos
-        if pos + size > self.bin_end:
-            pos = self._open_bin(size)
-        _CELL.pack_into(self.buf, pos, -size)
-        self.pos = pos + size
-        return pos - C.BASE_BLOCK_SIZE
-
-    def _open_bin(self, cell_size: int) -> int:
-        self.close_bin()
-        start = self.bin_end
-        fit = -(-(cell_size + C.HBIN_HEADER_SIZE) // C.HBIN_ALIGN) * C.HBIN_ALIGN
-        # Big cells (db segments, large lists) open 64 KiB bins so that several share one
-        # bin instead of each wasting the rest of a 4 KiB multiple.
-        bin_size = max(fit, _LARGE_BIN_SIZE if cell_size > C.HBIN_ALIGN // 2 else C.HBIN_ALIGN)
-        self.buf.extend(bytes(bin_size))
-        stamp = self.first_bin_time if start == C.BASE_BLOCK_SIZE else 0
-        _HBIN.pack_into(
-            self.buf, start, b"hbin", start - C.BASE_BLOCK_SIZE, bin_size, bytes(8), stamp, 0
-        )
-        self.bin_end = start + bin_size
-        return start + C.HBIN_HEADER_SIZE
-
-    def close_bin(self) -> None:
-        """Turn the rest of the open bin into one free cell (positive size)."""
-        rest = self.bin_end - self.pos
-        if rest > 0:
-            _CELL.pack_into(self.buf, self.pos, rest)
-        self.pos = self.bin_end
-
-
-class _Security:
-    """Shared sk cells: one per distinct SD, linked and counted once all keys are written."""
-
-    __slots__ = ("counts", "index", "offsets", "sizes")
-
-    def __init__(self) -> None:
-        self.index: dict[bytes, int] = {}
-        self.offsets: list[int] = []
-        self.counts: list[int] = []
-        self.sizes: list[int] = []
-
-    def use(self, cells: _Cells, sd: bytes) -> int:
-        """Return the sk cell offset for ``sd``, allocating it on first use."""
-        i = self.index.get(sd)
-        if i is None:
-            off = cells.alloc(_SK.size + len(sd))
-            pos = off + C.BASE_BLOCK_SIZE + 4 + _SK.size
-            cells.buf[pos : pos + len(sd)] = sd
-            i = len(self.offsets)
-            self.index[sd] = i
-            self.offsets.append(off)
-            self.counts.append(0)
-            self.sizes.append(len(sd))
-        self.counts[i] += 1
-        return self.offsets[i]
-
-    def finish(self, buf: bytearray) -> None:
-        """Write every sk header: circular flink/blink in allocation order, final counts."""
-        offs = self.offsets
-        n = len(offs)
-        for i, off in enumerate(offs):
-            _SK.pack_into(
-                buf,
-                off + C.BASE_BLOCK_SIZE + 4,
-                b"sk",
-                0,
-                offs[(i + 1) % n],
-                offs[(i - 1) % n],
-                self.counts[i],
-                self.sizes[i],
-            )
-
-
 def _stored_name(name: str) -> tuple[bytes, bool]:
     """Return (stored bytes, compressed?) for a key or value name (§4.5 COMP_NAME rule)."""
     try:
@@ -236,38 +115,21 @@ def _stored_name(name: str) -> tuple[bytes, bool]:
         return name.encode("utf-16-le", "surrogatepass"), False
 
 
-def _put(cells: _Cells, data: bytes, spare: int = 0) -> int:
-    """Allocate a cell holding ``data`` (plus ``spare`` zero bytes); return its offset."""
-    off = cells.alloc(len(data) + spare)
-    pos = off + C.BASE_BLOCK_SIZE + 4
-    cells.buf[pos : pos + len(data)] = data
-    return off
-
-
-def _put_offsets(cells: _Cells, offsets: list[int]) -> int:
-    """Allocate a value/segment list cell holding ``offsets``."""
-    off = cells.alloc(4 * len(offsets))
-    C.fast_array(C.OFFSET_ELEMENT_FAST, len(offsets)).pack_into(
-        cells.buf, off + C.BASE_BLOCK_SIZE + 4, *offsets
-    )
-    return off
-
-
-def _put_data(cells: _Cells, data: bytes) -> int:
+def _put_data(cells: CellAllocator, data: bytes) -> int:
     """Store value data of more than 4 bytes: one cell, or a db record (§4.1)."""
     if len(data) <= _SEG:
-        return _put(cells, data)
+        return put_bytes(cells, data)
     # Each segment cell gets 4 spare bytes after its data: hivex 1.3.23 copies "cell size - 8"
     # bytes per segment, which loses the tail of a tightly sized last segment. Full segments
     # get the spare bytes from 8-byte alignment anyway (16344 + 4 -> 16352).
-    segments = [_put(cells, data[i : i + _SEG], spare=4) for i in range(0, len(data), _SEG)]
-    seg_list = _put_offsets(cells, segments)
+    segments = [put_bytes(cells, data[i : i + _SEG], spare=4) for i in range(0, len(data), _SEG)]
+    seg_list = put_offsets(cells, segments)
     off = cells.alloc(_DB.size)
     _DB.pack_into(cells.buf, off + C.BASE_BLOCK_SIZE + 4, b"db", len(segments), seg_list)
     return off
 
 
-def _put_subkey_list(cells: _Cells, entries: list[tuple[int, int]], path: str) -> int:
+def _put_subkey_list(cells: CellAllocator, entries: list[tuple[int, int]], path: str) -> int:
     """Store sorted (nk offset, hash) pairs as one lh list or an ri of lh leaves."""
     if not entries:
         return _NO_CELL
@@ -306,7 +168,9 @@ def _check_key(key: Key, path: str, differencing: bool, depth: int) -> None:
         raise HiveModelError(path, "class name longer than 32767 units")
 
 
-def _write_values(cells: _Cells, key: Key, path: str, differencing: bool) -> tuple[int, int, int]:
+def _write_values(
+    cells: CellAllocator, key: Key, path: str, differencing: bool
+) -> tuple[int, int, int]:
     """Store ``key``'s values; return (value list offset, max name bytes, max data bytes)."""
     vk_offsets = []
     max_name = max_data = 0
@@ -340,7 +204,7 @@ def _write_values(cells: _Cells, key: Key, path: str, differencing: bool) -> tup
         _VK.pack_into(cells.buf, pos, b"vk", len(stored), size, data_off, vtype, int(flags), 0)
         cells.buf[pos + _VK.size : pos + _VK.size + len(stored)] = stored
         vk_offsets.append(off)
-    list_off = _put_offsets(cells, vk_offsets) if vk_offsets else _NO_CELL
+    list_off = put_offsets(cells, vk_offsets) if vk_offsets else _NO_CELL
     return list_off, max_name, max_data
 
 
@@ -373,8 +237,8 @@ def write_hive_to(
 
 def _serialize(hive: Hive) -> bytearray:
     differencing = hive.is_differencing
-    cells = _Cells(hive.last_written)
-    security = _Security()
+    cells = CellAllocator(hive.last_written)
+    security = SecurityCells()
     root_off = cells.alloc(_NK.size + len(_stored_name(hive.root.name)[0]))
     # Stack entries: (key, nk offset, parent nk offset, path, depth).
     stack: list[tuple[Key, int, int, str, int]] = [(hive.root, root_off, 0, hive.root.name, 0)]
@@ -408,7 +272,7 @@ def _serialize(hive: Hive) -> bytearray:
         class_off, class_len = _NO_CELL, 0
         if key.class_name:
             class_bytes = key.class_name.encode("utf-16-le", "surrogatepass")
-            class_off, class_len = _put(cells, class_bytes), len(class_bytes)
+            class_off, class_len = put_bytes(cells, class_bytes), len(class_bytes)
         value_list, max_value_name, max_value_data = _write_values(cells, key, path, differencing)
         sk_off = security.use(cells, key.security or DEFAULT_SECURITY_DESCRIPTOR)
         stored, compressed = _stored_name(key.name)
