@@ -108,3 +108,24 @@ def test_case_duplicates_rejected() -> None:
     root.subkeys["2"] = Key("aBC")
     with pytest.raises(HiveModelError):
         write_hive(Hive(root))
+
+
+def _chain(depth: int) -> Hive:
+    root = key = Key("ROOT")
+    for i in range(depth):
+        key = key.add_subkey(Key(f"d{i}"))
+    return Hive(root)
+
+
+def test_depth_limit() -> None:
+    deepest = _chain(C.MAX_KEY_DEPTH)
+    data = write_hive(deepest)
+    back = read_hive(data)
+    key, depth = back.root, 0
+    while key.subkeys:
+        (key,) = key.subkeys.values()
+        depth += 1
+    assert depth == C.MAX_KEY_DEPTH
+    assert sum(1 for _ in HiveReader(data).walk()) == C.MAX_KEY_DEPTH + 1
+    with pytest.raises(HiveModelError):
+        write_hive(_chain(C.MAX_KEY_DEPTH + 1))
