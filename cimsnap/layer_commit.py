@@ -55,10 +55,16 @@ def materialise_layer(
     with build_lock:
         # A leftover .cim of this still-active snapshot: nothing forks from an active.
         destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
-        if not source.exists() and not source.is_symlink():
+        made_source = not source.exists() and not source.is_symlink()
+        if made_source:
             try:
                 source.mkdir()
             except FileNotFoundError:  # snapshots/<id> is gone: removed meanwhile
                 raise NotFound(f"snapshot {ref.id} was removed: not found") from None
-        build_scratch_layer(source, cim_path, parent=parent)
+        try:
+            build_scratch_layer(source, cim_path, parent=parent)
+        except BaseException:
+            if made_source:  # leave the snapshot as it was
+                source.rmdir()
+            raise
     return True

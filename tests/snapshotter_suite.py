@@ -344,6 +344,17 @@ def test_commit_with_unrepresentable_scratch_fails_cleanly(sn: SnapshotterAPI, r
     assert cim_path(mounts).is_file()
 
 
+def test_commit_on_a_parent_whose_cim_vanished_fails_cleanly(
+    sn: SnapshotterAPI, root: Path
+) -> None:
+    base = commit_layer(sn, "base")
+    sn.prepare("default/1/extract-9 sha256:q", "base")
+    cim_path(base).unlink()  # e.g. deleted by hand
+    expect_unchanged(
+        root, FailedPrecondition, lambda: sn.commit("n", "default/1/extract-9 sha256:q")
+    )
+
+
 def test_commit_of_damaged_extract_cim_fails(sn: SnapshotterAPI, root: Path) -> None:
     mounts = sn.prepare("default/3/extract-3 sha256:z", "")
     cim_path(mounts).write_bytes(b"not a cim")
