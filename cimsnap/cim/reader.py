@@ -128,6 +128,11 @@ class CimReader:
                 why="its default stream is not a link table",
             )
 
+    def clear_caches(self) -> None:
+        """Drop every cached record and table (and with them their region slices)."""
+        for cache in (self.record, self._table_entry, self._directory, self._keys):
+            cache.cache_clear()
+
     @property
     def region_count(self) -> int:
         """Number of regions (global numbering, §3.3)."""

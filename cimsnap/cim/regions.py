@@ -52,6 +52,8 @@ class CimImage:
         """Release the region mappings (idempotent)."""
         views, maps = self._views, self._maps
         self._views, self._maps = [], []
+        # Cached tables hold slices of the mappings; dropping them lets the maps close now.
+        self.reader.clear_caches()
         _release(views, maps)
 
     def __enter__(self) -> CimImage:

@@ -191,6 +191,16 @@ def test_open_image_from_files(tmp_path):
     del stream
 
 
+def test_close_unmaps_regions_when_no_stream_is_open(tmp_path):
+    cim = sample().build().write(tmp_path, "layer.cim")
+    image = open_image(cim)
+    assert image.reader.open_stream("dir/file.txt").read() == b"hello"
+    list(image.reader.walk())
+    maps = list(image._maps)
+    image.close()
+    assert all(m is None or m.closed for m in maps)
+
+
 def test_missing_region_file_is_named(tmp_path):
     built = sample().build()
     cim = built.write(tmp_path, "layer.cim")
