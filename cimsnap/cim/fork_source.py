@@ -15,7 +15,6 @@ from pathlib import Path
 
 from cimsnap.cim.errors import CimFormatError
 from cimsnap.cim.format import (
-    FILE_RECORD_FAST,
     FILE_RECORD_SIZE,
     FILE_TABLE_DIRECTORY_ENTRY_FAST,
     FILES_PER_TABLE,
@@ -39,7 +38,7 @@ class _ReaderSource:
         self._reader = reader
         self._tables = tables
 
-    def record_fields(self, file_id: int) -> tuple[int, ...]:
+    def record_bytes(self, file_id: int) -> bytes:
         table, slot = divmod(file_id - 1, FILES_PER_TABLE)
         if file_id <= 0 or table >= len(self._tables) or slot >= self._tables[table][1]:
             raise CimFormatError(f"file {file_id}", why="file ID is not in the parent's tables")
@@ -49,7 +48,7 @@ class _ReaderSource:
             f"file record {file_id}",
             slot * FILE_RECORD_SIZE,
         )
-        return tuple(FILE_RECORD_FAST.unpack_from(view))
+        return bytes(view)
 
     def directory_entries(self, file_id: int) -> Iterator[tuple[str, int]]:
         return self._reader.directory(file_id).directory_entries()

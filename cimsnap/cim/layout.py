@@ -27,7 +27,6 @@ from typing import Final
 
 from cimsnap.cim.format import (
     FILE_ID_FAST,
-    FILE_RECORD_FAST,
     FILE_RECORD_SIZE,
     FILE_TABLE_DIRECTORY_ENTRY_FAST,
     FILES_PER_TABLE,
@@ -152,7 +151,6 @@ def assign_ids(tree: PendingTree, next_id: int) -> tuple[list[Node], int]:
     dirty = [root] if root.dirty else []
     seen = {id(root)}
     queue = deque([root])
-    parent_index = RecordField.PARENT_FILE_ID
     while queue:
         directory = queue.popleft()
         children = directory.children
@@ -166,7 +164,7 @@ def assign_ids(tree: PendingTree, next_id: int) -> tuple[list[Node], int]:
             if not target.file_id:
                 target.file_id = next_id
                 next_id += 1
-                target.fields[parent_index] = directory.file_id
+                target.set_parent(directory.file_id)
             if target.dirty:
                 dirty.append(target)
             if target.is_dir:
@@ -212,21 +210,22 @@ def lay_out(
     Mutates the nodes (IDs, offsets); call once, at commit.
     """
     dirty, next_id = assign_ids(tree, fork.next_id if fork else 1)
-    data_index = RecordField.DATA_OFFSET
-    length_index = RecordField.LENGTH_AND_TYPE
+    data_field = RecordField.DATA_OFFSET
+    length_field = RecordField.LENGTH_AND_TYPE
     for node in dirty:
         if node.is_dir and node.children is not None:
             if node.children:
                 table = _directory_table(tree, node)
-                node.fields[data_index] = placer.put(table)
-                node.fields[length_index] = pack_length_and_type(len(table), StreamType.LINK_TABLE)
+                node.set_u64(data_field, placer.put(table))
+                node.set_u64(length_field, pack_length_and_type(len(table), StreamType.LINK_TABLE))
             else:
-                node.fields[data_index] = NULL_OFFSET
-                node.fields[length_index] = _EMPTY_DIRECTORY
+                node.set_u64(data_field, NULL_OFFSET)
+                node.set_u64(length_field, _EMPTY_DIRECTORY)
         if node.streams_dirty:
             streams = tree.streams_of(node)
-            node.fields[RecordField.STREAM_TABLE_OFFSET] = (
-                placer.put(_stream_table(tree, node)) if streams else NULL_OFFSET
+            node.set_u64(
+                RecordField.STREAM_TABLE_OFFSET,
+                placer.put(_stream_table(tree, node)) if streams else NULL_OFFSET,
             )
     table_entries = _write_file_tables(placer, dirty, next_id - 1, fork)
     directory = b"".join(
@@ -255,7 +254,6 @@ def _write_file_tables(
         by_table.setdefault((node.file_id - 1) // FILES_PER_TABLE, []).append(node)
     parent_tables = fork.tables if fork else ()
     entries: list[tuple[int, int]] = []
-    pack_into = FILE_RECORD_FAST.packer.pack_into
     table_count = (last_id + FILES_PER_TABLE - 1) // FILES_PER_TABLE
     for t in range(table_count):
         count = min(FILES_PER_TABLE, last_id - t * FILES_PER_TABLE)
@@ -269,7 +267,8 @@ def _write_file_tables(
             table[: inherited[1] * FILE_RECORD_SIZE] = fork.read_table(t)
         base = t * FILES_PER_TABLE + 1
         for node in changed or ():
-            pack_into(table, (node.file_id - base) * FILE_RECORD_SIZE, *node.fields)
+            start = (node.file_id - base) * FILE_RECORD_SIZE
+            table[start : start + FILE_RECORD_SIZE] = node.record
         entries.append((placer.put(table), count))
     return entries
 

@@ -33,7 +33,14 @@ from cimsnap.cim.errors import (
     CimNotFoundError,
     CimPathNotFoundError,
 )
-from cimsnap.cim.format import FILE_RECORD_FAST, StreamType, unpack_length_and_type
+from cimsnap.cim.format import (
+    FILE_ID_FAST,
+    FILE_RECORD,
+    REGION_OFFSET_FAST,
+    StreamType,
+    field_offsets,
+    unpack_length_and_type,
+)
 
 __all__ = ["Entry", "Node", "ParentSource", "PendingTree", "RecordField"]
 
@@ -43,32 +50,29 @@ def _show(components: list[str]) -> str:
 
 
 class RecordField:
-    """Indexes into a FILE_RECORD_FAST value list, derived from the declaration's names."""
+    """Byte offsets of the FILE_RECORD fields the writer changes, from the declaration.
 
-    _INDEX: Final = {name: i for i, name in enumerate(FILE_RECORD_FAST.fields)}
-    FLAGS: Final = _INDEX["flags"]
-    EA_LENGTH: Final = _INDEX["ea_length"]
-    REPARSE_TAG: Final = _INDEX["reparse_tag"]
-    CREATION_TIME: Final = _INDEX["creation_time"]
-    DATA_OFFSET: Final = _INDEX["default_stream.data_offset"]
-    LENGTH_AND_TYPE: Final = _INDEX["default_stream.length_and_type"]
-    SD_OFFSET: Final = _INDEX["sd_offset"]
-    EA_OFFSET: Final = _INDEX["ea_offset"]
-    REPARSE_OFFSET: Final = _INDEX["reparse_offset"]
-    STREAM_TABLE_OFFSET: Final = _INDEX["stream_table_offset"]
-    PARENT_FILE_ID: Final = _INDEX["parent_file_id"]
+    A node keeps its record packed (a 96-byte ``bytearray``, a third of the memory of a
+    list of ints), so every change goes through :meth:`Node.set_u64` or
+    :meth:`Node.set_parent` at one of these offsets.
+    """
+
+    _OFFSETS: Final = field_offsets(FILE_RECORD)
+    DATA_OFFSET: Final = _OFFSETS["default_stream.data_offset"]
+    LENGTH_AND_TYPE: Final = _OFFSETS["default_stream.length_and_type"]
+    SD_OFFSET: Final = _OFFSETS["sd_offset"]
+    STREAM_TABLE_OFFSET: Final = _OFFSETS["stream_table_offset"]
+    PARENT_FILE_ID: Final = _OFFSETS["parent_file_id"]
 
 
-#: Record fields a directory keeps when a directory is created over it: its entries, its
-#: alternate streams and its parent.
-_KEPT_ON_DIRECTORY_UPDATE: Final = frozenset(
-    (
-        RecordField.DATA_OFFSET,
-        RecordField.LENGTH_AND_TYPE,
-        RecordField.STREAM_TABLE_OFFSET,
-        RecordField.PARENT_FILE_ID,
-    )
+#: Record byte ranges a directory keeps when a directory is created over it: its entries
+#: (default stream), its alternate streams and its parent.
+_KEPT_ON_DIRECTORY_UPDATE: Final = (
+    (RecordField.DATA_OFFSET, RecordField.LENGTH_AND_TYPE + REGION_OFFSET_FAST.size),
+    (RecordField.STREAM_TABLE_OFFSET, RecordField.PARENT_FILE_ID + FILE_ID_FAST.size),
 )
+_U64: Final = REGION_OFFSET_FAST.packer
+_U32: Final = FILE_ID_FAST.packer
 
 #: One stream of a node's stream table: (name, data offset, LengthAndType).
 StreamEntry = tuple[str, int, int]
@@ -77,8 +81,8 @@ StreamEntry = tuple[str, int, int]
 class ParentSource(Protocol):
     """What a fork needs from its parent image (implemented over the reader)."""
 
-    def record_fields(self, file_id: int) -> tuple[int, ...]:
-        """Return the FILE_RECORD_FAST values of ``file_id``."""
+    def record_bytes(self, file_id: int) -> bytes:
+        """Return the 96 record bytes of ``file_id``."""
         ...
 
     def directory_entries(self, file_id: int) -> Iterable[tuple[str, int]]:
@@ -91,20 +95,33 @@ class ParentSource(Protocol):
 
 
 class Node:
-    """One file object. ``fields`` are the record's FILE_RECORD_FAST values (mutable)."""
+    """One file object; ``record`` holds its FILE_RECORD bytes (mutable, 96 bytes)."""
 
-    __slots__ = ("children", "dirty", "fields", "file_id", "is_dir", "streams", "streams_dirty")
+    __slots__ = ("children", "dirty", "file_id", "is_dir", "record", "streams", "streams_dirty")
 
-    def __init__(self, fields: list[int], *, is_dir: bool, file_id: int = 0) -> None:
-        self.fields = fields
+    def __init__(self, record: bytearray, *, is_dir: bool, file_id: int = 0) -> None:
+        self.record = record
         self.is_dir = is_dir
         self.file_id = file_id
         #: key -> Entry for a loaded directory; None for a file or a not yet loaded one.
         self.children: dict[str, Entry] | None = {} if is_dir and not file_id else None
-        #: key -> StreamEntry once loaded or created; None = as in the parent's record.
-        self.streams: dict[str, StreamEntry] | None = None if file_id else {}
+        #: key -> StreamEntry once loaded or created; None = none yet, or as in the record.
+        self.streams: dict[str, StreamEntry] | None = None
         self.dirty = not file_id
         self.streams_dirty = False
+
+    def get_u64(self, offset: int) -> int:
+        """The u64 record field at byte ``offset`` (a RecordField)."""
+        value: int = _U64.unpack_from(self.record, offset)[0]
+        return value
+
+    def set_u64(self, offset: int, value: int) -> None:
+        """Set the u64 record field at byte ``offset`` (a RecordField)."""
+        _U64.pack_into(self.record, offset, value)
+
+    def set_parent(self, file_id: int) -> None:
+        """Set ParentFileId."""
+        _U32.pack_into(self.record, RecordField.PARENT_FILE_ID, file_id)
 
 
 #: A directory entry: (name as given, target). ``int`` = unchanged parent object by ID.
@@ -124,15 +141,24 @@ class PendingTree:
         self.root = root
         self.fold = fold
         self._source = source
+        # One Node per inherited file ID: a hard-linked parent file reached through two
+        # names must be one object, or two copies of its record would race at commit.
+        self._materialized: dict[int, Node] = {root.file_id: root} if root.file_id else {}
 
     # --- materialising parent objects ---------------------------------------------------
 
     def _load(self, file_id: int) -> Node:
+        node = self._materialized.get(file_id)
+        if node is not None:
+            return node
         if self._source is None:
             raise AssertionError("an inherited entry without a parent source")
-        fields = list(self._source.record_fields(file_id))
-        _, stream_type, _, _ = unpack_length_and_type(fields[RecordField.LENGTH_AND_TYPE])
-        return Node(fields, is_dir=stream_type == StreamType.LINK_TABLE, file_id=file_id)
+        node = self._materialized[file_id] = Node(
+            bytearray(self._source.record_bytes(file_id)), is_dir=False, file_id=file_id
+        )
+        _, stream_type, _, _ = unpack_length_and_type(node.get_u64(RecordField.LENGTH_AND_TYPE))
+        node.is_dir = stream_type == StreamType.LINK_TABLE
+        return node
 
     def children_of(self, node: Node) -> dict[str, Entry]:
         """Return the (loaded) entries of directory ``node``."""
@@ -150,7 +176,7 @@ class PendingTree:
         """Return the (loaded) alternate streams of ``node``."""
         if node.streams is None:
             node.streams = {}
-            if node.fields[RecordField.STREAM_TABLE_OFFSET] and self._source is not None:
+            if node.get_u64(RecordField.STREAM_TABLE_OFFSET) and self._source is not None:
                 for entry in self._source.stream_entries(node.file_id):
                     node.streams[self.fold(entry[0])] = entry
         return node.streams
@@ -213,17 +239,18 @@ class PendingTree:
         key = self.fold(components[-1])
         existing = self._resolve_entry(parent, key)
         if existing is not None and existing.is_dir and node.is_dir:
-            self.update_directory(existing, node.fields)
+            self.update_directory(existing, node.record)
             return existing
         self.children_of(parent)[key] = (components[-1], node)
         self._touch_directory(parent)
         return node
 
-    def update_directory(self, directory: Node, fields: list[int]) -> None:
+    def update_directory(self, directory: Node, record: bytearray) -> None:
         """Give ``directory`` new metadata, keeping its entries, streams and parent."""
-        for i, value in enumerate(fields):
-            if i not in _KEPT_ON_DIRECTORY_UPDATE:
-                directory.fields[i] = value
+        updated = bytearray(record)
+        for start, end in _KEPT_ON_DIRECTORY_UPDATE:
+            updated[start:end] = directory.record[start:end]
+        directory.record = updated
         directory.dirty = True
 
     def link(self, components: list[str], existing: list[str]) -> None:

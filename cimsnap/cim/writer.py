@@ -37,6 +37,7 @@ from cimsnap.cim.file_metadata import NULL_DACL_SECURITY_DESCRIPTOR, FileMetadat
 from cimsnap.cim.fork_source import ParentImage, open_parent
 from cimsnap.cim.format import (
     FILE_RECORD_FAST,
+    FILE_RECORD_SIZE,
     LENGTH_MASK,
     MAX_REGION_COUNT,
     REPARSE_LENGTH,
@@ -70,7 +71,7 @@ __all__ = ["CimWriter"]
 REGION_TYPES: Final = (RegionType.METADATA, RegionType.DATA, RegionType.SMALL_DATA)
 _SPARSE: Final = int(FileAttribute.SPARSE_FILE)
 _DIRECTORY: Final = int(FileAttribute.DIRECTORY)
-_FIELD_COUNT: Final = len(FILE_RECORD_FAST.fields)
+_pack_record: Final = FILE_RECORD_FAST.packer.pack
 _EMPTY_DIRECTORY: Final = pack_length_and_type(0, StreamType.LINK_TABLE)
 _EMPTY_DATA: Final = pack_length_and_type(0, StreamType.DATA)
 
@@ -126,7 +127,7 @@ class CimWriter:
         self._parent_image: ParentImage | None = None
         if parent is None:
             order = NameOrder.default()
-            root = Node(_directory_fields(), is_dir=True)
+            root = Node(_directory_record(), is_dir=True)
             self._tree = PendingTree(root, order.key)
             self._upcase = upcase_table_bytes()
         else:
@@ -136,8 +137,8 @@ class CimWriter:
             order = NameOrder.from_table(self._parent_image.upcase)
             root_id = self._parent_image.root_id
             source = self._parent_image.source
-            fields = list(source.record_fields(root_id))
-            self._tree = PendingTree(Node(fields, is_dir=True, file_id=root_id), order.key, source)
+            record = bytearray(source.record_bytes(root_id))
+            self._tree = PendingTree(Node(record, is_dir=True, file_id=root_id), order.key, source)
             self._upcase = b""
         base = sum(s.count for s in self._parent_sets)
         if base + len(REGION_TYPES) > MAX_REGION_COUNT:
@@ -151,8 +152,8 @@ class CimWriter:
         self._placer = MetadataPlacer(sinks[0], base)
         self._content = ContentStore(sinks[1], base + 1, sinks[2], base + 2)
         if self._fork is None:
-            self._tree.root.fields[RecordField.SD_OFFSET] = self._put_counted(
-                b"sd", NULL_DACL_SECURITY_DESCRIPTOR
+            self._tree.root.set_u64(
+                RecordField.SD_OFFSET, self._put_counted(b"sd", NULL_DACL_SECURITY_DESCRIPTOR)
             )
 
     # --- context management ----------------------------------------------------------------
@@ -207,31 +208,33 @@ class CimWriter:
             self._objects[key] = offset
         return offset
 
-    def _fields(self, metadata: FileMetadata) -> list[int]:
+    def _record(self, metadata: FileMetadata) -> bytearray:
         sd = metadata.security_descriptor or NULL_DACL_SECURITY_DESCRIPTOR
         attributes = metadata.attributes
         is_dir = attributes & _DIRECTORY
         flags = self._flags.get(attributes)
         if flags is None:
             flags = self._flags[attributes] = int(flags_from_attributes(attributes))
-        return [
-            flags,
-            len(metadata.ea),
-            metadata.reparse_tag,
-            metadata.creation_time,
-            metadata.last_write_time,
-            metadata.change_time,
-            metadata.last_access_time,
-            NULL_OFFSET,
-            _EMPTY_DIRECTORY if is_dir else _EMPTY_DATA,
-            self._put_counted(b"sd", sd),
-            self._put_counted(b"ea", metadata.ea) if metadata.ea else NULL_OFFSET,
-            self._put_counted(b"rp", metadata.reparse) if metadata.reparse else NULL_OFFSET,
-            NULL_OFFSET,
-            0,
-            0,
-            0,
-        ]
+        return bytearray(
+            _pack_record(
+                flags,
+                len(metadata.ea),
+                metadata.reparse_tag,
+                metadata.creation_time,
+                metadata.last_write_time,
+                metadata.change_time,
+                metadata.last_access_time,
+                NULL_OFFSET,
+                _EMPTY_DIRECTORY if is_dir else _EMPTY_DATA,
+                self._put_counted(b"sd", sd),
+                self._put_counted(b"ea", metadata.ea) if metadata.ea else NULL_OFFSET,
+                self._put_counted(b"rp", metadata.reparse) if metadata.reparse else NULL_OFFSET,
+                NULL_OFFSET,
+                0,
+                0,
+                0,
+            )
+        )
 
     def _fail(self) -> None:
         if self._lifecycle.state is State.OPEN:
@@ -254,24 +257,23 @@ class CimWriter:
         self._begin()
         try:
             components = self._paths.components(path)
-            fields = self._fields(metadata)
+            record = self._record(metadata)
             if not components:
                 if not metadata.is_directory:
                     raise CimAccessDeniedError("the root must be a directory")
-                self._tree.update_directory(self._tree.root, fields)
+                self._tree.update_directory(self._tree.root, record)
                 return CimStream(None, self._lifecycle, 0, False, None)
             is_dir = bool(metadata.attributes & _DIRECTORY)
-            node = self._tree.place(components, Node(fields, is_dir=is_dir))
+            node = self._tree.place(components, Node(record, is_dir=is_dir))
         except (CimError, OSError):
             self._fail()
             raise
         if is_dir:
             return CimStream(None, self._lifecycle, 0, False, None)
-        node_fields = node.fields
 
         def finish(data_offset: int, length_and_type: int) -> None:
-            node_fields[RecordField.DATA_OFFSET] = data_offset
-            node_fields[RecordField.LENGTH_AND_TYPE] = length_and_type
+            node.set_u64(RecordField.DATA_OFFSET, data_offset)
+            node.set_u64(RecordField.LENGTH_AND_TYPE, length_and_type)
 
         return self._content.open_stream(
             self._lifecycle,
@@ -367,7 +369,7 @@ class CimWriter:
         return path
 
 
-def _directory_fields() -> list[int]:
-    fields = [0] * _FIELD_COUNT
-    fields[RecordField.LENGTH_AND_TYPE] = pack_length_and_type(0, StreamType.LINK_TABLE)
-    return fields
+def _directory_record() -> bytearray:
+    node = Node(bytearray(FILE_RECORD_SIZE), is_dir=True)
+    node.set_u64(RecordField.LENGTH_AND_TYPE, _EMPTY_DIRECTORY)
+    return node.record

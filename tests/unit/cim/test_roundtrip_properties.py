@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from cimsnap.cim.file_metadata import FileMetadata
@@ -201,7 +201,7 @@ def check_image(cim: Path, root: Obj) -> None:
                 if not obj.sparse:
                     assert reader.open_record_stream(record, None).read() == obj.data
             streams = {s.name: s for s in reader.streams(path)}
-            assert set(streams) == {name for name, _, _ in obj.streams.values()}
+            assert set(streams) == {name for name, _, _ in obj.streams.values()}, path
             for name, content, sparse in obj.streams.values():
                 assert streams[name].sparse == sparse
                 assert reader.open_record_stream(record, name).read() == content
@@ -231,6 +231,7 @@ def test_written_images_read_back_identical(data: st.DataObject, layers: int, op
         for layer in range(layers):
             name = f"l{layer}.cim"
             with CimWriter(directory, name, parent=parent) as writer:
+                note(f"layer {layer}: {name} (parent {parent})")
                 for _ in range(ops):
                     apply_random_op(data, writer, root, clock)
                 writer.commit()

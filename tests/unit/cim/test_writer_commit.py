@@ -218,3 +218,21 @@ def test_fork_reuses_parent_objects_in_place(tmp_path: Path) -> None:
     with open_image(tmp_path / "fork.cim") as image:
         assert image.reader.open_stream("f1500").read() == b"payload" * 1000
         assert image.reader.open_stream("f2999").read() == b"changed"
+
+
+def test_fork_changes_to_a_hard_linked_parent_file_through_both_names(tmp_path: Path) -> None:
+    """Regression (found by the property test): one Node per inherited file ID."""
+    with CimWriter(tmp_path, "base.cim") as writer:
+        write_file(writer, "one", b"shared")
+        writer.create_hard_link("two", "one")
+        writer.commit()
+    with CimWriter(tmp_path, "fork.cim", parent="base.cim") as writer:
+        with writer.create_alternate_stream("two:s2", 2) as stream:
+            stream.write(b"s2")
+        with writer.create_alternate_stream("one:s1", 2) as stream:
+            stream.write(b"s1")
+        writer.commit()
+    with open_image(tmp_path / "fork.cim") as image:
+        reader = image.reader
+        assert {s.name for s in reader.streams("one")} == {"s1", "s2"}
+        assert {s.name for s in reader.streams("two")} == {"s1", "s2"}
