@@ -62,3 +62,23 @@ def test_unpaired_surrogates_round_trip() -> None:
     assert key is not None and key.name == "a\ud800b" and key.class_name == "c\udc00"
     assert [v.name for v in key.values] == ["v\udfff"]
     assert lh_hash("a\ud800b") == ((65 * 37 + 0xD800) * 37 + 66)
+
+
+def test_mapped_file_input(tmp_path: Path) -> None:
+    """A read-only mmap works wherever bytes do (the lazy reader's intended input)."""
+    import mmap
+
+    from cimsnap.hive import HiveReader, read_current_build
+
+    path = tmp_path / "SOFTWARE"
+    path.write_bytes(write_hive(_model()))
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            assert read_current_build(view) == 20348
+            assert HiveReader(view).open_key(r"microsoft\windows nt\currentversion").name == (
+                "CurrentVersion"
+            )
+            assert read_hive(view) == open_hive(path)
+        finally:
+            view.release()
