@@ -32,10 +32,11 @@ key flags, access bits ``d``'s when ``d`` exists, else ``b``'s; the root keeps `
 key name casing        ``b``'s when ``b`` exists (the root keeps ``b``'s name), else ``d``'s
 value name casing      ``b``'s when a ``d`` value replaces a ``b`` value (type, data: ``d``'s)
 value order            ``b``'s order with replacements in place; new values appended in ``d``
-                       order; a tombstone then a set of the same name appends it at the end
-duplicate names        within one key's ``d`` values, applied in order (last one wins);
-                       duplicate ``b`` values of a key whose values ``d`` changes collapse
-                       into the last one, at the first one's place
+                       order (so merging the same delta twice changes nothing)
+duplicate names        a value list naming a value twice (invalid; Windows cannot create
+                       it): the first one counts, in ``d`` and in ``b``, as a lookup by name
+                       finds the first; ``b``'s later duplicates are dropped when ``d``
+                       changes that key's values, kept when it does not
 InheritClass, new key  no class (nothing to inherit from; rule 3)
 InheritClass below 3   a descendant of a SupersedeTree node never inherits (the lower
                        subtree is hidden), so its class is empty, as for a new key
@@ -201,17 +202,24 @@ def _child_tasks(b: Key | None, d: Key, out: Key, *, fresh: bool) -> list[_Task]
 
 
 def _apply_values(start: list[Value], changes: list[Value]) -> list[Value]:
-    """Return ``start`` with ``changes`` applied in order (rule 6's value step).
+    """Return ``start`` with ``changes`` applied (rule 6's value step).
 
     A tombstone removes the same-named value if there is one; any other change replaces it
-    in place (keeping the existing name's casing) or is appended. Values are shared, not
-    copied, unless a replacement needs the old name's casing.
+    in place (keeping the existing name's casing) or is appended. Where one list names a
+    value twice (invalid, but readable), only the first counts, as a lookup by name finds
+    the first. Values are shared, not copied, unless a replacement needs the old casing.
     """
     if not changes:
         return list(start)
-    merged: dict[str, Value] = {name_key(v.name): v for v in start}
+    merged: dict[str, Value] = {}
+    for value in start:
+        merged.setdefault(name_key(value.name), value)
+    seen: set[str] = set()
     for change in changes:
         slot = name_key(change.name)
+        if slot in seen:
+            continue
+        seen.add(slot)
         old = merged.get(slot)
         if change.tombstone:
             if old is not None:

@@ -13,7 +13,8 @@ For a path ``p`` and layer ``i``:
   not hide ``p``'s own lower nodes (rule 4's InheritClass and rule 7's properties use them);
 * ``p`` exists if some layer at or above the floor has a node at ``p``;
 * its values: from the floor up, SupersedeLocal/SupersedeTree nodes reset them, then each
-  node's values are applied in order (a tombstone deletes);
+  node's values are applied (a tombstone deletes; of two same-named values in one node
+  only the first counts);
 * class: the topmost node (down to the identity floor) without InheritClass gives it;
   none gives no class; timestamp: the max over those nodes; security: the topmost
   non-empty one; flags and access bits: the topmost node's (the root: layer 0's);
@@ -83,7 +84,11 @@ def layered_view(layers: list[Key]) -> dict[Path, KeyView]:
         for node in nodes:
             if node.semantics in (LayerSemantics.SUPERSEDE_LOCAL, LayerSemantics.SUPERSEDE_TREE):
                 values = {}
+            seen: set[str] = set()
             for v in node.values:
+                if name_key(v.name) in seen:
+                    continue  # a duplicate name: a lookup finds the first one only
+                seen.add(name_key(v.name))
                 if v.tombstone:
                     values.pop(name_key(v.name), None)
                 else:
