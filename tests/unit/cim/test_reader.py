@@ -228,3 +228,14 @@ def test_lookups_use_the_images_own_upcase_table():
     with pytest.raises(CimNotFoundError):
         r.stat("ZZ")
     assert verify_reader(r) == []
+
+
+def test_pe_image_with_implicit_first_run_and_short_tail():
+    logical = os.urandom(5000)
+    # No mapping at 0: bytes 0..512 come from delta 0; from 512 on, delta 3584.
+    expanded = logical[:512] + bytes(3584) + logical[512:]
+    b = ImageBuilder()
+    b.add_file(1, "drv.sys", pe=(expanded, [(512, 3584)], len(logical)))
+    r = reader_of(b.build())
+    assert r.open_stream("drv.sys").read() == logical
+    assert verify_reader(r) == []
