@@ -29,6 +29,10 @@ __all__ = ["Problem", "check_hive"]
 
 Severity = Literal["error", "warning"]
 _B: Final = C.BASE_BLOCK_SIZE
+# Plain ints: IntFlag arithmetic costs a Python-level call per cell.
+_HIVE_ENTRY: Final = int(C.KeyFlags.HIVE_ENTRY)
+_VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
+_VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _T = TypeVar("_T")
 
 
@@ -100,19 +104,22 @@ class _Checker:
         root = self.image.base.root_cell_offset
         if not self.ref(root, "root nk cell"):
             return
-        stack = [(root, -1, 0)]
+        rec = self.guard(self.image.node, root)
+        if rec is None:
+            return
+        # (nk offset, its decoded record, parent offset or -1, depth)
+        stack = [(root, rec, -1, 0)]
         while stack:
-            off, parent, depth = stack.pop()
-            rec = self.guard(self.image.node, off)
-            if rec is None:
-                continue
-            for child in self.key(off, rec, parent, depth):
-                stack.append((child, off, depth + 1))
+            off, rec, parent, depth = stack.pop()
+            for child, crec in self.key(off, rec, parent, depth):
+                stack.append((child, crec, off, depth + 1))
 
-    def key(self, off: int, rec: NodeRecord, parent: int, depth: int) -> list[int]:
+    def key(
+        self, off: int, rec: NodeRecord, parent: int, depth: int
+    ) -> list[tuple[int, NodeRecord]]:
         image = self.image
         is_root = parent < 0
-        if bool(rec.flags & C.KeyFlags.HIVE_ENTRY) != is_root:
+        if bool(rec.flags & _HIVE_ENTRY) != is_root:
             self.add("nk cell", off, "HIVE_ENTRY flag must be set on the root only")
         if not is_root and rec.parent != parent:
             self.add("nk cell", off, f"parent {rec.parent:#x}, expected {parent:#x}")
@@ -128,11 +135,9 @@ class _Checker:
         max_name, max_value = self.values(off, rec)
         children = self.subkeys(off, rec)
         child_name = child_class = 0
-        for child in children:
-            crec = self.guard(image.node, child)
-            if crec is not None:
-                child_name = max(child_name, len(crec.name.encode("utf-16-le", "surrogatepass")))
-                child_class = max(child_class, crec.class_length)
+        for _child, crec in children:
+            child_name = max(child_name, len(crec.name.encode("utf-16-le", "surrogatepass")))
+            child_class = max(child_class, crec.class_length)
         stored = (
             rec.max_subkey_name & 0xFFFF,
             rec.max_class,
@@ -162,13 +167,13 @@ class _Checker:
             if v is None:
                 continue
             self.value_data_refs(vk)
-            compressed = v.flags & C.ValueFlags.COMP_NAME
+            compressed = v.flags & _VALUE_COMP_NAME
             max_name = max(
                 max_name,
                 2 * len(v.name) if compressed else len(v.name.encode("utf-16-le", "surrogatepass")),
             )
             max_data = max(max_data, len(v.data))
-            if v.flags & C.ValueFlags.TOMBSTONE and not self.image.layered:
+            if v.flags & _VALUE_TOMBSTONE and not self.image.layered:
                 self.add("vk cell", vk, "tombstone flag in a hive without layered keys", "warning")
         return max_name, max_data
 
@@ -177,7 +182,7 @@ class _Checker:
         size, data_off, flags = fields["data_size"], fields["data_offset"], fields["flags"]
         if size & C.DATA_INLINE_FLAG or size == 0:
             return
-        if self.image.layered and flags & C.ValueFlags.TOMBSTONE:
+        if self.image.layered and flags & _VALUE_TOMBSTONE:
             return
         if not self.ref(data_off, "value data"):
             return
@@ -189,7 +194,7 @@ class _Checker:
                 for seg in segs or ():
                     self.ref(seg, "db segment")
 
-    def subkeys(self, off: int, rec: NodeRecord) -> list[int]:
+    def subkeys(self, off: int, rec: NodeRecord) -> list[tuple[int, NodeRecord]]:
         if rec.subkey_count == 0:
             if rec.subkey_list != C.NO_CELL:
                 self.add("nk cell", off, "no subkeys but a subkey list offset", "warning")
@@ -207,7 +212,7 @@ class _Checker:
                     got = self.guard(self.image.list_leaf, leaf, True)
                     if got is not None:
                         leaves.append((leaf, got))
-        children: list[int] = []
+        children: list[tuple[int, NodeRecord]] = []
         previous: bytes | None = None
         for leaf_off, (sig, entries) in leaves:
             hashes = self.leaf_hashes(leaf_off, sig, len(entries))
@@ -226,7 +231,7 @@ class _Checker:
                 previous = order
                 if hashes is not None and hashes[i] != C.lh_hash_folded(folded):
                     self.add("subkey list", leaf_off, f"wrong lh hash for {crec.name!r}")
-                children.append(child)
+                children.append((child, crec))
         if len(children) != rec.subkey_count:
             self.add("nk cell", off, f"{rec.subkey_count} subkeys declared, {len(children)} listed")
         return children

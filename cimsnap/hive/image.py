@@ -33,6 +33,7 @@ _SEG: Final = C.BIG_DATA_SEGMENT_SIZE
 _NO_CELL: Final = C.NO_CELL
 _COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
 _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
+_VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _LEAF_SIGNATURES: Final = (b"lh", b"lf", b"li")
 _PAIR_LISTS: Final = (b"lh", b"lf")
 
@@ -290,7 +291,7 @@ class HiveImage:
             if size > C.INLINE_DATA_MAX:
                 raise HiveFormatError("vk cell", off, f"inline data of {size} bytes")
             value = data_off.to_bytes(4, "little")[:size]
-        elif size == 0 or (self.layered and flags & C.ValueFlags.TOMBSTONE):
+        elif size == 0 or (self.layered and flags & _VALUE_TOMBSTONE):
             value = b""
         else:
             value = self._data(data_off, size, off)
