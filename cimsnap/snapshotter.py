@@ -383,6 +383,10 @@ class Snapshotter:
     def _rename_for_removal(self, snapshot_id: int) -> tuple[Path, Path] | None:
         source = self._dir(snapshot_id)
         target = self.snapshots_dir / f"rm-{snapshot_id}"
+        if target.is_dir() and source.is_dir():
+            # Stale leftover of an earlier interrupted removal of this ID (IDs are never
+            # reused, so nothing else can own the name); rename() cannot replace it.
+            shutil.rmtree(target, onerror=_log_rmtree_error)
         try:
             os.rename(source, target)
         except FileNotFoundError:

@@ -165,3 +165,13 @@ def test_second_snapshotter_on_the_same_root_is_refused(tmp_path: Path) -> None:
         assert "Unavailable" in other_process.stderr
     with Snapshotter(root) as again:
         assert again.stat("k").kind == Kind.ACTIVE
+
+
+def test_remove_replaces_a_stale_rm_directory(sn: Snapshotter, tmp_path: Path) -> None:
+    mounts = sn.prepare("k")
+    stale = tmp_path / "root" / "snapshots" / f"rm-{snapshot_dir(mounts).name}"
+    stale.mkdir()
+    (stale / "old").write_text("x")
+    sn.remove("k")
+    assert not stale.exists()
+    assert not snapshot_dir(mounts).exists()
