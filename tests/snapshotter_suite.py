@@ -212,6 +212,18 @@ def test_label_size_limit(sn: SnapshotterAPI, root: Path) -> None:
         expect_unchanged(root, InvalidArgument, partial(sn.update, bad, []))
 
 
+def test_errors_name_their_subject(sn: SnapshotterAPI, root: Path) -> None:
+    # containerd style: subject first, e.g. `snapshot "k": not found`.
+    key = "default/9/no such key"
+    for call in (sn.stat, sn.mounts, sn.remove, sn.usage):
+        assert key in str(expect_unchanged(root, NotFound, partial(call, key)))
+    sn.prepare("dup")
+    assert "dup" in str(expect_unchanged(root, AlreadyExists, partial(sn.prepare, "dup")))
+    missing_parent = expect_unchanged(root, NotFound, partial(sn.prepare, "x", "no-parent"))
+    assert "no-parent" in str(missing_parent)
+    assert "parent" in str(expect_unchanged(root, InvalidArgument, partial(sn.prepare, "x", "dup")))
+
+
 # -- stat -------------------------------------------------------------------------------------
 
 
