@@ -22,6 +22,7 @@ from typing import Final, Literal, TypeVar
 
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import HiveFormatError, OffsetKind
+from cimsnap.hive.gcpause import gc_paused
 from cimsnap.hive.image import HiveImage, NodeRecord
 from cimsnap.hive.tree import name_key
 
@@ -283,14 +284,18 @@ class _Checker:
 
 
 def check_hive(data: bytes | memoryview) -> list[Problem]:
-    """Validate a regf image; return all problems found (an empty list means valid)."""
+    """Validate a regf image; return all problems found (an empty list means valid).
+
+    Never raises for bad input. Pauses the cyclic GC while it runs (see ``gcpause``).
+    """
     try:
         image = HiveImage(data)
     except HiveFormatError as e:
         return [Problem(e.what, e.offset, e.why, "error", e.offset_kind)]
     checker = _Checker(image)
-    checker.scan_cells()
-    checker.walk()
-    checker.security_list()
-    checker.leaks()
+    with gc_paused():
+        checker.scan_cells()
+        checker.walk()
+        checker.security_list()
+        checker.leaks()
     return checker.problems

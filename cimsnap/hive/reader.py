@@ -26,12 +26,12 @@ or UTF-16LE with unpaired surrogates preserved.
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Final
 
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import HiveFormatError
+from cimsnap.hive.gcpause import gc_paused
 from cimsnap.hive.image import HiveImage
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
 
@@ -54,18 +54,11 @@ def read_hive(data: bytes | memoryview) -> Hive:
     ``data`` is only read during the call. Raises :class:`HiveFormatError` (see the module
     docstring); nothing is returned on failure.
 
-    The cyclic garbage collector is paused for the duration of the call (and resumed, if
-    it was running, even on error): the tree being built holds no reference cycles, and
-    without the pause the collector rescans the growing tree over and over, which doubles
-    the time for a large hive. The pause is process-wide while the call runs.
+    The cyclic garbage collector is paused during the call (see
+    :mod:`cimsnap.hive.gcpause`); the tree built holds no reference cycles.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _read(data)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _read(data: bytes | memoryview) -> Hive:
