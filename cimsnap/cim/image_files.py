@@ -129,7 +129,7 @@ class RegionSink:
     def __init__(self, path: Path, header: bytes) -> None:
         """Create ``path`` exclusively and append ``header``. Raises OSError (incl. exists)."""
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._flushed = 0
         self._buffer = bytearray(header)
 
@@ -164,6 +164,22 @@ class RegionSink:
             _write_all(self._fd, self._buffer)
             self._flushed += len(self._buffer)
             self._buffer.clear()
+
+    def same_bytes(self, first: int, second: int, size: int) -> bool:
+        """True if the ``size`` bytes at offsets ``first`` and ``second`` are equal.
+
+        Flushes the buffer, then compares 1 MiB at a time with ``pread`` (dedup checks).
+        """
+        self.flush()
+        done = 0
+        while done < size:
+            step = min(WRITE_BUFFER_SIZE, size - done)
+            a = os.pread(self._fd, step, first + done)
+            b = os.pread(self._fd, step, second + done)
+            if a != b or len(a) != step:
+                return False
+            done += step
+        return True
 
     def truncate(self, size: int) -> None:
         """Cut the file back to ``size`` bytes (``size`` <= :attr:`end`)."""

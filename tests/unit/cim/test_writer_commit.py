@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cimsnap.cim import content as content_module
 from cimsnap.cim.content import State
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.format import FILES_PER_TABLE, PAGE_SIZE, FileAttribute
@@ -236,3 +237,26 @@ def test_fork_changes_to_a_hard_linked_parent_file_through_both_names(tmp_path: 
         reader = image.reader
         assert {s.name for s in reader.streams("one")} == {"s1", "s2"}
         assert {s.name for s in reader.streams("two")} == {"s1", "s2"}
+
+
+def test_large_dedup_confirms_bytes_on_checksum_collisions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every large object collides (CRC forced to 0): only equal bytes may be shared."""
+    monkeypatch.setattr(content_module, "crc32", lambda data, value=0: 0)
+    first, second = b"A" * 9000, b"A" * 8999 + b"B"
+    with CimWriter(tmp_path, "a.cim", region_set_id=GUID) as writer:
+        write_file(writer, "first", first)
+        write_file(writer, "second", second)
+        write_file(writer, "first-again", first)
+        write_file(writer, "second-again", second)
+        writer.commit()
+    # Two objects: [4096, 13096) and [16384, 25384); the repeats were reclaimed.
+    assert (tmp_path / f"region_{GUID}_1").stat().st_size == 4 * PAGE_SIZE + 9000
+    with open_image(tmp_path / "a.cim") as image:
+        reader = image.reader
+        assert reader.open_stream("second-again").read() == second
+        assert reader.open_stream("first-again").read() == first
+        assert (
+            reader.lookup("second").stream.data_offset != reader.lookup("first").stream.data_offset
+        )
