@@ -6,10 +6,10 @@ finishes it:
 
 * size < :data:`SMALL_DATA_LIMIT` (4096, §3.4 recommendation, [U] q3): the bytes are kept
   in memory (at most 4095) and appended 8-aligned to the small-data region at close;
-* otherwise the bytes go straight to the data region, page-aligned, hashed as they pass,
-  never buffered whole. If the digest matches an earlier object at close, the region is
-  truncated back (the just-written bytes and their alignment padding are reclaimed) and
-  the earlier object is reused.
+* otherwise the bytes go straight to the data region, page-aligned, checksummed as they
+  pass, never buffered whole. If an earlier object has the same content (see Dedup), the
+  region is truncated back at close (the just-written bytes and their alignment padding
+  are reclaimed) and the earlier object is reused.
 * A stream closed before it is full is padded with zeros (docs: "ranges never written read
   as zero"), except when *nothing* was written and the stream is sparse-capable (an
   alternate stream, or a file with FILE_ATTRIBUTE_SPARSE_FILE): then it is stored as a
