@@ -30,6 +30,7 @@ from cimsnap.cim.errors import (
     CimError,
     CimFileExistsError,
     CimInvalidArgumentError,
+    CimNotADirectoryError,
     CimNotFoundError,
     CimSharingViolationError,
 )
@@ -335,11 +336,12 @@ class CimWriter:
             raise
 
     def exists(self, path: str) -> bool:
-        """True if ``path`` names a file or directory in the image being written."""
+        """True if ``path`` names a file or directory in the image being written (False if
+        it, or a directory on the way, is missing or a file). Raises CimInvalidNameError."""
         self._lifecycle.require_open()
         try:
             self._tree.lookup(self._paths.components(path))
-        except CimNotFoundError:
+        except (CimNotFoundError, CimNotADirectoryError):
             return False
         except (CimError, OSError):
             self._fail()

@@ -256,3 +256,14 @@ def test_overwrite_in_place_extends_the_image(tmp_path: Path) -> None:
         writer.commit()
     assert read(tmp_path / "a.cim", "one") == b"1"
     assert read(tmp_path / "a.cim", "two") == b"2"
+
+
+def test_exists(tmp_path: Path) -> None:
+    with CimWriter(tmp_path, "a.cim") as writer:
+        writer.create_file("d", DIR)
+        writer.create_file("d\\f", FileMetadata())
+        assert writer.exists("") and writer.exists("D\\F") and writer.exists("\\d\\")
+        assert not writer.exists("d\\g")
+        assert not writer.exists("missing\\g")
+        assert not writer.exists("d\\f\\under-a-file")
+        assert writer.state is State.OPEN
