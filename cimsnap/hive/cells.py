@@ -98,9 +98,11 @@ INLINE_DATA_MAX: Final = 4
 #: Value data above this size is stored in a db record (minor version > 3), in segments
 #: of exactly this many bytes (the last one truncated to the remaining size).
 BIG_DATA_SEGMENT_SIZE: Final = 16344
-#: Deepest key nesting accepted by the reader and writer (the root is depth 0). Windows
-#: limits a key path to 512 levels; the reader uses the same bound to stop forged trees.
-MAX_KEY_DEPTH: Final = 512
+#: Deepest key accepted by the reader and writer, counted below the root (depth 0). The
+#: kernel's hive checker walks with a 512-entry stack (CMP_MAX_REGISTRY_DEPTH, root
+#: included) and rejects a hive with a key at depth 512, so 511 is the deepest loadable key;
+#: the reader uses the same bound to stop forged trees.
+MAX_KEY_DEPTH: Final = 511
 #: Longest key name (UTF-16 units) and value name Windows accepts.
 MAX_KEY_NAME_LENGTH: Final = 255
 MAX_VALUE_NAME_LENGTH: Final = 16383

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from cimsnap.hive import Problem, check_hive
+from cimsnap.hive import HiveReader, Problem, check_hive, read_hive
 from cimsnap.hive import cells as C
 from tests.unit.hive.forge import field_pos, offsets, patch_u32, sample_hive
 
@@ -78,3 +78,12 @@ def test_leaked_cell_is_a_warning() -> None:
 def test_problem_str_names_object_and_offset() -> None:
     text = str(Problem("nk cell", 0x20, "bad"))
     assert "nk cell" in text and "0x20" in text
+
+
+def test_empty_value_with_data_offset() -> None:
+    reader = HiveReader(GOOD)
+    dword = reader.open_key("A").value("d")
+    assert dword is not None
+    bad = patch_u32(GOOD, dword.offset, C.VK_HEADER, "data_size", 0)  # offset field holds 1
+    assert any(p.what == "vk cell" and p.offset == dword.offset for p in _errors(bad))
+    assert read_hive(bad).root.subkey("A") is not None  # the reader tolerates it
