@@ -211,3 +211,16 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], base: Path) -> 
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
+
+
+def test_check_with_only_warnings_lists_them_and_exits_0(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = bytearray(write_hive(Hive(root=Key("ROOT"))))
+    root_cell = 4096 + int.from_bytes(data[36:40], "little") + 4
+    data[root_cell + 60 : root_cell + 64] = (40).to_bytes(4, "little")  # stale max name
+    untidy = tmp_path / "untidy"
+    untidy.write_bytes(bytes(data))
+    code, out, err = run(capsys, "check", str(untidy))
+    assert (code, err) == (0, "")
+    assert out.startswith(f"{untidy}: warning: nk cell")
