@@ -199,17 +199,25 @@ _FLAG_TO_ATTRIBUTE: Final = (
 )
 
 
+def _attributes_of(flags: int) -> FileAttribute:
+    result = FileAttribute(0)
+    for flag, attribute in _FLAG_TO_ATTRIBUTE:
+        if flags & flag:
+            result |= attribute
+    return result
+
+
+#: attributes_from_flags for each of the 32 defined flag combinations (hot in the reader).
+_ATTRIBUTES_BY_FLAGS: Final = tuple(_attributes_of(flags) for flags in range(0x20))
+
+
 def attributes_from_flags(flags: int) -> FileAttribute:
     """Map record Flags to Win32 attributes (§7); undefined flag bits are ignored.
 
     DIRECTORY and REPARSE_POINT are not flags: the reader adds them from the stream type
     and the reparse offset.
     """
-    result = FileAttribute(0)
-    for flag, attribute in _FLAG_TO_ATTRIBUTE:
-        if flags & flag:
-            result |= attribute
-    return result
+    return _ATTRIBUTES_BY_FLAGS[flags & 0x1F]
 
 
 def flags_from_attributes(attributes: int) -> RecordFlag:

@@ -13,6 +13,9 @@ from cimsnap.cim.errors import CimFormatError
 
 __all__ = ["FileRecord", "StreamDescriptor", "decode_file_record", "decode_stream_descriptor"]
 
+_DIRECTORY = int(fmt.FileAttribute.DIRECTORY)
+_REPARSE_POINT = int(fmt.FileAttribute.REPARSE_POINT)
+
 
 @dataclass(frozen=True, slots=True)
 class StreamDescriptor:
@@ -61,10 +64,13 @@ class FileRecord:
     def attributes(self) -> fmt.FileAttribute:
         """Win32 attributes as a reader reports them (§7): flags + DIRECTORY + REPARSE_POINT."""
         attributes = fmt.attributes_from_flags(self.flags)
-        if self.is_directory:
-            attributes |= fmt.FileAttribute.DIRECTORY
-        if self.reparse_offset:
-            attributes |= fmt.FileAttribute.REPARSE_POINT
+        if self.stream.type is fmt.StreamType.LINK_TABLE or self.reparse_offset:
+            value = int(attributes)  # plain int arithmetic: IntFlag operators are slow
+            if self.stream.type is fmt.StreamType.LINK_TABLE:
+                value |= _DIRECTORY
+            if self.reparse_offset:
+                value |= _REPARSE_POINT
+            return fmt.FileAttribute(value)
         return attributes
 
 
