@@ -109,15 +109,16 @@ class CimWriter:
         self._paths = PathParser()
         # Record Flags per attributes value, derived once from format.flags_from_attributes.
         self._flags: dict[int, int] = {}
-        if (self.directory / image_name).exists() and parent != image_name:
-            raise CimFileExistsError(f"{image_name}: the image exists already")
-        if parent is not None and not (self.directory / parent).is_file():
-            raise CimNotFoundError(f"{parent}: parent image not found")
         self._own = RegionSet(region_set_id or uuid.uuid4(), len(REGION_TYPES))
         self._parent_sets: tuple[RegionSet, ...] = ()
         self._fork: ForkBase | None = None
         self._files = ImageFiles(self.directory, image_name, self._own)
         try:
+            # Checked under the directory lock, so no other writer can race us to the name.
+            if (self.directory / image_name).exists() and parent != image_name:
+                raise CimFileExistsError(f"{image_name}: the image exists already")
+            if parent is not None and not (self.directory / parent).is_file():
+                raise CimNotFoundError(f"{parent}: parent image not found")
             self._open(parent)
         except BaseException:
             self._files.discard()
