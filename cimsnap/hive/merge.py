@@ -103,14 +103,13 @@ class _Task:
     """One key path still to emit: attach the result to ``parent`` under ``slot``.
 
     ``base`` is None for a new key and for every descendant of a SupersedeTree node, whose
-    lower subtree is hidden (rule 8); ``fresh`` is True there: only rule 3 applies below.
+    lower subtree is hidden (rule 8): only rule 3 applies there and below.
     """
 
     base: Key | None
     delta: Key
     parent: Key
     slot: str
-    fresh: bool
 
 
 def merge(base: Hive, delta: Hive) -> Hive:
@@ -126,16 +125,16 @@ def merge(base: Hive, delta: Hive) -> Hive:
     droot = delta.root
     if droot.semantics == _TOMBSTONE:
         raise HiveMergeError("", "the delta hive's root is a tombstone")
-    root = _emit(base.root, droot, fresh=False)
+    root = _emit(base.root, droot)
     root.name = base.root.name
     root.flags = base.root.flags
     root.access_bits = base.root.access_bits
-    stack = _child_tasks(base.root, droot, root, fresh=False)
+    stack = _child_tasks(base.root, droot, root)
     while stack:
         task = stack.pop()
-        out = _emit(task.base, task.delta, fresh=task.fresh)
+        out = _emit(task.base, task.delta)
         task.parent.subkeys[task.slot] = out
-        stack.extend(_child_tasks(task.base, task.delta, out, fresh=task.fresh))
+        stack.extend(_child_tasks(task.base, task.delta, out))
     return Hive(
         root=root,
         minor_version=OUTPUT_MINOR_VERSION,
@@ -145,11 +144,11 @@ def merge(base: Hive, delta: Hive) -> Hive:
     )
 
 
-def _emit(b: Key | None, d: Key, *, fresh: bool) -> Key:
+def _emit(b: Key | None, d: Key) -> Key:
     """Return the output key for one path (without the delta's children, see ``_child_tasks``).
 
-    ``b`` is None for rule 3 (and below a SupersedeTree node, where ``fresh`` is True).
-    The subkeys dict starts as a shallow copy of ``b``'s children (rules 5, 6) or empty.
+    ``b`` is None for rule 3 (a new key, or any key below a SupersedeTree node). The
+    subkeys dict starts as a shallow copy of ``b``'s children (rules 5, 6) or empty.
     """
     sem = d.semantics
     if b is None:
@@ -182,22 +181,22 @@ def _emit(b: Key | None, d: Key, *, fresh: bool) -> Key:
     return out
 
 
-def _child_tasks(b: Key | None, d: Key, out: Key, *, fresh: bool) -> list[_Task]:
+def _child_tasks(b: Key | None, d: Key, out: Key) -> list[_Task]:
     """Resolve ``d``'s children against ``b``'s: drop tombstones, return the rest as tasks.
 
     ``out.subkeys`` already holds ``b``'s children where they survive (rules 5, 6); a
     tombstone child removes its counterpart there (rules 2, 8), and every other child
     becomes a task that replaces or adds its slot.
     """
-    hidden = fresh or b is None or d.semantics == _SUPERSEDE_TREE
+    lower_keys = None if b is None or d.semantics == _SUPERSEDE_TREE else b.subkeys
     tasks: list[_Task] = []
     for child in d.subkeys.values():
         slot = name_key(child.name)
         if child.semantics == _TOMBSTONE:
             out.subkeys.pop(slot, None)
             continue
-        lower = None if hidden or b is None else b.subkeys.get(slot)
-        tasks.append(_Task(lower, child, out, slot, hidden))
+        lower = None if lower_keys is None else lower_keys.get(slot)
+        tasks.append(_Task(lower, child, out, slot))
     return tasks
 
 
