@@ -26,6 +26,10 @@ import construct as c
 from cimsnap.upcase import fold_code_units
 
 __all__ = [
+    "ACE_HEADER",
+    "ACE_HEADER_FAST",
+    "ACL_HEADER",
+    "ACL_HEADER_FAST",
     "BASE_BLOCK",
     "BASE_BLOCK_FAST",
     "BASE_BLOCK_SIZE",
@@ -61,6 +65,13 @@ __all__ = [
     "OFFSET_ELEMENT",
     "OFFSET_ELEMENT_FAST",
     "RI",
+    "SD_HEADER",
+    "SD_HEADER_FAST",
+    "SE_DACL_PRESENT",
+    "SE_SACL_PRESENT",
+    "SE_SELF_RELATIVE",
+    "SID_HEADER",
+    "SID_HEADER_FAST",
     "SK",
     "SK_HEADER",
     "SK_HEADER_FAST",
@@ -269,6 +280,40 @@ DB = c.Struct(
 #: A value list (nk ``value_count`` entries) or db segment list: offsets, unsorted.
 VALUE_LIST = c.Array(c.this._.count, OFFSET_ELEMENT)
 
+# --- the security descriptor an sk cell carries (self-relative form, [MS-DTYP] 2.4.6) ----
+
+#: SECURITY_DESCRIPTOR_RELATIVE header; offsets are from the start of the descriptor,
+#: 0 = absent.
+SD_HEADER = c.Struct(
+    "revision" / c.Int8ul,
+    "sbz1" / c.Int8ul,
+    "control" / c.Int16ul,
+    "owner" / c.Int32ul,
+    "group" / c.Int32ul,
+    "sacl" / c.Int32ul,
+    "dacl" / c.Int32ul,
+)
+#: ACL header ([MS-DTYP] 2.4.5); ``size`` covers the header and all ACEs.
+ACL_HEADER = c.Struct(
+    "revision" / c.Int8ul,
+    "sbz1" / c.Int8ul,
+    "size" / c.Int16ul,
+    "ace_count" / c.Int16ul,
+    "sbz2" / c.Int16ul,
+)
+#: ACE header ([MS-DTYP] 2.4.4.1); ``size`` covers the whole ACE.
+ACE_HEADER = c.Struct("type" / c.Int8ul, "flags" / c.Int8ul, "size" / c.Int16ul)
+#: SID head ([MS-DTYP] 2.4.2.2); ``sub_authority_count`` u32 sub-authorities follow.
+SID_HEADER = c.Struct(
+    "revision" / c.Int8ul,
+    "sub_authority_count" / c.Int8ul,
+    "identifier_authority" / c.Bytes(6),
+)
+#: SECURITY_DESCRIPTOR control bits used by the validator.
+SE_DACL_PRESENT: Final = 0x0004
+SE_SACL_PRESENT: Final = 0x0010
+SE_SELF_RELATIVE: Final = 0x8000
+
 
 # --- fast packers derived from the declarations ----------------------------------------
 
@@ -355,6 +400,10 @@ LIST_HEADER_FAST: Final = fast_layout(LIST_HEADER)
 DB_FAST: Final = fast_layout(DB)
 LH_ELEMENT_FAST: Final = fast_layout(LH_ELEMENT)
 OFFSET_ELEMENT_FAST: Final = fast_layout(OFFSET_ELEMENT)
+SD_HEADER_FAST: Final = fast_layout(SD_HEADER)
+ACL_HEADER_FAST: Final = fast_layout(ACL_HEADER)
+ACE_HEADER_FAST: Final = fast_layout(ACE_HEADER)
+SID_HEADER_FAST: Final = fast_layout(SID_HEADER)
 
 
 # --- format rules -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from cimsnap.hive import cells as C
 from cimsnap.hive.errors import HiveFormatError, OffsetKind
 from cimsnap.hive.gcpause import gc_paused
 from cimsnap.hive.image import HiveImage, NodeRecord
+from cimsnap.hive.security import security_descriptor_problem
 from cimsnap.hive.tree import name_key
 
 __all__ = ["Problem", "check_hive"]
@@ -257,8 +258,13 @@ class _Checker:
             return
         links: dict[int, tuple[int, int, int]] = {}
         for off, users in self.sk_users.items():
-            if self.guard(self.image.security, off) is None:
+            sd = self.guard(self.image.security, off)
+            if sd is None:
                 continue
+            if problem := security_descriptor_problem(sd):
+                # Windows resets such an SD when it self-heals a hive, else refuses it; a
+                # warning, because the bytes come from the model (e.g. a layer's hive).
+                self.add("sk cell", off, f"invalid security descriptor: {problem}", "warning")
             _sig, _r, flink, blink, refs, _size = sk_fast.unpack_from(self.image.data, _B + off + 4)
             links[off] = (flink, blink, refs)
             if refs < users:

@@ -10,7 +10,7 @@ from typing import Final
 from cimsnap.hive import cells as C
 from cimsnap.hive.bins import CellAllocator
 
-__all__ = ["DEFAULT_SECURITY_DESCRIPTOR", "SecurityCells"]
+__all__ = ["DEFAULT_SECURITY_DESCRIPTOR", "SecurityCells", "security_descriptor_problem"]
 
 _SK = C.SK_HEADER_FAST.struct
 C.SK_HEADER_FAST.require_order(
@@ -90,3 +90,61 @@ class SecurityCells:
                 self.counts[i],
                 self.sizes[i],
             )
+
+
+def _sid_problem(sd: bytes, offset: int, what: str) -> str | None:
+    head = C.SID_HEADER_FAST
+    if offset + head.size > len(sd):
+        return f"{what} SID at {offset} runs past the descriptor"
+    fields = head.unpack_named(sd, offset)
+    count = fields["sub_authority_count"]
+    if fields["revision"] != 1 or count > 15:
+        return f"{what} SID at {offset}: revision {fields['revision']}, {count} sub-authorities"
+    if offset + head.size + 4 * count > len(sd):
+        return f"{what} SID at {offset} runs past the descriptor"
+    return None
+
+
+def _acl_problem(sd: bytes, offset: int, what: str) -> str | None:
+    head = C.ACL_HEADER_FAST
+    if offset + head.size > len(sd):
+        return f"{what} at {offset} runs past the descriptor"
+    acl = head.unpack_named(sd, offset)
+    size = acl["size"]
+    if not 2 <= acl["revision"] <= 4 or size < head.size or offset + size > len(sd):
+        return f"{what} at {offset}: revision {acl['revision']}, size {size}"
+    pos, end = offset + head.size, offset + size
+    for index in range(acl["ace_count"]):
+        if pos + C.ACE_HEADER_FAST.size > end:
+            return f"{what} ACE {index} runs past the ACL"
+        ace_size = C.ACE_HEADER_FAST.unpack_named(sd, pos)["size"]
+        if ace_size < C.ACE_HEADER_FAST.size or ace_size % 4 or pos + ace_size > end:
+            return f"{what} ACE {index} has size {ace_size}"
+        pos += ace_size
+    return None
+
+
+def security_descriptor_problem(sd: bytes) -> str | None:
+    """Return why ``sd`` is not a valid self-relative security descriptor, or None.
+
+    The structural rules Windows applies to every sk cell when it loads a hive (an invalid
+    one is reset by self-healing or fails the load): revision 1, the self-relative control
+    bit, owner/group SIDs (revision 1, at most 15 sub-authorities) and SACL/DACL (revision
+    2..4, ACEs of 4-byte multiples filling no more than the ACL) inside the buffer.
+    Access-mask and ACE-type semantics are not judged.
+    """
+    head = C.SD_HEADER_FAST
+    if len(sd) < head.size:
+        return f"{len(sd)} bytes, shorter than the {head.size}-byte header"
+    f = head.unpack_named(sd)
+    if f["revision"] != 1:
+        return f"revision {f['revision']}, not 1"
+    if not f["control"] & C.SE_SELF_RELATIVE:
+        return "not self-relative"
+    for name in ("owner", "group"):
+        if f[name] and (problem := _sid_problem(sd, f[name], name)):
+            return problem
+    for name, bit in (("sacl", C.SE_SACL_PRESENT), ("dacl", C.SE_DACL_PRESENT)):
+        if f["control"] & bit and f[name] and (problem := _acl_problem(sd, f[name], name)):
+            return problem
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from cimsnap.hive import HiveReader, Problem, check_hive, read_hive
+from cimsnap.hive import Hive, HiveReader, Key, Problem, check_hive, read_hive, write_hive
 from cimsnap.hive import cells as C
 from tests.unit.hive.forge import field_pos, offsets, patch_u32, sample_hive
 
@@ -87,3 +87,37 @@ def test_empty_value_with_data_offset() -> None:
     bad = patch_u32(GOOD, dword.offset, C.VK_HEADER, "data_size", 0)  # offset field holds 1
     assert any(p.what == "vk cell" and p.offset == dword.offset for p in _errors(bad))
     assert read_hive(bad).root.subkey("A") is not None  # the reader tolerates it
+
+
+def _sd_with(offset: int, fmt: str, value: int) -> bytes:
+    from cimsnap.hive.security import DEFAULT_SECURITY_DESCRIPTOR
+
+    buf = bytearray(DEFAULT_SECURITY_DESCRIPTOR)
+    struct.pack_into(fmt, buf, offset, value)
+    return bytes(buf)
+
+
+def test_security_descriptor_validation() -> None:
+    from cimsnap.hive.security import DEFAULT_SECURITY_DESCRIPTOR, security_descriptor_problem
+
+    sd = DEFAULT_SECURITY_DESCRIPTOR
+    assert security_descriptor_problem(sd) is None
+    bad = [
+        sd[:19],  # shorter than the header
+        _sd_with(0, "<B", 2),  # revision
+        _sd_with(2, "<H", 0x0004),  # not self-relative
+        _sd_with(4, "<I", len(sd) - 4),  # owner SID runs past the end
+        _sd_with(96 + 1, "<B", 16),  # owner SID with 16 sub-authorities
+        _sd_with(20 + 2, "<H", 200),  # DACL size past the end
+        _sd_with(20 + 8 + 2, "<H", 22),  # first ACE size not a multiple of 4
+        _sd_with(20 + 4, "<H", 9),  # more ACEs than the ACL holds
+        sd[:-1],  # group SID cut
+    ]
+    assert all(security_descriptor_problem(b) for b in bad)
+
+
+def test_invalid_descriptor_is_reported() -> None:
+    root = Key("ROOT", security=b"\x01\x00\x04\x80garbage")
+    data = write_hive(Hive(root))
+    problems = check_hive(data)
+    assert [(p.what, p.severity) for p in problems] == [("sk cell", "warning")]
