@@ -240,6 +240,7 @@ def test_a_delta_root_with_supersede_tree_replaces_everything_but_root_identity(
         ("ｃｊｋ中文", "ＣＪＫ中文", True),  # fullwidth letters fold; CJK is caseless
         ("ÿ", "Ÿ", True),
         ("ǅ", "Ǆ", False),  # titlecase digraph is left alone
+        ("\U00010428", "\U00010400", False),  # outside the BMP: surrogates are not upcased
     ],
 )
 def test_names_match_by_windows_upcase(base_name: str, delta_name: str, same: bool) -> None:
