@@ -17,6 +17,30 @@ ROWS: list[tuple[Any, C.FastLayout, dict[str, Any]]] = [
         {"offset": 0x1000, "size": 0x2000, "reserved": bytes(8), "timestamp": 7, "spare": 0},
     ),
     (C.LIST_HEADER, C.LIST_HEADER_FAST, {"signature": b"lh", "count": 3}),
+    (
+        C.SD_HEADER,
+        C.SD_HEADER_FAST,
+        {
+            "revision": 1,
+            "sbz1": 0,
+            "control": 0x8004,
+            "owner": 96,
+            "group": 112,
+            "sacl": 0,
+            "dacl": 20,
+        },
+    ),
+    (
+        C.ACL_HEADER,
+        C.ACL_HEADER_FAST,
+        {"revision": 2, "sbz1": 0, "size": 76, "ace_count": 3, "sbz2": 0},
+    ),
+    (C.ACE_HEADER, C.ACE_HEADER_FAST, {"type": 0, "flags": 2, "size": 20}),
+    (
+        C.SID_HEADER,
+        C.SID_HEADER_FAST,
+        {"revision": 1, "sub_authority_count": 2, "identifier_authority": b"\0\0\0\0\0\x05"},
+    ),
     (C.DB, C.DB_FAST, {"segment_count": 2, "segment_list": 0x120}),
     (
         C.SK_HEADER,
