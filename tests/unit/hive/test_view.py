@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from cimsnap.hive import (
     Hive,
@@ -12,7 +13,9 @@ from cimsnap.hive import (
     KeyNotFoundError,
     Value,
     decode_value,
+    name_key,
     read_current_build,
+    read_hive,
     write_hive,
 )
 from cimsnap.hive.tree import (
@@ -24,6 +27,7 @@ from cimsnap.hive.tree import (
     REG_QWORD,
     REG_SZ,
 )
+from tests.unit.hive.tree_strategies import hives
 
 
 def _software(value: Value) -> bytes:
@@ -118,3 +122,27 @@ def test_walk_paths() -> None:
     root.add_subkey(Key("a"))
     paths = [p for p, _ in HiveReader(write_hive(Hive(root))).walk()]
     assert paths == ["", "a", "b", "b\\c"]
+
+
+@given(hives(layered=True))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_lazy_view_agrees_with_read_hive(hive: Hive) -> None:
+    data = write_hive(hive)
+    eager = read_hive(data)
+    reader = HiveReader(data)
+    for path, view in reader.walk():
+        key = eager.root
+        for part in path.split("\\") if path else []:
+            child = key.subkey(part)
+            assert child is not None
+            key = child
+        assert view.name == key.name and view.class_name == key.class_name
+        assert (view.semantics, view.inherit_class) == (key.semantics, key.inherit_class)
+        assert view.security == key.security and view.last_written == key.last_written
+        assert [(v.name, v.type, v.raw, v.tombstone) for v in view.values()] == [
+            (v.name, v.type, v.data, v.tombstone) for v in key.values
+        ]
+        assert [c.name for c in view.subkeys()] == sorted(
+            (c.name for c in key.subkeys.values()),
+            key=lambda n: name_key(n).encode("utf-16-be", "surrogatepass"),
+        )
