@@ -99,12 +99,15 @@ _DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 
 
 def output_minor_version(hive: Hive) -> int:
-    """Minor version written for ``hive``: 6 if the model says 6, else 5.
+    """Minor version written for ``hive``: 6 if the model says 6 or is a differencing
+    hive, else 5.
 
     Both use lh lists and db records (§4.5). Models read from v1.3/v1.4 files are
-    upgraded to 1.5 because the writer always emits lh lists.
+    upgraded to 1.5 because the writer always emits lh lists. Whether Windows accepts
+    layered keys in a v1.5 file is unknown (§7); every real delta we know is v1.6, so
+    differencing hives are always written as v1.6.
     """
-    return 6 if hive.minor_version >= 6 else 5
+    return 6 if hive.minor_version >= 6 or hive.is_differencing else 5
 
 
 def _stored_name(name: str) -> tuple[bytes, bool]:

@@ -129,3 +129,10 @@ def test_depth_limit() -> None:
     assert sum(1 for _ in HiveReader(data).walk()) == C.MAX_KEY_DEPTH + 1
     with pytest.raises(HiveModelError):
         write_hive(_chain(C.MAX_KEY_DEPTH + 1))
+
+
+def test_differencing_hives_are_written_as_v1_6() -> None:
+    hive = _delta()
+    hive.minor_version = 5
+    assert read_hive(write_hive(hive)).minor_version == 6
+    assert read_hive(write_hive(Hive(Key("ROOT"), minor_version=3))).minor_version == 5

@@ -34,7 +34,8 @@ EXTERNAL = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 def _normalised(hive: Hive) -> Hive:
     """What a write/read cycle is documented to change: default SD, empty class, root
-    NO_DELETE, minor version >= 5, file name cut to its last 31 units."""
+    NO_DELETE, minor version >= 5 (6 for differencing hives), file name cut to its last
+    31 units."""
     stack = [hive.root]
     while stack:
         key = stack.pop()
@@ -42,7 +43,7 @@ def _normalised(hive: Hive) -> Hive:
         key.class_name = key.class_name or None
         stack.extend(key.subkeys.values())
     hive.root.flags |= 0x8
-    hive.minor_version = max(hive.minor_version, 5)
+    hive.minor_version = 6 if hive.is_differencing else max(hive.minor_version, 5)
     hive.file_name = hive.file_name[-31:]
     return hive
 
