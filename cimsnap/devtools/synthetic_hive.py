@@ -34,6 +34,7 @@ from cimsnap.hive.tree import (
     LayerSemantics,
     Value,
 )
+from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
 
 __all__ = ["DeltaPlan", "count_keys", "software_base", "software_delta"]
 
@@ -73,11 +74,11 @@ _WORDS = (
     "Profile",
     "Device",
 )
-_SD_ADMIN = bytes.fromhex(
-    "0100048014000000200000000000000030000000010100000000000512000000"
-    "01010000000000051200000002001c000100000000031400ff010f00010100000000000512000000"
+# Two valid self-relative SDs: the writer's default, and one granting Users KEY_WRITE too.
+_SD_ADMIN = DEFAULT_SECURITY_DESCRIPTOR
+_SD_USERS = DEFAULT_SECURITY_DESCRIPTOR.replace(
+    bytes.fromhex("19000200"), bytes.fromhex("1f000200"), 1
 )
-_SD_USERS = _SD_ADMIN[:-8] + bytes.fromhex("0102000000000005")
 _CURRENT_BUILD = "20348"
 
 
