@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.devtools.synthetic_hive import count_keys, software_base, software_delta
-from cimsnap.hive import read_hive, write_hive
+from cimsnap.hive import check_hive, read_hive, write_hive
 from cimsnap.hive.merge import merge_files
 from cimsnap.hive.query import os_build_number
 from cimsnap.hive.tree import Key
@@ -63,3 +63,13 @@ def test_merge_200k_keys(tmp_path: Path) -> None:
     added += len(plan.superseded_local)  # each gained an "Updates" child
     assert count_keys(root) == count_keys(base.root) - removed - replaced + added
     assert os_build_number(out) == 20348
+
+
+def test_synthetic_hives_are_clean_and_deterministic() -> None:
+    base = software_base(0.02)
+    delta, plan = software_delta(base, 0.02)
+    base_bytes, delta_bytes = write_hive(base), write_hive(delta)
+    assert check_hive(base_bytes) == [] and check_hive(delta_bytes) == []
+    assert read_hive(delta_bytes).is_differencing
+    assert plan.tombstoned and plan.superseded_tree and plan.superseded_local and plan.added
+    assert write_hive(software_base(0.02)) == base_bytes
