@@ -210,3 +210,13 @@ def test_damaged_deltas_fail_cleanly_or_merge_into_a_valid_hive(
     else:
         problems = check_hive((tmp / "out").read_bytes())
         assert [p for p in problems if p.severity == "error"] == []
+
+
+def test_an_empty_base_file_is_a_format_error(tmp_path: Path) -> None:
+    """§5 #29: a base layer may ship 0-byte hives; merging a delta onto one must fail."""
+    (tmp_path / "b").write_bytes(b"")
+    delta_path = write(tmp_path, "d", sample_delta())
+    with pytest.raises(HiveFormatError) as exc:
+        merge_files(tmp_path / "b", delta_path, tmp_path / "out")
+    assert any("base" in note for note in exc.value.__notes__)
+    assert sorted(os.listdir(tmp_path)) == ["b", "d"]
