@@ -158,10 +158,11 @@ def _put_subkey_list(cells: CellAllocator, entries: list[tuple[int, int]], path:
     return off
 
 
-def _check_key(key: Key, path: str, differencing: bool, depth: int) -> None:
+def _check_key(key: Key, path: str, differencing: bool, depth: int, name_size: int) -> None:
+    """Refuse what Windows cannot load; ``name_size`` is the name's UTF-16 byte count."""
     if not key.name or "\\" in key.name:
         raise HiveModelError(path, "a key name must be non-empty and contain no backslash")
-    if len(key.name.encode("utf-16-le", "surrogatepass")) > 2 * C.MAX_KEY_NAME_LENGTH:
+    if name_size > 2 * C.MAX_KEY_NAME_LENGTH:
         raise HiveModelError(path, f"key name longer than {C.MAX_KEY_NAME_LENGTH} units")
     if depth > C.MAX_KEY_DEPTH:
         raise HiveModelError(path, f"deeper than {C.MAX_KEY_DEPTH} levels")
@@ -242,12 +243,15 @@ def _serialize(hive: Hive) -> bytearray:
     differencing = hive.is_differencing
     cells = CellAllocator(hive.last_written)
     security = SecurityCells()
-    root_off = cells.alloc(_NK.size + len(_stored_name(hive.root.name)[0]))
-    # Stack entries: (key, nk offset, parent nk offset, path, depth).
-    stack: list[tuple[Key, int, int, str, int]] = [(hive.root, root_off, 0, hive.root.name, 0)]
+    root_name, root_compressed = _stored_name(hive.root.name)
+    root_off = cells.alloc(_NK.size + len(root_name))
+    # Stack entries: (key, nk offset, parent nk offset, path, depth, stored name, compressed).
+    stack: list[tuple[Key, int, int, str, int, bytes, bool]] = [
+        (hive.root, root_off, 0, hive.root.name, 0, root_name, root_compressed)
+    ]
     while stack:
-        key, nk_off, parent_off, path, depth = stack.pop()
-        _check_key(key, path, differencing, depth)
+        key, nk_off, parent_off, path, depth, stored, compressed = stack.pop()
+        _check_key(key, path, differencing, depth, 2 * len(stored) if compressed else len(stored))
         children = []
         for child in key.subkeys.values():
             folded = name_key(child.name)
@@ -260,17 +264,26 @@ def _serialize(hive: Hive) -> bytearray:
             if sort_key == previous:
                 raise HiveModelError(path, f"two subkeys named {child.name!r} (case-insensitive)")
             previous = sort_key
-            stored, _compressed = _stored_name(child.name)
-            child_off = cells.alloc(_NK.size + len(stored))
+            child_stored, child_compressed = _stored_name(child.name)
+            child_off = cells.alloc(_NK.size + len(child_stored))
             entries.append((child_off, C.lh_hash_folded(folded)))
-            max_child_name = max(
-                max_child_name, len(child.name.encode("utf-16-le", "surrogatepass"))
-            )
+            size = 2 * len(child_stored) if child_compressed else len(child_stored)
+            max_child_name = max(max_child_name, size)
             if child.class_name:
                 max_child_class = max(
                     max_child_class, len(child.class_name.encode("utf-16-le", "surrogatepass"))
                 )
-            stack.append((child, child_off, nk_off, path + "\\" + child.name, depth + 1))
+            stack.append(
+                (
+                    child,
+                    child_off,
+                    nk_off,
+                    path + "\\" + child.name,
+                    depth + 1,
+                    child_stored,
+                    child_compressed,
+                )
+            )
         subkey_list = _put_subkey_list(cells, entries, path)
         class_off, class_len = _NO_CELL, 0
         if key.class_name:
@@ -278,7 +291,6 @@ def _serialize(hive: Hive) -> bytearray:
             class_off, class_len = put_bytes(cells, class_bytes), len(class_bytes)
         value_list, max_value_name, max_value_data = _write_values(cells, key, path, differencing)
         sk_off = security.use(cells, key.security or DEFAULT_SECURITY_DESCRIPTOR)
-        stored, compressed = _stored_name(key.name)
         flags = key.flags & ~_DERIVED_KEY_FLAGS
         if key is hive.root:
             flags |= _ROOT_FLAGS
