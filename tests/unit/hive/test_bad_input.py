@@ -240,3 +240,13 @@ def test_read_hive_restores_the_garbage_collector() -> None:
         assert not gc.isenabled()  # a caller's choice is kept
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("root", [0x7FFFFFF0, 0x24, 0])
+def test_bad_root_cell_offset(root: int) -> None:
+    from tests.unit.hive.forge import field_pos
+
+    bad = bytearray(GOOD)
+    struct.pack_into("<I", bad, field_pos(C.BASE_BLOCK, "root_cell_offset"), root)
+    err = _fails_cleanly(reseal(bytes(bad)))
+    assert err.offset == root and err.offset_kind == "cell"
