@@ -273,6 +273,27 @@ class HiveImage:
             return sig, C.fast_array(C.OFFSET_ELEMENT_FAST, count).unpack_from(self.data, pos + 4)
         raise HiveFormatError("subkey list", off, f"unexpected signature {sig!r}")
 
+    def subkey_offsets(self, off: int, count: int, list_off: int) -> list[int]:
+        """Cell offsets of the ``count`` children listed from ``list_off`` (of the nk at
+        ``off``), in stored order; raises HiveFormatError when the lists hold another
+        number of entries."""
+        if count == 0:
+            return []
+        sig, entries = self.list_leaf(list_off, leaf_only=False)
+        if sig == b"ri":
+            result: list[int] = []
+            for leaf in entries:
+                result.extend(self.list_leaf(leaf, leaf_only=True)[1])
+                if len(result) > count:
+                    break
+        else:
+            result = list(entries)
+        if len(result) != count:
+            raise HiveFormatError(
+                "nk cell", off, f"{count} subkeys declared, lists hold {len(result)}"
+            )
+        return result
+
     def value(self, off: int) -> ValueRecord:
         """Decode the vk cell at ``off`` including its data (inline, cell or db)."""
         pos, n = self.cell(off, "vk cell")

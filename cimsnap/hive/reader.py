@@ -74,7 +74,7 @@ def _read(data: bytes | memoryview) -> Hive:
         if depth >= C.MAX_KEY_DEPTH:
             raise HiveFormatError("nk cell", off, f"keys nested deeper than {C.MAX_KEY_DEPTH}")
         subkeys = key.subkeys
-        for child_off in _subkey_offsets(image, off, count, list_off):
+        for child_off in image.subkey_offsets(off, count, list_off):
             child, child_count, child_list = _key(image, child_off, security, layered)
             folded = _fold(child.name)
             if folded in subkeys:
@@ -90,23 +90,6 @@ def _read(data: bytes | memoryview) -> Hive:
         file_name=base.file_name,
         last_written=base.last_written,
     )
-
-
-def _subkey_offsets(image: HiveImage, off: int, count: int, list_off: int) -> list[int]:
-    if count == 0:
-        return []
-    sig, entries = image.list_leaf(list_off, leaf_only=False)
-    if sig == b"ri":
-        result: list[int] = []
-        for leaf in entries:
-            result.extend(image.list_leaf(leaf, leaf_only=True)[1])
-            if len(result) > count:
-                break
-    else:
-        result = list(entries)
-    if len(result) != count:
-        raise HiveFormatError("nk cell", off, f"{count} subkeys declared, lists hold {len(result)}")
-    return result
 
 
 def _key(

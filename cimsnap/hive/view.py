@@ -125,23 +125,8 @@ class KeyView:
 
     def subkey_offsets(self) -> list[int]:
         """Cell offsets of the children, in stored order (checked against the nk count)."""
-        count = self._rec.subkey_count
-        if count == 0:
-            return []
-        sig, entries = self._image.list_leaf(self._rec.subkey_list, leaf_only=False)
-        result: list[int] = []
-        if sig == b"ri":
-            for leaf in entries:
-                result.extend(self._image.list_leaf(leaf, leaf_only=True)[1])
-                if len(result) > count:
-                    break
-        else:
-            result.extend(entries)
-        if len(result) != count:
-            raise HiveFormatError(
-                "nk cell", self.offset, f"{count} subkeys, lists hold {len(result)}"
-            )
-        return result
+        rec = self._rec
+        return self._image.subkey_offsets(self.offset, rec.subkey_count, rec.subkey_list)
 
     def subkeys(self) -> list[KeyView]:
         """The children, in stored (sorted) order."""
