@@ -31,6 +31,9 @@ __all__ = ["Problem", "check_hive"]
 
 Severity = Literal["error", "warning"]
 _B: Final = C.BASE_BLOCK_SIZE
+#: The kernel refuses key-node cells larger than the fixed part plus a 255-unit UTF-16
+#: name plus 16 bytes (its REG_MAX_PLAUSIBLE_KEY_SIZE).
+_MAX_PLAUSIBLE_NK: Final = C.NK_HEADER_FAST.size + 2 * C.MAX_KEY_NAME_LENGTH + 16
 # Plain ints: IntFlag arithmetic costs a Python-level call per cell.
 _HIVE_ENTRY: Final = int(C.KeyFlags.HIVE_ENTRY)
 _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
@@ -125,6 +128,13 @@ class _Checker:
             self.add("nk cell", off, "HIVE_ENTRY flag must be set on the root only")
         if not is_root and rec.parent != parent:
             self.add("nk cell", off, f"parent {rec.parent:#x}, expected {parent:#x}")
+        if not rec.name:
+            self.add("nk cell", off, "empty key name")
+        elif "\\" in rec.name:
+            self.add("nk cell", off, f"backslash in key name {rec.name!r}")
+        cell_size = self.cells.get(off, (0, True))[0] - 4
+        if cell_size > _MAX_PLAUSIBLE_NK:
+            self.add("nk cell", off, f"cell of {cell_size} bytes is larger than any key node")
         if rec.layer and not image.layered:
             self.add("nk cell", off, "layer bits in a hive without layered keys", "warning")
         if depth > C.MAX_KEY_DEPTH:

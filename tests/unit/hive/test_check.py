@@ -6,7 +6,7 @@ import struct
 
 from cimsnap.hive import Hive, HiveReader, Key, Problem, check_hive, read_hive, write_hive
 from cimsnap.hive import cells as C
-from tests.unit.hive.forge import field_pos, offsets, patch_u32, sample_hive
+from tests.unit.hive.forge import field_pos, offsets, patch_u16, patch_u32, sample_hive
 
 GOOD = sample_hive()
 OFF = offsets(GOOD)
@@ -121,3 +121,13 @@ def test_invalid_descriptor_is_reported() -> None:
     data = write_hive(Hive(root))
     problems = check_hive(data)
     assert [(p.what, p.severity) for p in problems] == [("sk cell", "warning")]
+
+
+def test_key_name_rules() -> None:
+    reader = HiveReader(GOOD)
+    b = reader.open_key(r"A\B")
+    empty = patch_u16(GOOD, b.offset, C.NK_HEADER, "name_length", 0)
+    assert any(p.offset == b.offset and "empty" in p.why for p in _errors(empty))
+    buf = bytearray(GOOD)
+    buf[4096 + b.offset + 4 + C.NK_HEADER_FAST.size] = ord("\\")  # name "B" -> "\\"
+    assert any(p.offset == b.offset and "backslash" in p.why for p in _errors(bytes(buf)))
