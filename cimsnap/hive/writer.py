@@ -4,10 +4,10 @@ Output contract (checked by :func:`cimsnap.hive.check.check_hive` and by hivex a
 in the tests):
 
 * base block: ``seq1 == seq2 == 1``, major 1, minor 5 or 6 (see :func:`output_minor_version`),
-  type 0, format 1, clustering 1, the model's flags and FILETIME, the last 31 UTF-16 units
-  of the model's file name (NUL-terminated), checksum;
-* hive bins of 4096-byte multiples, one oversized bin per cell that needs it; the unused
-  tail of every bin is one free cell (positive size); every cell is 8-byte aligned;
+  type 0, format 1, clustering 1, the model's flags (minus KTM_LOCKED) and FILETIME, the
+  last 31 UTF-16 units of the model's file name (NUL-terminated), checksum;
+* hive bins of 4096-byte multiples (see :class:`~cimsnap.hive.bins.CellAllocator`); the
+  unused tail of every bin is one free cell (positive size); every cell is 8-byte aligned;
 * the root nk is the first cell and carries HIVE_ENTRY | NO_DELETE (| COMP_NAME);
   COMP_NAME (and vk flag 0x1) is set when every character of the name is <= U+00FF and the
   name is then stored as Latin-1, else UTF-16LE;
@@ -95,6 +95,9 @@ _ROOT_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE)
 _KEY_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
 _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
 _VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
+#: Base-block flags carried from the model: all but KTM_LOCKED (a fresh file holds no
+#: transaction-manager state, so claiming a KTM lock would be false).
+_WRITTEN_BASE_FLAGS: Final = 0xFFFFFFFF & ~int(C.BaseBlockFlags.KTM_LOCKED)
 _DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 
 
@@ -346,7 +349,7 @@ def _serialize(hive: Hive) -> bytearray:
         1,
         name_tail.ljust(64, b"\0"),
         bytes(32),
-        hive.flags & 0xFFFFFFFF,
+        hive.flags & _WRITTEN_BASE_FLAGS,
         bytes(360),
         0,
         bytes(3584),

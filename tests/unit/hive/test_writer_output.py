@@ -82,3 +82,15 @@ def test_mapped_file_input(tmp_path: Path) -> None:
             assert read_hive(view) == open_hive(path)
         finally:
             view.release()
+
+
+def test_base_block_flags() -> None:
+    from cimsnap.hive import cells as C
+
+    hive = _model()
+    hive.flags = 0x1 | 0x2  # KTM locked + layered keys
+    assert read_hive(write_hive(hive)).flags == 0x2
+    named = C.BASE_BLOCK_FAST.unpack_named(write_hive(_model()))
+    assert named["primary_sequence"] == named["secondary_sequence"] == 1
+    assert (named["major_version"], named["minor_version"]) == (1, 6)
+    assert (named["file_type"], named["file_format"], named["clustering_factor"]) == (0, 1, 1)
