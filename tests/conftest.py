@@ -2,9 +2,10 @@
 
 Hypothesis profiles: ``ci`` (selected when the ``CI`` environment variable is set) is
 derandomized, so a CI run is reproducible and a failure can be replayed locally with
-``HYPOTHESIS_PROFILE=ci``; ``dev`` (the default) explores new examples on every run. ``ci`` skips shrinking: a
-failing property reports its first counterexample at once instead of spending minutes of
-the CI budget minimising it (replay it locally, where ``dev`` shrinks).
+``HYPOTHESIS_PROFILE=ci``; ``dev`` (the default) explores new examples on every run.
+``ci`` skips shrinking: a failing property reports its first counterexample at once
+instead of spending minutes of the CI budget minimising it (replay it locally, where
+``dev`` shrinks).
 """
 
 from __future__ import annotations
@@ -32,4 +33,5 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
     report_multiple_bugs=False,
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+_DEFAULT_PROFILE = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _DEFAULT_PROFILE))
