@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 from zlib import crc32
 
@@ -46,6 +47,7 @@ __all__ = ["SMALL_DATA_LIMIT", "CimStream", "ContentStore", "Lifecycle", "State"
 #: Streams shorter than this go to the small-data region (§3.4 recommendation).
 SMALL_DATA_LIMIT: Final = 4096
 _ZEROS: Final = bytes(1 << 16)
+_PARALLEL_MIN: Final = 256 << 10
 
 
 class State(enum.Enum):
@@ -79,7 +81,15 @@ Finisher = Callable[[int, int], None]
 class ContentStore:
     """The data and small-data regions of one image, with the content dedup tables."""
 
-    __slots__ = ("_data", "_data_index", "_large", "_small", "_small_index", "_small_known")
+    __slots__ = (
+        "_data",
+        "_data_index",
+        "_large",
+        "_small",
+        "_small_index",
+        "_small_known",
+        "_worker",
+    )
 
     def __init__(
         self, data: RegionSink, data_index: int, small: RegionSink, small_index: int
@@ -91,6 +101,7 @@ class ContentStore:
         self._small_known: dict[bytes, int] = {}
         #: (size << 32 | crc32) -> byte offsets in the data region of objects with that key.
         self._large: dict[int, list[int]] = {}
+        self._worker: ThreadPoolExecutor | None = None
 
     def open_stream(
         self, lifecycle: Lifecycle, size: int, *, sparse_capable: bool, finish: Finisher
@@ -114,9 +125,30 @@ class ContentStore:
         before = self._data.end
         return before, self._data.align(PAGE_SIZE)
 
-    def append_large(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes of the current large object."""
-        self._data.append(data)
+    def checksum_and_append(self, data: bytes | bytearray | memoryview, crc: int) -> int:
+        """Append bytes of the current large object; return the running CRC-32.
+
+        Chunks of 256 KiB or more are checksummed on a worker thread while this thread
+        writes them (both release the GIL); returns when both are done, so the caller may
+        reuse its buffer at once.
+        """
+        if len(data) < _PARALLEL_MIN:
+            self._data.append(data)
+            return crc32(data, crc)
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cim-crc")
+        future = self._worker.submit(crc32, data, crc)
+        try:
+            self._data.append(data)
+        finally:
+            crc = future.result()
+        return crc
+
+    def close(self) -> None:
+        """Stop the worker thread, if one was started (idempotent)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
     def finish_large(self, crc: int, size: int, before: int, start: int) -> int:
         """Register the large object at ``start``, or reclaim it if its content is known.
@@ -242,8 +274,7 @@ class CimStream:
             if not self._started:
                 self._started = True
                 self._before, self._start = content.begin_large()
-            self._crc = crc32(data, self._crc)
-            content.append_large(data)
+            self._crc = content.checksum_and_append(data, self._crc)
         self._written += len(data)
 
     def close(self) -> None:

@@ -177,6 +177,9 @@ class CimWriter:
             return
         if self._lifecycle.state is not State.COMMITTED:
             self._files.discard()
+        content = getattr(self, "_content", None)
+        if content is not None:
+            content.close()
         self._close_parent()
         self._lifecycle.state = State.CLOSED
         self._lifecycle.active = None
@@ -368,6 +371,7 @@ class CimWriter:
             self._fail()
             raise
         self._lifecycle.state = State.COMMITTED
+        self._content.close()
         self._close_parent()
         return path
 
