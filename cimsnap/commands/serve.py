@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cimsnap.config import LOG_FORMATS, LOG_LEVELS, Config, load_config
+from cimsnap import __version__
+from cimsnap.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, LOG_LEVELS, Config, load_config
 from cimsnap.errdefs import CimsnapError
 from cimsnap.logconfig import configure_logging
 
@@ -68,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"cimsnap serve: {e}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    source = args.config or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    log.info(
+        "cimsnap %s starting: root %s, config %s",
+        __version__,
+        config.root,
+        source if source is not None else "(defaults)",
+    )
     try:
         asyncio.run(serve(config))
     except CimsnapError as e:
