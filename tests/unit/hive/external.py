@@ -77,15 +77,23 @@ def _regipy_name(name: str) -> str:
         return name
 
 
-def regipy_expected(hive: Hive) -> dict[str, list[tuple[str, object]]]:
+RegipyDump = list[tuple[str, list[tuple[str, object]]]]
+
+
+def _canonical(entries: RegipyDump) -> RegipyDump:
+    # A multiset of (key path, values), not a dict: regipy's lossy name decoding can give
+    # two sibling keys (say "Ö" and "ä") the same path, and both must still be compared.
+    return sorted(entries, key=repr)
+
+
+def regipy_expected(hive: Hive) -> RegipyDump:
     """What regipy should report for our model: paths, names and decoded data."""
-    result: dict[str, list[tuple[str, object]]] = {}
+    result: RegipyDump = []
     for path, vals in model_dump(hive).items():
         key = "\\" + "\\".join(_regipy_name(p) for p in path)
-        result[key] = [
-            (_regipy_name(n) if n else "(default)", _regipy_value(t, d)) for n, t, d in vals
-        ]
-    return result
+        named = [(_regipy_name(n) if n else "(default)", _regipy_value(t, d)) for n, t, d in vals]
+        result.append((key, named))
+    return _canonical(result)
 
 
 def _regipy_value(vtype: int, data: bytes) -> object:
@@ -102,12 +110,12 @@ def _regipy_value(vtype: int, data: bytes) -> object:
     return None  # other types: regipy's heuristics, not compared
 
 
-def regipy_dump(path: Path) -> dict[str, list[tuple[str, object]]]:
+def regipy_dump(path: Path) -> RegipyDump:
     """Walk with regipy's NK records (iterative), values untrimmed."""
     from regipy.registry import RegistryHive
 
     reg = RegistryHive(str(path))  # type: ignore[no-untyped-call]
-    result: dict[str, list[tuple[str, object]]] = {}
+    result: RegipyDump = []
     stack = [("\\", reg.root)]
     while stack:
         key_path, nk = stack.pop()
@@ -124,9 +132,9 @@ def regipy_dump(path: Path) -> dict[str, list[tuple[str, object]]]:
                     "REG_MULTI_SZ",
                 )
                 vals.append((v.name, v.value if known else None))
-        result[key_path] = vals
+        result.append((key_path, vals))
         if nk.subkey_count:
             for child in nk.iter_subkeys():  # type: ignore[no-untyped-call]
                 sep = "" if key_path == "\\" else "\\"
                 stack.append((f"{key_path}{sep}{child.name}", child))
-    return result
+    return _canonical(result)
