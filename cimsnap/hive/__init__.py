@@ -2,7 +2,9 @@
 
 The in-memory model lives in :mod:`cimsnap.hive.tree`; :func:`read_hive` and
 :func:`open_hive` build it from a file, :func:`write_hive` serializes it as a fresh regf,
-:func:`check_hive` validates an image, and :class:`HiveReader` browses one lazily.
+:func:`check_hive` validates an image, :class:`HiveReader` browses one lazily,
+:func:`merge` applies a differencing hive to its base (offreg's ORMergeHives), and
+:func:`get_value` / :func:`os_build_number` query a hive file without loading it whole.
 """
 
 from cimsnap.hive.check import Problem, check_hive
@@ -13,6 +15,8 @@ from cimsnap.hive.errors import (
     HiveModelError,
     KeyNotFoundError,
 )
+from cimsnap.hive.merge import HiveMergeError, merge, merge_files
+from cimsnap.hive.query import get_value, lookup_value, os_build_number
 from cimsnap.hive.reader import open_hive, read_hive
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
 from cimsnap.hive.view import HiveReader, KeyView, ValueView, decode_value, read_current_build
@@ -23,6 +27,7 @@ __all__ = [
     "DirtyHiveError",
     "Hive",
     "HiveFormatError",
+    "HiveMergeError",
     "HiveModelError",
     "HiveReader",
     "Key",
@@ -34,8 +39,13 @@ __all__ = [
     "ValueView",
     "check_hive",
     "decode_value",
+    "get_value",
+    "lookup_value",
+    "merge",
+    "merge_files",
     "name_key",
     "open_hive",
+    "os_build_number",
     "read_current_build",
     "read_hive",
     "write_hive",
