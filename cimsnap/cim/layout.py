@@ -158,7 +158,14 @@ def assign_ids(tree: PendingTree, next_id: int) -> tuple[list[Node], int]:
             continue
         for key in sorted(children):
             target = children[key][1]
-            if isinstance(target, int) or id(target) in seen:
+            if isinstance(target, int):
+                # An unchanged name of a parent object; if another name materialised the
+                # object (a hard link changed through that name), it must be visited too.
+                node = tree.materialized(target)
+                if node is None:
+                    continue
+                target = node
+            if id(target) in seen:
                 continue
             seen.add(id(target))
             if not target.file_id:
@@ -169,6 +176,13 @@ def assign_ids(tree: PendingTree, next_id: int) -> tuple[list[Node], int]:
                 dirty.append(target)
             if target.is_dir:
                 queue.append(target)
+    # A changed parent *file* may be reachable only through names in directories that
+    # were never loaded (a hard link changed through a name that was later deleted): its
+    # record must be rewritten all the same. Directories cannot be hard-linked, so an
+    # unvisited materialised directory is unreachable and is left out.
+    for node in tree.materialized_nodes():
+        if node.dirty and not node.is_dir and id(node) not in seen:
+            dirty.append(node)
     dirty.sort(key=lambda node: node.file_id)
     return dirty, next_id
 

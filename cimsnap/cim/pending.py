@@ -160,6 +160,14 @@ class PendingTree:
         node.is_dir = stream_type == StreamType.LINK_TABLE
         return node
 
+    def materialized(self, file_id: int) -> Node | None:
+        """The Node of inherited ``file_id`` if some path already materialised it."""
+        return self._materialized.get(file_id)
+
+    def materialized_nodes(self) -> list[Node]:
+        """Every materialised inherited node, in file ID order."""
+        return [self._materialized[file_id] for file_id in sorted(self._materialized)]
+
     def children_of(self, node: Node) -> dict[str, Entry]:
         """Return the (loaded) entries of directory ``node``."""
         if node.children is None:

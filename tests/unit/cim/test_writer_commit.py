@@ -260,3 +260,21 @@ def test_large_dedup_confirms_bytes_on_checksum_collisions(
         assert (
             reader.lookup("second").stream.data_offset != reader.lookup("first").stream.data_offset
         )
+
+
+def test_fork_change_through_a_name_deleted_later_survives(tmp_path: Path) -> None:
+    """Regression (property test): the file stays reachable through an unloaded directory."""
+    with CimWriter(tmp_path, "base.cim") as writer:
+        writer.create_file("kept", DIR)
+        write_file(writer, "kept\\file", b"data")
+        writer.create_file("doomed", DIR)
+        writer.create_hard_link("doomed\\alias", "kept\\file")
+        writer.commit()
+    with CimWriter(tmp_path, "fork.cim", parent="base.cim") as writer:
+        with writer.create_alternate_stream("doomed\\alias:s", 1) as stream:
+            stream.write(b"s")
+        writer.delete_path("doomed")
+        writer.commit()
+    with open_image(tmp_path / "fork.cim") as image:
+        assert image.reader.open_stream("kept\\file", "s").read() == b"s"
+        assert [e.name for e in image.reader.listdir("")] == ["kept"]
