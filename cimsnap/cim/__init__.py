@@ -21,6 +21,7 @@ from cimsnap.cim.errors import (
 )
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.headers import ImageHeader, RegionSet, read_image_header, region_set_files
+from cimsnap.cim.image_files import reclaim_unreferenced
 from cimsnap.cim.offsets import RegionOffset
 from cimsnap.cim.reader import CimReader, DirEntry, FileInfo, StreamInfo
 from cimsnap.cim.records import FileRecord, StreamDescriptor
@@ -63,6 +64,7 @@ __all__ = [
     "check_name",
     "open_image",
     "read_image_header",
+    "reclaim_unreferenced",
     "region_set_files",
     "verify_image",
     "verify_path",
