@@ -10,6 +10,7 @@ cimsnap.cim.regions/reader must equal the model, and earlier images must be unch
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,13 @@ from hypothesis import strategies as st
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.regions import open_image
 from cimsnap.cim.upcase import NameOrder
+from cimsnap.cim.verify import verify_path
 from cimsnap.cim.writer import CimWriter
 
 KEY = NameOrder.default().key
+#: 60 examples keep the default suite near 20 s; raise it for a soak run, e.g.
+#: ``CIMSNAP_PROPERTY_EXAMPLES=1000 pytest tests/unit/cim/test_roundtrip_properties.py``.
+EXAMPLES = int(os.environ.get("CIMSNAP_PROPERTY_EXAMPLES", "60"))
 #: Few letters, many case and Unicode variants, so collisions and replaces are frequent.
 LETTERS = ["a", "A", "b", "B", "ß", "ẞ", "µ", "Μ", "é", "É", "😀", "ǅ", "ǆ", " "]
 ATTRIBUTES = [0, 0x1, 0x2, 0x4, 0x20, 0x1 | 0x20, 0x2 | 0x4]
@@ -175,6 +180,7 @@ def apply_random_op(data: st.DataObject, writer: CimWriter, root: Obj, clock: li
 
 
 def check_image(cim: Path, root: Obj) -> None:
+    assert verify_path(cim) == []
     expected = walk(root)
     with open_image(cim) as image:
         reader = image.reader
@@ -216,7 +222,7 @@ def snapshot(root: Obj) -> dict[str, tuple[object, ...]]:
 
 
 @settings(
-    max_examples=60,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

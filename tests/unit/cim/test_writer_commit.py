@@ -19,6 +19,7 @@ from cimsnap.cim.format import FILES_PER_TABLE, PAGE_SIZE, FileAttribute
 from cimsnap.cim.headers import read_image_header
 from cimsnap.cim.image_files import reclaim_unreferenced
 from cimsnap.cim.regions import open_image
+from cimsnap.cim.verify import verify_path
 from cimsnap.cim.writer import CimWriter
 
 DIR = FileMetadata(attributes=FileAttribute.DIRECTORY)
@@ -189,6 +190,7 @@ def test_fork_chain_128_deep(tmp_path: Path) -> None:
             writer.commit()
     header = read_image_header(tmp_path / "l128.cim")
     assert len(header.parents) == 128
+    assert verify_path(tmp_path / "l128.cim") == []
     with open_image(tmp_path / "l128.cim") as image:
         reader = image.reader
         names = [e.name for e in reader.listdir("dir")]
