@@ -144,6 +144,10 @@ class PendingTree:
         # One Node per inherited file ID: a hard-linked parent file reached through two
         # names must be one object, or two copies of its record would race at commit.
         self._materialized: dict[int, Node] = {root.file_id: root} if root.file_id else {}
+        # Memo of the last directory lookup (builds add many files to one directory). Any
+        # change that can take a directory out of the tree bumps the generation.
+        self._generation = 0
+        self._last_directory: tuple[int, list[str], Node] | None = None
 
     # --- materialising parent objects ---------------------------------------------------
 
@@ -207,6 +211,9 @@ class PendingTree:
         Raises CimPathNotFoundError for a missing component, CimNotADirectoryError for a
         file in the middle.
         """
+        last = self._last_directory
+        if last is not None and last[0] == self._generation and last[1] == components:
+            return last[2]
         node = self.root
         for i, name in enumerate(components):
             child = self._resolve_entry(node, self.fold(name))
@@ -215,6 +222,7 @@ class PendingTree:
             if not child.is_dir:
                 raise CimNotADirectoryError(f"{_show(components[: i + 1])}: not a directory")
             node = child
+        self._last_directory = (self._generation, list(components), node)
         return node
 
     def lookup(self, components: list[str]) -> Node:
@@ -249,6 +257,8 @@ class PendingTree:
         if existing is not None and existing.is_dir and node.is_dir:
             self.update_directory(existing, node.record)
             return existing
+        if existing is not None and existing.is_dir:
+            self._generation += 1  # a directory left the tree: forget the memo
         self.children_of(parent)[key] = (components[-1], node)
         self._touch_directory(parent)
         return node
@@ -296,6 +306,7 @@ class PendingTree:
         if key not in children:
             raise CimNotFoundError(f"{_show(components)}: not found")
         del children[key]
+        self._generation += 1
         self._touch_directory(parent)
 
     def delete_stream(self, node: Node, stream: str) -> None:
