@@ -21,7 +21,9 @@
   names that collide case-insensitively within one directory (the later one in byte order
   loses) are reported in ``problems``. So are unreadable files and directories: a
   directory that cannot be listed is stored empty, a file that cannot be opened is left
-  out, one that fails while being read is removed again. Nothing is skipped silently.
+  out, one that fails while being read is removed again. The output directory itself, when
+  it lies inside ``src_dir``, is not stored (its files are being written). Nothing is
+  skipped silently.
 
 Forks (``parent``): the image is the parent's tree with the entries of ``src_dir`` added
 on top, replacing what is at the same path (a directory over a directory merges: the
@@ -128,10 +130,14 @@ class _Builder:
         src: Path,
         fork: bool,
         progress: Callable[[int, int], None] | None,
+        output: os.stat_result,
     ) -> None:
         self.writer = writer
         self.src = src
         self.fork = fork
+        self.output = (output.st_dev, output.st_ino)
+        root = os.stat(src)
+        self.output_is_source = (root.st_dev, root.st_ino) == self.output
         self.progress = progress
         self.files = 0
         self.bytes = 0
@@ -168,6 +174,8 @@ class _Builder:
     def directory(self, host: Path, image: str) -> list[tuple[Path, str]]:
         """Store the entries of one directory; return its subdirectories to visit."""
         entries = self._list(host)
+        if not image and self.output_is_source:
+            entries = self._without_own_files(entries)
         names = {e.name for e in entries}
         if self.fork and _OPAQUE in names and not image:
             self.problem(host / _OPAQUE, "an opaque marker at the root is not supported")
@@ -197,6 +205,18 @@ class _Builder:
                 subdirectories.append((path, child))
         return subdirectories
 
+    def _without_own_files(self, entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+        """Drop (and report) the files of the image being written, when it is written into
+        ``src_dir`` itself."""
+        guid = str(self.writer.region_set_id)
+        kept = []
+        for entry in entries:
+            if entry.name == self.writer.image_name or guid in entry.name:
+                self.problem(Path(entry.path), "the image's own file is not stored")
+            else:
+                kept.append(entry)
+        return kept
+
     def whiteout(self, path: Path, image: str, name: str) -> None:
         if name == _OPAQUE or not self.fork:
             return
@@ -217,6 +237,9 @@ class _Builder:
             self.problem(path, f"cannot stat: {e.strerror}")
             return False
         mode = st.st_mode
+        if stat.S_ISDIR(mode) and (st.st_dev, st.st_ino) == self.output:
+            self.problem(path, "the image's own output directory is not stored")
+            return False
         if stat.S_ISDIR(mode):
             self.writer.create_file(image, _metadata(st, _DIRECTORY))
             self.counted()
@@ -315,7 +338,7 @@ def build_from_directory(
     with CimWriter(
         directory, cim_path.name, parent=None if parent is None else parent.name
     ) as writer:
-        builder = _Builder(writer, src_dir, parent is not None, progress)
+        builder = _Builder(writer, src_dir, parent is not None, progress, os.stat(directory))
         if parent is None:
             writer.create_file("", _metadata(root_stat, _DIRECTORY))
         builder.run()

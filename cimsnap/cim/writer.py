@@ -167,6 +167,11 @@ class CimWriter:
         self.close()
 
     @property
+    def region_set_id(self) -> uuid.UUID:
+        """The GUID in the names of this image's region and objectid files."""
+        return self._own.guid
+
+    @property
     def state(self) -> State:
         """The writer's state (OPEN, COMMITTED, FAILED or CLOSED)."""
         return self._lifecycle.state

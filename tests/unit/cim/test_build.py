@@ -176,3 +176,21 @@ def test_build_errors_leave_no_files(src: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         build_from_directory(tmp_path / "missing", out / "c.cim")
     assert sorted(os.listdir(out)) == before
+
+
+def test_output_directory_inside_the_source_is_not_stored(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "out").mkdir()
+    report = build_from_directory(tmp_path, tmp_path / "out" / "img.cim")
+    assert [path.name for path, _ in report.problems] == ["out"]
+    with open_image(tmp_path / "out" / "img.cim") as image:
+        assert [e.name for e in image.reader.listdir("")] == ["file"]
+
+
+def test_output_directory_equal_to_the_source(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    report = build_from_directory(tmp_path, tmp_path / "img.cim")
+    assert len(report.problems) == 3  # its region files (objectid files come at commit)
+    assert all("own file" in why for _, why in report.problems)
+    with open_image(tmp_path / "img.cim") as image:
+        assert [e.name for e in image.reader.listdir("")] == ["file"]
