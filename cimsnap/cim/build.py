@@ -31,7 +31,9 @@ directory takes the new metadata, its other children stay). The root directory k
 parent's metadata. Deletions follow the OCI whiteout convention: a file ``.wh.<name>``
 deletes ``<name>`` (and its subtree) from the parent, and a file ``.wh..wh..opq`` in a
 directory hides every entry the parent had there ("opaque" directory). Whiteout files
-themselves are never stored, and a whiteout for a name the parent lacks is ignored.
+themselves are never stored, and a whiteout for a name the parent lacks is ignored. As in
+the OCI image spec, a whiteout applies to the parent only: an entry of the same name in
+``src_dir`` is stored (whiteouts of a directory are applied before its entries).
 Without a parent, whiteouts are ignored too (there is nothing to delete).
 """
 
@@ -184,11 +186,15 @@ class _Builder:
             if self.writer.exists(image):
                 self.writer.delete_path(image)
             self.writer.create_file(image, _metadata(os.stat(host), _DIRECTORY))
+        # Whiteouts first: they delete from the parent only, never an entry of this layer
+        # (OCI image spec), whatever the byte order of the names.
+        for entry in entries:
+            if entry.name.startswith(_WHITEOUT):
+                self.whiteout(Path(entry.path), image, entry.name)
         seen: dict[str, str] = {}
         subdirectories: list[tuple[Path, str]] = []
         for entry in entries:
             if entry.name.startswith(_WHITEOUT):
-                self.whiteout(Path(entry.path), image, entry.name)
                 continue
             path = Path(entry.path)
             reason = invalid_name_reason(entry.name)
