@@ -3,7 +3,9 @@
 The services here are pure adapters (request -> snapshotter call -> response; error class ->
 status code), in the manner of containerd's ``contrib/snapshotservice``. They hold no logic.
 The snapshotter is synchronous and does blocking file and SQLite I/O, so every call runs on
-a bounded thread pool (``max_workers``), never on the event loop.
+a bounded thread pool (``max_workers``), never on the event loop; the one exception is a
+snapshotter's optional non-blocking Stat (``NonBlockingStat``), which runs on the loop and
+falls back to the pool whenever it would have to wait.
 
 ``STATUS_CODES`` is the only table from ``cimsnap.errdefs`` classes to ``grpc.StatusCode``.
 An exception outside that closed set is a cimsnap bug: it is logged with its traceback and
@@ -26,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -36,13 +38,14 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from cimsnap.api.containerd.types import mount_pb2
 from cimsnap.metrics import RpcMetrics
-from cimsnap.snapshotter import Info, Kind, Mount, Usage
+from cimsnap.snapshotter import Info, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
     "LIST_BATCH_SIZE",
     "STATUS_CODES",
     "BlockingCalls",
     "GrpcService",
+    "NonBlockingStat",
     "SnapshotsService",
     "SnapshotterAPI",
     "status_code_for",
@@ -102,6 +105,13 @@ class SnapshotterAPI(Protocol):
     def cleanup(self) -> None: ...
 
 
+@runtime_checkable
+class NonBlockingStat(Protocol):
+    """An optional capability: a Stat that raises WouldBlock rather than wait."""
+
+    def stat_nowait(self, key: str) -> Info: ...
+
+
 class GrpcService(Protocol):
     """A service the daemon serves: its full name (for reflection) and how to register it."""
 
@@ -127,10 +137,43 @@ class BlockingCalls:
     ) -> T:
         """Run ``fn(*args)`` in a worker thread; abort ``context`` if it raises."""
         loop = asyncio.get_running_loop()
+        return await self._answer(
+            method, context, lambda: loop.run_in_executor(self._executor, fn, *args)
+        )
+
+    async def run_nowait(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[..., T],
+        fallback: Callable[..., T],
+        *args: object,
+    ) -> T:
+        """Run ``fn(*args)`` on the event loop, or ``fallback(*args)`` in a worker thread.
+
+        ``fn`` must never wait: it raises WouldBlock instead (the snapshotter's
+        ``*_nowait`` calls). Skipping the hop to a worker thread and back saves about a
+        tenth of a millisecond per call (measured with a Go client: Stat p50 0.50 ->
+        0.38 ms), which matters for calls containerd makes one per snapshot.
+        """
+
+        async def attempt() -> T:
+            try:
+                return fn(*args)
+            except WouldBlock:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, fallback, *args)
+
+        return await self._answer(method, context, attempt)
+
+    async def _answer(
+        self, method: str, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Await ``call()``; map its error to a status and abort ``context`` with it."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await call()
         except errdefs.CimsnapError as e:
             code = status_code_for(e)
             message = str(e) or type(e).__name__
@@ -216,6 +259,9 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     def __init__(self, snapshotter: SnapshotterAPI, calls: BlockingCalls) -> None:
         self._sn = snapshotter
         self._calls = calls
+        self._stat_nowait = (
+            snapshotter.stat_nowait if isinstance(snapshotter, NonBlockingStat) else None
+        )
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_SnapshotsServicer_to_server(self, server)  # type: ignore[no-untyped-call]
@@ -270,7 +316,13 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def Stat(
         self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatSnapshotResponse:
-        info = await self._run("Stat", context, self._sn.stat, request.key)
+        method = f"{self.service_name}/Stat"
+        if self._stat_nowait is not None:
+            info = await self._calls.run_nowait(
+                method, context, self._stat_nowait, self._sn.stat, request.key
+            )
+        else:
+            info = await self._calls.run(method, context, self._sn.stat, request.key)
         return pb.StatSnapshotResponse(info=info_to_pb(info))
 
     async def Update(

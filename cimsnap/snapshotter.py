@@ -76,6 +76,7 @@ from cimsnap.store import (
     SnapshotRef,
     Store,
     Usage,
+    WouldBlock,
     check_commit,
     commit_active,
     create_snapshot,
@@ -91,7 +92,7 @@ from cimsnap.usage import disk_usage
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_size
 
-__all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage"]
+__all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage", "WouldBlock"]
 
 _log = logging.getLogger(__name__)
 
@@ -246,6 +247,16 @@ class Snapshotter:
     def stat(self, key: str) -> Info:
         """Return the Info of ``key`` (any kind); NotFound if missing."""
         with self._store.read() as tx:
+            return get_info(tx, key)[1]
+
+    def stat_nowait(self, key: str) -> Info:
+        """:meth:`stat` for a caller that must never wait (the server's event loop).
+
+        Raises WouldBlock, having changed nothing, when answering would mean waiting for a
+        lock; the caller then uses :meth:`stat` where waiting is allowed. Otherwise the
+        same result and errors as :meth:`stat`.
+        """
+        with self._store.try_read() as tx:
             return get_info(tx, key)[1]
 
     def usage(self, key: str) -> Usage:

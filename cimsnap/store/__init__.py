@@ -8,7 +8,7 @@ Usage (style.md §2 item 6)::
 Only a clean exit commits; a read transaction always rolls back.
 """
 
-from cimsnap.store.db import DEFAULT_BUSY_TIMEOUT_MS, ReadTx, Store, WriteTx
+from cimsnap.store.db import DEFAULT_BUSY_TIMEOUT_MS, ReadTx, Store, WouldBlock, WriteTx
 from cimsnap.store.model import (
     Info,
     Kind,
@@ -41,6 +41,7 @@ __all__ = [
     "SnapshotRef",
     "Store",
     "Usage",
+    "WouldBlock",
     "WriteTx",
     "check_commit",
     "commit_active",

@@ -14,6 +14,10 @@ One writer: a process-wide lock serialises :meth:`Store.write`, which uses a sin
 connection and ``BEGIN IMMEDIATE`` (so no lock upgrade can deadlock). Readers each borrow
 a connection from a small pool and run a deferred transaction that is always rolled back.
 Both context managers commit nothing unless the ``with`` block exits cleanly.
+
+For callers that must never wait (the gRPC server's event loop), :meth:`Store.try_read`
+reads on one dedicated connection with ``busy_timeout = 0`` and raises :class:`WouldBlock`
+instead of waiting; the caller then retries with :meth:`Store.read` on a worker thread.
 """
 
 from __future__ import annotations
@@ -28,13 +32,21 @@ from typing import Final
 from cimsnap.errdefs import Internal, Unavailable
 from cimsnap.store.schema import MIGRATIONS, Migration, migrate
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "ReadTx", "Store", "WriteTx"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "ReadTx", "Store", "WouldBlock", "WriteTx"]
 
 #: How long a connection waits for another process's lock before failing.
 DEFAULT_BUSY_TIMEOUT_MS: Final = 10_000
 
 #: Read connections kept open for reuse; more may exist briefly under load.
 _READ_POOL_SIZE: Final = 8
+
+
+class WouldBlock(Exception):
+    """A non-blocking read would have had to wait; retry it with a blocking read.
+
+    Raised only by :meth:`Store.try_read` (and the snapshotter's ``*_nowait`` calls built
+    on it). It never crosses the gRPC edge: the server falls back to a worker thread.
+    """
 
 
 class ReadTx:
@@ -87,24 +99,27 @@ class Store:
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
+        self._nowait_lock = threading.Lock()
         self._closed = False
         self._writer = self._connect()
         try:
             self._writer.execute("PRAGMA journal_mode=WAL").fetchone()
             self.schema_version = migrate(self._writer, migrations)
+            self._nowait = self._connect(busy_timeout_ms=0)
         except BaseException:
             self._writer.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        timeout_ms = self._busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         conn = sqlite3.connect(
             self.path,
-            timeout=self._busy_timeout_ms / 1000,
+            timeout=timeout_ms / 1000,
             isolation_level=None,
             check_same_thread=False,
             cached_statements=256,
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -122,6 +137,39 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             self._give_back(conn)
+
+    @contextmanager
+    def try_read(self) -> Iterator[ReadTx]:
+        """Yield a read transaction without ever waiting, or raise :class:`WouldBlock`.
+
+        For callers on an event loop. It uses one dedicated connection whose
+        ``busy_timeout`` is 0: if another caller is using that connection, or SQLite
+        reports the database busy or locked (another process's exclusive lock, WAL
+        recovery), it raises WouldBlock at once and the caller should retry with
+        :meth:`read` where waiting is allowed. Otherwise it behaves like :meth:`read`
+        (always rolled back). Raises Unavailable once the store is closed.
+        """
+        if not self._nowait_lock.acquire(blocking=False):
+            raise WouldBlock("the non-blocking read connection is in use")
+        try:
+            if self._closed:
+                raise Unavailable("metastore is closed: unavailable")
+            conn = self._nowait
+            tx = ReadTx(conn)
+            try:
+                conn.execute("BEGIN")
+                yield tx
+            except sqlite3.OperationalError as e:
+                # The primary code (low byte): BUSY_RECOVERY, BUSY_SNAPSHOT etc. count too.
+                if e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise WouldBlock(str(e)) from e
+                raise
+            finally:
+                tx._end()
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        finally:
+            self._nowait_lock.release()
 
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
@@ -171,13 +219,14 @@ class Store:
 
     def close(self) -> None:
         """Close every connection (idempotent). Waits for a running write to finish."""
-        with self._write_lock, self._pool_lock:
+        with self._write_lock, self._pool_lock, self._nowait_lock:
             if self._closed:
                 return
             self._closed = True
             pool, self._pool = self._pool, []
             for conn in pool:
                 conn.close()
+            self._nowait.close()
             self._writer.close()
 
     def __enter__(self) -> Store:

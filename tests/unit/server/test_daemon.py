@@ -25,7 +25,7 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as p
 from cimsnap.listen import TcpAddress, parse_address
 from cimsnap.metrics import RpcMetrics
 from cimsnap.server import STATUS_CODES, status_code_for
-from cimsnap.snapshotter import Info, Snapshotter
+from cimsnap.snapshotter import Info, Snapshotter, WouldBlock
 from tests.grpc_harness import running_daemon, server_config
 
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
@@ -47,7 +47,11 @@ def test_every_error_class_has_a_status_code() -> None:
 
 
 class Raising:
-    """Wraps the real snapshotter; ``stat(key)`` raises the error named by ``key``."""
+    """Wraps the real snapshotter; ``stat(key)`` raises the error named by ``key``.
+
+    ``stat_nowait`` raises the same way, so these errors come from the event-loop path of
+    Stat (``Gated`` below covers the worker-thread path).
+    """
 
     def __init__(self, real: Snapshotter) -> None:
         self._real = real
@@ -61,6 +65,8 @@ class Raising:
         if key == "OSError":
             raise OSError(5, "Input/output error")
         raise getattr(errdefs, key)(f"snapshot {key!r}: {key.lower()}")
+
+    stat_nowait = stat
 
 
 @pytest.mark.parametrize(
@@ -90,12 +96,17 @@ async def test_error_classes_map_to_codes(
 
 
 class Gated:
-    """Wraps the real snapshotter; ``stat`` blocks until ``gate`` is set."""
+    """Wraps the real snapshotter; ``stat`` blocks until ``gate`` is set.
+
+    A Stat that has to wait is what ``stat_nowait`` refuses (WouldBlock), so the server
+    runs the gated ``stat`` on a worker thread, as it would a real Stat that must wait.
+    """
 
     def __init__(self, real: Snapshotter) -> None:
         self._real = real
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.nowait_calls = 0
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
@@ -104,6 +115,10 @@ class Gated:
         self.entered.set()
         self.gate.wait(30)
         return self._real.stat(key)
+
+    def stat_nowait(self, key: str) -> Info:
+        self.nowait_calls += 1
+        raise WouldBlock("gated")
 
 
 async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_dir: Path) -> None:
@@ -128,6 +143,7 @@ async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_
         gated[0].gate.set()
         response = await inflight
         assert response.info.name == "k"
+        assert gated[0].nowait_calls == 1  # tried on the loop first, then waited in a thread
         await asyncio.wait_for(stopping, 30)
     assert not Path(config.address).exists()  # socket removed
     with pytest.raises(errdefs.Unavailable):

@@ -18,6 +18,7 @@ from cimsnap.store import (
     Migration,
     ReadTx,
     Store,
+    WouldBlock,
     WriteTx,
     create_snapshot,
     get_info,
@@ -213,3 +214,67 @@ def test_kill_mid_transaction_keeps_committed_and_drops_the_rest(tmp_path: Path)
         with store.write() as tx:
             ref = create_snapshot(tx, Kind.ACTIVE, "after", "", {}, 3)
         assert ref.id == 2  # the rolled-back IDs were never visible
+
+
+def test_try_read_reads_like_read(store: Store) -> None:
+    with store.write() as tx:
+        create_snapshot(tx, Kind.ACTIVE, "k", "", {}, T0)
+    with store.try_read() as tx:
+        assert get_info(tx, "k")[1].name == "k"
+        assert tx.connection.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    with store.try_read() as tx, pytest.raises(NotFound):
+        get_info(tx, "missing")
+
+
+def test_try_read_never_waits_for_its_connection(store: Store) -> None:
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with store.try_read():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(WouldBlock), store.try_read():
+            pass
+        with store.read() as tx:  # the blocking path is unaffected
+            walk_info(tx)
+    finally:
+        release.set()
+        holder.join()
+    with store.try_read():  # free again
+        pass
+
+
+def _sqlite_error(code: int, message: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorcode = code
+    return error
+
+
+@pytest.mark.parametrize(
+    "code", [sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_BUSY_RECOVERY]
+)
+def test_try_read_turns_busy_into_would_block(store: Store, code: int) -> None:
+    # A WAL database cannot be locked against readers while the store has it open, so the
+    # BUSY that SQLite would raise (with busy_timeout 0) is raised here by hand.
+    with pytest.raises(WouldBlock), store.try_read():
+        raise _sqlite_error(code, "database is locked")
+    with store.try_read() as tx, pytest.raises(NotFound):  # the connection is usable again
+        get_info(tx, "k")
+
+
+def test_try_read_passes_other_errors_through(store: Store) -> None:
+    with pytest.raises(sqlite3.OperationalError), store.try_read():
+        raise _sqlite_error(sqlite3.SQLITE_IOERR, "disk I/O error")
+
+
+def test_try_read_after_close_is_unavailable(tmp_path: Path) -> None:
+    store = Store(tmp_path / "m.db")
+    store.close()
+    with pytest.raises(Unavailable), store.try_read():
+        pass
