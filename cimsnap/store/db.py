@@ -128,14 +128,10 @@ class Store:
     def read(self) -> Iterator[ReadTx]:
         """Yield a read transaction; it is always rolled back at the end."""
         conn = self._borrow()
-        tx = ReadTx(conn)
         try:
-            conn.execute("BEGIN")
-            yield tx
+            with _rolled_back(conn) as tx:
+                yield tx
         finally:
-            tx._end()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             self._give_back(conn)
 
     @contextmanager
@@ -154,20 +150,14 @@ class Store:
         try:
             if self._closed:
                 raise Unavailable("metastore is closed: unavailable")
-            conn = self._nowait
-            tx = ReadTx(conn)
             try:
-                conn.execute("BEGIN")
-                yield tx
+                with _rolled_back(self._nowait) as tx:
+                    yield tx
             except sqlite3.OperationalError as e:
                 # The primary code (low byte): BUSY_RECOVERY, BUSY_SNAPSHOT etc. count too.
                 if e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise WouldBlock(str(e)) from e
                 raise
-            finally:
-                tx._end()
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
         finally:
             self._nowait_lock.release()
 
@@ -234,3 +224,16 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _rolled_back(conn: sqlite3.Connection) -> Iterator[ReadTx]:
+    """Yield a deferred read transaction on ``conn``; always end and roll it back."""
+    tx = ReadTx(conn)
+    try:
+        conn.execute("BEGIN")
+        yield tx
+    finally:
+        tx._end()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
