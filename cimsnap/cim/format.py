@@ -78,13 +78,16 @@ __all__ = [
     "REGION_SET",
     "REGION_SET_SIZE",
     "REPARSE_LENGTH",
+    "REPARSE_LENGTH_FAST",
     "SD_LENGTH",
+    "SD_LENGTH_FAST",
     "SMALL_DATA_ALIGNMENT",
     "SPARSE_BIT",
     "STREAM_DESCRIPTOR",
     "STREAM_DESCRIPTOR_FAST",
     "STREAM_DESCRIPTOR_SIZE",
     "STREAM_TABLE_LENGTH",
+    "STREAM_TABLE_LENGTH_FAST",
     "UPCASE_TABLE_SIZE",
     "VERSION_MAJOR",
     "VERSION_MINOR",
@@ -538,6 +541,9 @@ LINK_NAME_OFFSET_FAST: Final = derive_fast(LINK_NAME_OFFSET)
 LINK_NAME_LENGTH_FAST: Final = derive_fast(LINK_NAME_LENGTH)
 REGION_OFFSET_FAST: Final = derive_fast(REGION_OFFSET)
 PE_IMAGE_MAPPING_FAST: Final = derive_fast(PE_IMAGE_MAPPING)
+STREAM_TABLE_LENGTH_FAST: Final = derive_fast(STREAM_TABLE_LENGTH)
+SD_LENGTH_FAST: Final = derive_fast(SD_LENGTH)
+REPARSE_LENGTH_FAST: Final = derive_fast(REPARSE_LENGTH)
 
 # --- additions by the writer ---------------------------------------------------------------
 

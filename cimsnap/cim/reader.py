@@ -174,11 +174,15 @@ class CimReader:
             )
         return buffer[start : start + length]
 
-    def counted_object(self, offset: int, count_size: int, what: str) -> memoryview:
-        """Return the bytes of a u16- or u32-counted object (§7.4, §8), count excluded."""
-        prefix = self.object_at(offset, count_size, what)
-        length = int.from_bytes(prefix, "little")
-        return self.object_at(offset, length, what, skip=count_size)
+    def counted_object(self, offset: int, count: fmt.FastStruct, what: str) -> memoryview:
+        """Return the bytes of a counted object (§7.4, §8), count excluded.
+
+        ``count`` is the fast form of the object's byte-count declaration
+        (``fmt.STREAM_TABLE_LENGTH_FAST``, ``fmt.SD_LENGTH_FAST``, ``fmt.REPARSE_LENGTH_FAST``).
+        Raises CimFormatError naming ``what`` if the count or the bytes are out of bounds.
+        """
+        (length,) = count.unpack_from(self.object_at(offset, count.size, what))
+        return self.object_at(offset, length, what, skip=count.size)
 
     # -- file tables and records (§6, §7) -----------------------------------------------
 
@@ -252,9 +256,10 @@ class CimReader:
         what = f"stream table of file {record.file_id}"
         if record.stream_table_offset == 0:
             return LinkTable.parse(memoryview(b""), STREAM_VALUE_SIZE, what, 0, 0)
-        view = self.counted_object(record.stream_table_offset, 4, what)
+        count = fmt.STREAM_TABLE_LENGTH_FAST
+        view = self.counted_object(record.stream_table_offset, count, what)
         region, offset = split_region_offset(record.stream_table_offset)
-        return LinkTable.parse(view, STREAM_VALUE_SIZE, what, region, offset + 4)
+        return LinkTable.parse(view, STREAM_VALUE_SIZE, what, region, offset + count.size)
 
     def stream_descriptor(self, table: LinkTable, index: int) -> StreamDescriptor:
         """Decoded descriptor ``index`` of a stream table; ADS must be type Data (§7.4)."""
@@ -279,7 +284,7 @@ class CimReader:
         if record.sd_offset == 0:
             return b""
         what = f"security descriptor of file {record.file_id}"
-        return bytes(self.counted_object(record.sd_offset, 2, what))
+        return bytes(self.counted_object(record.sd_offset, fmt.SD_LENGTH_FAST, what))
 
     def extended_attributes(self, record: FileRecord) -> bytes:
         """The FILE_FULL_EA_INFORMATION chain of ``record`` (EaLength bytes, b"" if none)."""
@@ -294,7 +299,7 @@ class CimReader:
         if record.reparse_offset == 0:
             return b""
         what = f"reparse data of file {record.file_id}"
-        return bytes(self.counted_object(record.reparse_offset, 2, what))
+        return bytes(self.counted_object(record.reparse_offset, fmt.REPARSE_LENGTH_FAST, what))
 
     # -- paths ---------------------------------------------------------------------------
 

@@ -146,7 +146,9 @@ class _Checker:
         else:
             self.aligned(record.sd_offset, f"security descriptor of {what}")
             try:
-                sd = reader.counted_object(record.sd_offset, 2, f"security descriptor of {what}")
+                sd = reader.counted_object(
+                    record.sd_offset, fmt.SD_LENGTH_FAST, f"security descriptor of {what}"
+                )
                 if len(sd) < 20 or sd[0] != 1:
                     self.add(Severity.ERROR, what, "SD is not a self-relative descriptor")
             except CimFormatError as e:
@@ -160,7 +162,9 @@ class _Checker:
                 self.error(e)
         if record.reparse_offset:
             try:
-                data = reader.counted_object(record.reparse_offset, 2, f"reparse data of {what}")
+                data = reader.counted_object(
+                    record.reparse_offset, fmt.REPARSE_LENGTH_FAST, f"reparse data of {what}"
+                )
                 tag = int.from_bytes(data[:4], "little") if len(data) >= 8 else None
                 if tag is None:
                     self.add(Severity.ERROR, what, "reparse buffer shorter than its header")

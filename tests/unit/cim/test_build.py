@@ -11,7 +11,12 @@ import pytest
 from cimsnap.cim import build as build_module
 from cimsnap.cim.build import BuildReport, build_from_directory, symlink_reparse_buffer
 from cimsnap.cim.errors import CimFileExistsError, CimInvalidArgumentError
-from cimsnap.cim.format import IO_REPARSE_TAG_SYMLINK, SYMLINK_REPARSE_HEADER, FileAttribute
+from cimsnap.cim.format import (
+    IO_REPARSE_TAG_SYMLINK,
+    REPARSE_LENGTH_FAST,
+    SYMLINK_REPARSE_HEADER,
+    FileAttribute,
+)
 from cimsnap.cim.regions import open_image
 
 
@@ -56,7 +61,7 @@ def test_builds_tree_with_links_times_and_attributes(src: Path, tmp_path: Path) 
         assert to_dir.is_directory and to_dir.reparse_tag == IO_REPARSE_TAG_SYMLINK
         assert to_dir.attributes & FileAttribute.REPARSE_POINT
         record = reader.lookup("to-file")
-        buffer = bytes(reader.counted_object(record.reparse_offset, 2, "reparse"))
+        buffer = bytes(reader.counted_object(record.reparse_offset, REPARSE_LENGTH_FAST, "reparse"))
         assert buffer == symlink_reparse_buffer("small.txt")
         header = SYMLINK_REPARSE_HEADER.parse(buffer)
         assert header.flags == 1 and header.reparse_data_length == len(buffer) - 8

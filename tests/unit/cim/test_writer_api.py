@@ -11,7 +11,7 @@ import pytest
 from cimsnap.cim import errors
 from cimsnap.cim.content import State
 from cimsnap.cim.file_metadata import NULL_DACL_SECURITY_DESCRIPTOR, FileMetadata
-from cimsnap.cim.format import FileAttribute
+from cimsnap.cim.format import REPARSE_LENGTH_FAST, SD_LENGTH_FAST, FileAttribute
 from cimsnap.cim.regions import open_image
 from cimsnap.cim.writer import CimWriter
 
@@ -60,12 +60,15 @@ def test_full_metadata_round_trips(tmp_path: Path) -> None:
         assert (info.creation_time, info.last_write_time, info.change_time) == (1, 2, 3)
         assert info.last_access_time == (1 << 64) - 1
         assert info.reparse_tag == 0xA000000C
-        assert bytes(reader.counted_object(record.sd_offset, 2, "sd")) == sd
-        assert bytes(reader.counted_object(record.reparse_offset, 2, "rp")) == reparse
+        assert bytes(reader.counted_object(record.sd_offset, SD_LENGTH_FAST, "sd")) == sd
+        assert (
+            bytes(reader.counted_object(record.reparse_offset, REPARSE_LENGTH_FAST, "rp"))
+            == reparse
+        )
         assert bytes(reader.object_at(record.ea_offset, record.ea_length, "ea")) == ea
         assert reader.open_stream("f").read() == b"abc"
         root = reader.lookup("")
-        assert bytes(reader.counted_object(root.sd_offset, 2, "sd")) == (
+        assert bytes(reader.counted_object(root.sd_offset, SD_LENGTH_FAST, "sd")) == (
             NULL_DACL_SECURITY_DESCRIPTOR
         )
 
