@@ -266,10 +266,13 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_SnapshotsServicer_to_server(self, server)  # type: ignore[no-untyped-call]
 
+    def _method(self, name: str) -> str:
+        return f"{self.service_name}/{name}"
+
     def _run(
         self, name: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
     ) -> Awaitable[T]:
-        return self._calls.run(f"{self.service_name}/{name}", context, fn, *args)
+        return self._calls.run(self._method(name), context, fn, *args)
 
     async def Prepare(
         self, request: pb.PrepareSnapshotRequest, context: grpc.aio.ServicerContext
@@ -316,13 +319,12 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def Stat(
         self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatSnapshotResponse:
-        method = f"{self.service_name}/Stat"
-        if self._stat_nowait is not None:
-            info = await self._calls.run_nowait(
-                method, context, self._stat_nowait, self._sn.stat, request.key
-            )
+        if self._stat_nowait is None:
+            info = await self._run("Stat", context, self._sn.stat, request.key)
         else:
-            info = await self._calls.run(method, context, self._sn.stat, request.key)
+            info = await self._calls.run_nowait(
+                self._method("Stat"), context, self._stat_nowait, self._sn.stat, request.key
+            )
         return pb.StatSnapshotResponse(info=info_to_pb(info))
 
     async def Update(
