@@ -18,8 +18,11 @@ from cimsnap.cim.upcase import NameOrder, decode_name
 __all__ = ["DIRECTORY_VALUE_SIZE", "STREAM_VALUE_SIZE", "LinkTable"]
 
 #: Value sizes (E in §7.2): a file ID for directories, a stream descriptor for streams.
-DIRECTORY_VALUE_SIZE = fmt.FILE_ID.sizeof()
+DIRECTORY_VALUE_SIZE = fmt.FILE_ID_FAST.size
 STREAM_VALUE_SIZE = fmt.STREAM_DESCRIPTOR_SIZE
+_OFFSET_SIZE = fmt.LINK_NAME_OFFSET_FAST.size
+_PREFIX_SIZE = fmt.LINK_NAME_LENGTH_FAST.size
+_LINK_COUNT_AT = fmt.field_offsets(fmt.LINK_TABLE_HEADER)["link_count"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +63,11 @@ class LinkTable:
                 offset=offset,
                 why=f"Length {length} is outside 8..{len(buffer)} (the stream's length)",
             )
-        if fmt.LINK_TABLE_HEADER_SIZE + count * (value_size + 4) > length:
+        if fmt.LINK_TABLE_HEADER_SIZE + count * (value_size + _OFFSET_SIZE) > length:
             raise CimFormatError(
                 what,
                 region=region,
-                offset=offset + 4,
+                offset=offset + _LINK_COUNT_AT,
                 why=f"LinkCount {count} does not fit in Length {length}",
             )
         return cls(buffer, value_size, count, length, what, region, offset)
@@ -90,9 +93,9 @@ class LinkTable:
 
         Raises CimFormatError if the name lies outside the buffer (§7.2 reader validation).
         """
-        slot = fmt.LINK_TABLE_HEADER_SIZE + self.count * self.value_size + 4 * index
+        slot = fmt.LINK_TABLE_HEADER_SIZE + self.count * self.value_size + _OFFSET_SIZE * index
         (name_offset,) = fmt.LINK_NAME_OFFSET_FAST.unpack_from(self.buffer, slot)
-        if name_offset + 2 > len(self.buffer):
+        if name_offset + _PREFIX_SIZE > len(self.buffer):
             raise CimFormatError(
                 f"{self.what}, name offset {index}",
                 region=self.region,
@@ -100,7 +103,7 @@ class LinkTable:
                 why=f"name offset {name_offset} is beyond the table's {len(self.buffer)} bytes",
             )
         (units,) = fmt.LINK_NAME_LENGTH_FAST.unpack_from(self.buffer, name_offset)
-        if name_offset + 2 + 2 * units > len(self.buffer):
+        if name_offset + _PREFIX_SIZE + 2 * units > len(self.buffer):
             raise CimFormatError(
                 f"{self.what}, name {index}",
                 region=self.region,
@@ -112,7 +115,8 @@ class LinkTable:
     def name_at(self, index: int) -> str:
         """Name ``index``; raises CimFormatError if it is out of bounds."""
         name_offset, units = self.name_location(index)
-        return decode_name(self.buffer[name_offset + 2 : name_offset + 2 + 2 * units])
+        start = name_offset + _PREFIX_SIZE
+        return decode_name(self.buffer[start : start + 2 * units])
 
     def names(self) -> Iterator[str]:
         """Yield the names in stored order; raises CimFormatError on a bad name."""

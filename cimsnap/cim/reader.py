@@ -45,6 +45,9 @@ __all__ = ["CimReader", "DirEntry", "FileInfo", "StreamInfo", "split_path"]
 RECORD_CACHE_SIZE = 4096
 TABLE_CACHE_SIZE = 1024
 
+#: Where a file table directory entry's Count lies (named in errors).
+_TABLE_COUNT_AT = fmt.field_offsets(fmt.FILE_TABLE_DIRECTORY_ENTRY)["count"]
+
 
 def split_path(path: str) -> list[str]:
     """Split a path on ``\\`` and ``/`` into its non-empty components."""
@@ -196,7 +199,7 @@ class CimReader:
             raise CimFormatError(
                 f"file table directory entry {table}",
                 region=region,
-                offset=byte_offset + skip + 8,
+                offset=byte_offset + skip + _TABLE_COUNT_AT,
                 why=f"Count {count} exceeds {fmt.FILES_PER_TABLE}",
             )
         if count:
