@@ -193,6 +193,16 @@ def test_forged_cells(case: str) -> None:
     assert err.what in str(err)
 
 
+def test_a_backslash_in_a_key_name_is_a_format_error_naming_the_cell() -> None:
+    """The writer refuses such a name (HiveModelError), so the reader refuses it first."""
+    buf = bytearray(GOOD)
+    buf[4096 + OFF["B"] + 4 + C.NK_HEADER_FAST.size] = ord("\\")  # name "B" -> "\\"
+    with pytest.raises(HiveFormatError) as exc:
+        read_hive(bytes(buf))
+    assert (exc.value.what, exc.value.offset) == ("nk cell", OFF["B"])
+    assert f"{OFF['B']:#x}" in str(exc.value)
+
+
 def test_lf_and_li_leaves_are_read() -> None:
     """Older leaf kinds: lf (hint instead of hash) and li (offsets only)."""
     expected = read_hive(GOOD)

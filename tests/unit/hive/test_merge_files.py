@@ -15,7 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cimsnap.errdefs import AlreadyExists, NotFound
-from cimsnap.hive import HiveFormatError, HiveModelError, check_hive, read_hive, write_hive
+from cimsnap.hive import (
+    HiveFormatError,
+    HiveModelError,
+    HiveReader,
+    check_hive,
+    read_hive,
+    write_hive,
+)
+from cimsnap.hive import cells as C
 from cimsnap.hive.merge import HiveMergeError, merge, merge_files
 from cimsnap.hive.query import os_build_number
 from cimsnap.hive.tree import (
@@ -194,8 +202,8 @@ def test_damaged_deltas_fail_cleanly_or_merge_into_a_valid_hive(
 ) -> None:
     """Byte damage past the base block: only the format/merge error classes, no output.
 
-    HiveModelError is among them: the reader accepts a backslash inside a stored key name,
-    which the writer then refuses for the merged hive (still a clean failure).
+    HiveModelError is among them: the reader accepts an empty stored key name, which the
+    writer then refuses for the merged hive (still a clean failure).
     """
     raw = bytearray(write_hive(sample_delta()))
     for _ in range(data.draw(st.integers(1, 6))):
@@ -210,6 +218,20 @@ def test_damaged_deltas_fail_cleanly_or_merge_into_a_valid_hive(
     else:
         problems = check_hive((tmp / "out").read_bytes())
         assert [p for p in problems if p.severity == "error"] == []
+
+
+def test_a_backslash_in_a_delta_key_name_is_a_format_error(tmp_path: Path) -> None:
+    """The reader refuses the name (naming the nk cell) before the writer could."""
+    raw = bytearray(write_hive(sample_delta()))
+    dead = HiveReader(bytes(raw)).open_key(r"services\DEAD").offset
+    raw[4096 + dead + 4 + C.NK_HEADER_FAST.size] = ord("\\")  # "DEAD" -> "\\EAD"
+    (tmp_path / "d").write_bytes(bytes(raw))
+    base_path = write(tmp_path, "b", sample_base())
+    with pytest.raises(HiveFormatError) as exc:
+        merge_files(base_path, tmp_path / "d", tmp_path / "out")
+    assert (exc.value.what, exc.value.offset) == ("nk cell", dead)
+    assert any("delta" in note for note in exc.value.__notes__)
+    assert sorted(os.listdir(tmp_path)) == ["b", "d"]
 
 
 def test_an_empty_base_file_is_a_format_error(tmp_path: Path) -> None:
