@@ -25,14 +25,16 @@ import shutil
 from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from cimsnap.wclayer import sweep_unreferenced_regions
 
-__all__ = ["Retired", "destroy_retired", "retire_orphans"]
+__all__ = ["REMOVAL_PREFIX", "Retired", "destroy_retired", "retire_orphans"]
 
 _log = logging.getLogger(__name__)
 
-REMOVAL_PREFIX = "rm-"
+#: Prefix of entries set aside for deletion: ``rm-<id>`` by Remove, ``rm-<id>[.n][.cim]`` here.
+REMOVAL_PREFIX: Final = "rm-"
 
 
 @dataclass(frozen=True, slots=True)

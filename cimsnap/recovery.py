@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from cimsnap.reclaim import REMOVAL_PREFIX
 from cimsnap.store import Kind
 from cimsnap.wclayer.layer_files import cim_layer_problem
 
@@ -35,7 +36,7 @@ def recover_snapshot_files(
     damaged: set[int] = set()
     for snapshot_id, kind in kinds.items():
         path = snapshots_dir / str(snapshot_id)
-        removing = snapshots_dir / f"rm-{snapshot_id}"
+        removing = snapshots_dir / f"{REMOVAL_PREFIX}{snapshot_id}"
         if not path.exists() and removing.is_dir():
             _log.warning("restoring %s of a remove that did not commit", removing)
             os.rename(removing, path)

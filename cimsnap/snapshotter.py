@@ -68,7 +68,7 @@ from cimsnap.filters import parse_all
 from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.mounts import Mount, cimfs_mount
-from cimsnap.reclaim import destroy_retired, retire_orphans
+from cimsnap.reclaim import REMOVAL_PREFIX, destroy_retired, retire_orphans
 from cimsnap.recovery import recover_snapshot_files
 from cimsnap.store import (
     Info,
@@ -393,7 +393,7 @@ class Snapshotter:
 
     def _rename_for_removal(self, snapshot_id: int) -> tuple[Path, Path] | None:
         source = self._dir(snapshot_id)
-        target = self.snapshots_dir / f"rm-{snapshot_id}"
+        target = self.snapshots_dir / f"{REMOVAL_PREFIX}{snapshot_id}"
         if target.is_dir() and source.is_dir():
             # Stale leftover of an earlier interrupted removal of this ID (IDs are never
             # reused, so nothing else can own the name); rename() cannot replace it.
