@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from cimsnap.cim.errors import CimInvalidArgumentError
-from cimsnap.cim.format import EA_LENGTH_MAX, LENGTH_MASK, FileAttribute
+from cimsnap.cim.format import (
+    EA_LENGTH_MAX,
+    LENGTH_MASK,
+    REPARSE_DATA_HEADER_FAST,
+    REPARSE_DATA_HEADER_SIZE,
+    FileAttribute,
+)
 
 __all__ = ["NULL_DACL_SECURITY_DESCRIPTOR", "FileMetadata"]
 
@@ -33,8 +39,6 @@ _STORABLE: Final = int(
 )
 _DIRECTORY: Final = int(FileAttribute.DIRECTORY)
 _REPARSE_POINT: Final = int(FileAttribute.REPARSE_POINT)
-#: REPARSE_DATA_BUFFER header: ReparseTag u32, ReparseDataLength u16, Reserved u16 (§8).
-_REPARSE_HEADER_SIZE: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ class FileMetadata:
             raise CimInvalidArgumentError(f"security descriptor of {len(sd)} bytes")
         if len(self.ea) > EA_LENGTH_MAX:
             raise CimInvalidArgumentError(f"EA buffer of {len(self.ea)} bytes")
-        if self.reparse and not _REPARSE_HEADER_SIZE <= len(self.reparse) <= _U16_MAX:
+        if self.reparse and not REPARSE_DATA_HEADER_SIZE <= len(self.reparse) <= _U16_MAX:
             raise CimInvalidArgumentError(f"reparse buffer of {len(self.reparse)} bytes")
 
     @property
@@ -99,4 +103,5 @@ class FileMetadata:
         """The tag of the reparse buffer (its first u32), or 0 without one."""
         if not self.reparse:
             return 0
-        return int.from_bytes(self.reparse[:4], "little")
+        tag: int = REPARSE_DATA_HEADER_FAST.unpack_from(self.reparse)[0]
+        return tag

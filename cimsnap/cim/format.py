@@ -552,10 +552,14 @@ REPARSE_LENGTH_FAST: Final = derive_fast(REPARSE_LENGTH)
 #: are in bytes, relative to the PathBuffer that follows this 20-byte header (UTF-16LE).
 IO_REPARSE_TAG_SYMLINK: Final = 0xA000000C
 SYMLINK_FLAG_RELATIVE: Final = 0x1
-SYMLINK_REPARSE_HEADER: Final = cs.Struct(
+#: §8 the part of every REPARSE_DATA_BUFFER before its type-specific data.
+REPARSE_DATA_HEADER: Final = cs.Struct(
     "reparse_tag" / cs.Int32ul,
     "reparse_data_length" / cs.Int16ul,
     "reserved" / cs.Int16ul,
+)
+SYMLINK_REPARSE_HEADER: Final = cs.Struct(
+    *REPARSE_DATA_HEADER.subcons,
     "substitute_name_offset" / cs.Int16ul,
     "substitute_name_length" / cs.Int16ul,
     "print_name_offset" / cs.Int16ul,
@@ -563,4 +567,5 @@ SYMLINK_REPARSE_HEADER: Final = cs.Struct(
     "flags" / cs.Int32ul,
 )
 #: Bytes of REPARSE_DATA_BUFFER before its type-specific part (tag, length, reserved).
-REPARSE_DATA_HEADER_SIZE: Final = 8
+REPARSE_DATA_HEADER_SIZE: Final[int] = REPARSE_DATA_HEADER.sizeof()
+REPARSE_DATA_HEADER_FAST: Final = derive_fast(REPARSE_DATA_HEADER)

@@ -165,7 +165,8 @@ class _Checker:
                 data = reader.counted_object(
                     record.reparse_offset, fmt.REPARSE_LENGTH_FAST, f"reparse data of {what}"
                 )
-                tag = int.from_bytes(data[:4], "little") if len(data) >= 8 else None
+                header = fmt.REPARSE_DATA_HEADER_FAST
+                tag = header.unpack_from(data)[0] if len(data) >= header.size else None
                 if tag is None:
                     self.add(Severity.ERROR, what, "reparse buffer shorter than its header")
                 elif tag != record.reparse_tag:
