@@ -45,11 +45,6 @@ _TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _SEMANTICS: Final = tuple(LayerSemantics(i) for i in range(4))
 
 
-def _fold(name: str) -> str:
-    # ASCII fast path: Windows' table maps exactly a-z to A-Z below U+0080, as str.upper().
-    return name.upper() if name.isascii() else name_key(name)
-
-
 def read_hive(data: bytes | memoryview) -> Hive:
     """Parse a complete regf image into a :class:`Hive`.
 
@@ -78,7 +73,7 @@ def _read(data: bytes | memoryview) -> Hive:
         subkeys = key.subkeys
         for child_off in image.subkey_offsets(off, count, list_off):
             child, child_count, child_list = _key(image, child_off, security, layered)
-            folded = _fold(child.name)
+            folded = name_key(child.name)
             if folded in subkeys:
                 raise HiveFormatError("nk cell", child_off, f"duplicate subkey {child.name!r}")
             subkeys[folded] = child
