@@ -23,7 +23,7 @@ from cimsnap.cim import format as fmt
 from cimsnap.cim.errors import CimApiError, CimFormatError
 from cimsnap.cim.headers import objectid_file_name
 from cimsnap.cim.linktable import LinkTable
-from cimsnap.cim.offsets import split_region_offset
+from cimsnap.cim.offsets import make_region_offset, split_region_offset
 from cimsnap.cim.reader import CimReader
 from cimsnap.cim.records import FileRecord, StreamDescriptor
 from cimsnap.cim.regions import CimImage, open_image
@@ -34,6 +34,8 @@ __all__ = ["Problem", "Severity", "verify_image", "verify_path", "verify_reader"
 
 #: Default cap on reported problems (bounds time on hostile images).
 MAX_PROBLEMS = 1000
+#: Where a region header's region Type byte lies (§3.4).
+_REGION_TYPE_AT = fmt.field_offsets(fmt.REGION_HEADER)["type"]
 
 
 class Severity(enum.Enum):
@@ -76,7 +78,7 @@ class _Checker:
 
     def _region_type(self, index: int) -> int | None:
         buffer = self.reader.region(index)
-        return buffer[34] if len(buffer) >= fmt.REGION_HEADER_SIZE else None
+        return buffer[_REGION_TYPE_AT] if len(buffer) >= fmt.REGION_HEADER_SIZE else None
 
     def add(self, severity: Severity, what: str, why: str, at: int | None = None) -> None:
         region, offset = split_region_offset(at) if at else (None, None)
@@ -93,7 +95,11 @@ class _Checker:
         region, byte_offset = split_region_offset(offset)
         if region >= len(self.region_types):
             return
-        align = fmt.PAGE_SIZE if self.region_types[region] == fmt.RegionType.DATA else 8
+        align = (
+            fmt.PAGE_SIZE
+            if self.region_types[region] == fmt.RegionType.DATA
+            else fmt.METADATA_ALIGNMENT
+        )
         if byte_offset % align:
             self.add(Severity.WARNING, what, f"offset is not {align}-byte aligned", offset)
         if 0 < byte_offset < fmt.REGION_HEADER_SIZE:
@@ -128,7 +134,7 @@ class _Checker:
             self.error(e)
             return None
         what = f"file record {file_id}"
-        at = (record.region << 48) | record.offset
+        at = make_region_offset(record.region, record.offset)
         if record.flags & ~0x1F:
             self.add(Severity.WARNING, what, f"undefined Flags bits {record.flags:#x}", at)
         if record.reserved or record.stream.reserved_bits:
@@ -210,11 +216,11 @@ class _Checker:
                 self.error(e)
                 previous = None
                 continue
-            at = (table.region << 48) | (table.offset + name_offset)
+            at = make_region_offset(table.region, table.offset + name_offset)
             reason = invalid_name_reason(name)
             if reason is not None:
                 self.add(Severity.ERROR, f"{what}, name {name!r}", reason, at)
-            if name_offset + 2 + 2 * units > table.length:
+            if name_offset + fmt.LINK_NAME_LENGTH_FAST.size + 2 * units > table.length:
                 self.add(Severity.WARNING, f"{what}, name {name!r}", "name lies beyond Length", at)
             key = self.reader.order.key(name)
             if previous is not None and key <= previous:
@@ -297,7 +303,7 @@ class _Checker:
                         Severity.ERROR,
                         f"{what}, entry {name!r}",
                         f"directory {child.file_id} is reached twice (cycle or hard link)",
-                        table.value_offset(index) | (table.region << 48),
+                        make_region_offset(table.region, table.value_offset(index)),
                     )
                     continue
                 if child.parent_file_id != record.file_id:
