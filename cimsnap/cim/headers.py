@@ -30,6 +30,9 @@ __all__ = [
 
 #: Largest possible ``.cim`` file: the fixed header plus 65535 parent sets (§3.2).
 _MAX_IMAGE_FILE_SIZE: Final = fmt.FILESYSTEM_HEADER_SIZE + 0xFFFF * fmt.REGION_SET_SIZE
+#: Field offsets named in errors: the version, and the image's own region set.
+_VERSION_AT: Final = fmt.field_offsets(fmt.COMMON_HEADER)["major_version"]
+_OWN_SET_AT: Final = fmt.field_offsets(fmt.FILESYSTEM_HEADER)["regions.id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ def check_common_header(data: bytes | memoryview, what: str, region: int | None 
         raise CimFormatError(
             what,
             region=region,
-            offset=16,
+            offset=_VERSION_AT,
             why=f"version {header.major_version}.{header.minor_version} is not supported "
             f"(need {fmt.MIN_SUPPORTED_MAJOR}.x to {fmt.MAX_SUPPORTED_MAJOR}.x)",
         )
@@ -117,7 +120,9 @@ def parse_image_header(data: bytes | memoryview, what: str = "image header") -> 
     total = sum(s.count for s in header.region_sets)
     if not 1 <= total <= fmt.MAX_REGION_COUNT:
         raise CimFormatError(
-            what, offset=32, why=f"{total} regions in all sets, need 1 to {fmt.MAX_REGION_COUNT}"
+            what,
+            offset=_OWN_SET_AT,
+            why=f"{total} regions in all sets, need 1 to {fmt.MAX_REGION_COUNT}",
         )
     return header
 

@@ -15,6 +15,7 @@ __all__ = ["FileRecord", "StreamDescriptor", "decode_file_record", "decode_strea
 
 _DIRECTORY = int(fmt.FileAttribute.DIRECTORY)
 _REPARSE_POINT = int(fmt.FileAttribute.REPARSE_POINT)
+_DEFAULT_STREAM_AT = fmt.field_offsets(fmt.FILE_RECORD)["default_stream.data_offset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,11 @@ def decode_file_record(
         reserved,
     ) = fmt.FILE_RECORD_FAST.unpack_from(data)
     stream = decode_stream_descriptor(
-        data_offset, length_and_type, f"default stream of file {file_id}", region, offset + 40
+        data_offset,
+        length_and_type,
+        f"default stream of file {file_id}",
+        region,
+        offset + _DEFAULT_STREAM_AT,
     )
     return FileRecord(
         file_id=file_id,
