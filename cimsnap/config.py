@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,20 +108,9 @@ class Config:
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Config)}
-# The Python type each key must have in TOML (bool is checked before int: bool is an int).
-_TYPES: Final[Mapping[str, type]] = {
-    "address": str,
-    "root": str,
-    "log_level": str,
-    "log_format": str,
-    "metrics_address": str,
-    "shutdown_grace_seconds": float,
-    "insecure_listen": bool,
-    "socket_mode": int,
-    "reflection": bool,
-    "max_workers": int,
-    "containerd_address": str,
-}
+# The Python type each key must have in TOML, from Config's annotations (plain classes
+# only; bool is checked before int: bool is an int).
+_TYPES: Final[Mapping[str, type]] = typing.get_type_hints(Config)
 
 
 def _checked(values: Mapping[str, object], source: str) -> dict[str, object]:
