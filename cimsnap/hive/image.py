@@ -91,12 +91,17 @@ C.HBIN_HEADER_FAST.require_order(("signature", "offset", "size", "reserved", "ti
 
 
 class ValueRecord(NamedTuple):
-    """One vk cell (§4.1) with its data resolved (``b""`` for tombstones)."""
+    """One vk cell (§4.1) with its data resolved (``b""`` for tombstones).
+
+    ``tombstone`` is the vk tombstone flag (§4.3), honoured only in a hive whose base block
+    declares layered keys; elsewhere it reads False (``flags`` keeps the raw bit).
+    """
 
     name: str
     type: int
     data: bytes
     flags: int
+    tombstone: bool
 
 
 def _parse_base_block(data: bytes | memoryview) -> BaseBlock:
@@ -307,16 +312,17 @@ class HiveImage:
             raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
         raw = data[pos + _VK.size : pos + _VK.size + name_len]
         name = _decode_name(raw, flags & _VALUE_COMP_NAME, "vk cell", off)
+        tombstone = self.layered and bool(flags & _VALUE_TOMBSTONE)
         if size & C.DATA_INLINE_FLAG:
             size &= 0x7FFFFFFF
             if size > C.INLINE_DATA_MAX:
                 raise HiveFormatError("vk cell", off, f"inline data of {size} bytes")
             value = data_off.to_bytes(4, "little")[:size]
-        elif size == 0 or (self.layered and flags & _VALUE_TOMBSTONE):
+        elif size == 0 or tombstone:
             value = b""
         else:
             value = self._data(data_off, size, off)
-        return ValueRecord(name, vtype, value, flags)
+        return ValueRecord(name, vtype, value, flags, tombstone)
 
     def _data(self, off: int, size: int, vk_off: int) -> bytes:
         pos, n = self.cell(off, "value data")

@@ -41,7 +41,6 @@ __all__ = ["open_hive", "read_hive"]
 
 _B: Final = C.BASE_BLOCK_SIZE
 _DERIVED_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
-_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _SEMANTICS: Final = tuple(LayerSemantics(i) for i in range(4))
 
 
@@ -103,8 +102,7 @@ def _key(
     if rec.value_count:
         for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
             v = image.value(vk)
-            tombstone = layered and bool(v.flags & _TOMBSTONE)
-            values.append(Value(name=v.name, type=v.type, data=v.data, tombstone=tombstone))
+            values.append(Value(name=v.name, type=v.type, data=v.data, tombstone=v.tombstone))
     layer = rec.layer if layered else 0
     key = Key(
         name=rec.name,

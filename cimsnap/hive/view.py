@@ -150,8 +150,7 @@ class KeyView:
         result = []
         for off in image.offsets(rec.value_list, rec.value_count, "value list"):
             v = image.value(off)
-            tomb = image.layered and bool(v.flags & C.ValueFlags.TOMBSTONE)
-            result.append(ValueView(off, v.name, v.type, v.data, tomb))
+            result.append(ValueView(off, v.name, v.type, v.data, v.tombstone))
         return result
 
     def value(self, name: str) -> ValueView | None:
