@@ -20,7 +20,7 @@ from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from cimsnap.listen import parse_address
-from cimsnap.server import STATUS_CODES, info_from_pb, info_to_pb
+from cimsnap.server import MESSAGE_SIZE_OPTIONS, STATUS_CODES, info_from_pb, info_to_pb
 from cimsnap.snapshotter import Info, Mount, Usage
 
 __all__ = ["NAMESPACE_HEADER", "SnapshotsClient", "error_for"]
@@ -66,10 +66,7 @@ class SnapshotsClient:
     ) -> None:
         self._channel = grpc.insecure_channel(
             parse_address(address).grpc_target,
-            options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                ("grpc.max_send_message_length", 16 * 1024 * 1024),
-            ],
+            options=list(MESSAGE_SIZE_OPTIONS),
         )
         self._stub = pb_grpc.SnapshotsStub(self._channel)  # type: ignore[no-untyped-call]
         self._metadata = ((NAMESPACE_HEADER, namespace),) if namespace else ()

@@ -39,14 +39,12 @@ from cimsnap.listen import (
     prepare_unix_socket,
 )
 from cimsnap.sdnotify import notify
-from cimsnap.server import BlockingCalls, GrpcService
+from cimsnap.server import MESSAGE_SIZE_OPTIONS, BlockingCalls, GrpcService
 
-__all__ = ["MAX_MESSAGE_BYTES", "Daemon", "check_address"]
+__all__ = ["Daemon", "check_address"]
 
 log = logging.getLogger(__name__)
 
-#: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -90,13 +88,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Bind and start serving; raises ``Unavailable`` if the address cannot be bound."""
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        server = grpc.aio.server(options=[*MESSAGE_SIZE_OPTIONS, ("grpc.so_reuseport", 0)])
         for service in self._services:
             service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

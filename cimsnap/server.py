@@ -42,6 +42,8 @@ from cimsnap.snapshotter import Info, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
     "LIST_BATCH_SIZE",
+    "MAX_MESSAGE_BYTES",
+    "MESSAGE_SIZE_OPTIONS",
     "STATUS_CODES",
     "BlockingCalls",
     "GrpcService",
@@ -68,6 +70,14 @@ STATUS_CODES: Final[Mapping[type[errdefs.CimsnapError], grpc.StatusCode]] = {
 
 #: containerd's snapshot service streams List results in batches of this many (§2.2).
 LIST_BATCH_SIZE: Final = 100
+
+#: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+#: The gRPC options that apply that limit, for our server and our client alike.
+MESSAGE_SIZE_OPTIONS: Final = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
 
 # Go's zero time.Time (0001-01-01T00:00:00Z) as protobuf seconds: containerd sends it in
 # Update requests for timestamps it does not set (§1.3).
