@@ -3,9 +3,10 @@
 :func:`open_parent` opens the parent ``.cim`` with :func:`cimsnap.cim.regions.open_image`
 and exposes what the writer reuses: the region sets a fork must list (the parent's parent
 sets, then the parent's own set, so every parent RegionOffset stays valid, §3.3), the
-parent's file tables (:class:`~cimsnap.cim.layout.ForkBase`), its stored upcase table (a
-fork references it and sorts with it, §5), and a :class:`~cimsnap.cim.pending.ParentSource`
-giving raw records, directory entries and stream tables on demand.
+parent's file tables (:class:`~cimsnap.cim.layout.ForkBase`), the name order of its stored
+upcase table (a fork references the table and sorts with it, §5), and a
+:class:`~cimsnap.cim.pending.ParentSource` giving raw records, directory entries and stream
+tables on demand.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cimsnap.cim.errors import CimFormatError
-from cimsnap.cim.format import (
-    FILE_RECORD_SIZE,
-    FILE_TABLE_DIRECTORY_ENTRY_FAST,
-    FILES_PER_TABLE,
-    UPCASE_TABLE_SIZE,
-)
+from cimsnap.cim.format import FILE_RECORD_SIZE, FILES_PER_TABLE
 from cimsnap.cim.headers import RegionSet
 from cimsnap.cim.layout import ForkBase
 from cimsnap.cim.pending import StreamEntry
 from cimsnap.cim.reader import CimReader
 from cimsnap.cim.regions import CimImage, open_image
+from cimsnap.cim.upcase import NameOrder
 
 __all__ = ["ParentImage", "open_parent"]
 
@@ -73,26 +70,19 @@ class ParentImage:
         self._image = image
         reader = image.reader
         header = image.header
-        self.region_sets: tuple[RegionSet, ...] = (*header.parents, header.own)
+        self.region_sets: tuple[RegionSet, ...] = header.region_sets
         self.root_id = reader.root_id
         tables = []
         for t in range(reader.file_table_count):
-            view = reader.object_at(
-                reader.file_table_directory_offset,
-                FILE_TABLE_DIRECTORY_ENTRY_FAST.size,
-                "file table directory",
-                t * FILE_TABLE_DIRECTORY_ENTRY_FAST.size,
-            )
-            offset, count, entry_size, _ = FILE_TABLE_DIRECTORY_ENTRY_FAST.unpack_from(view)
-            if entry_size != FILE_RECORD_SIZE or count > FILES_PER_TABLE:
+            offset, count, entry_size = reader.file_table_entry(t)
+            if entry_size != FILE_RECORD_SIZE:
                 raise CimFormatError(
                     f"file table {t} of parent {image.path.name}",
-                    why=f"EntrySize {entry_size} / Count {count}: only v2 tables can be forked",
+                    why=f"EntrySize {entry_size}: only v2 tables can be forked",
                 )
             tables.append((offset, count))
-        self.upcase = bytes(
-            reader.object_at(reader.upcase_table_offset, UPCASE_TABLE_SIZE, "upcase table")
-        )
+        #: The order of the parent's stored upcase table, which the fork keeps (§5).
+        self.order: NameOrder = reader.order
         self.source = _ReaderSource(reader, tuple(tables))
         self.fork_base = ForkBase(tuple(tables), reader.upcase_table_offset, self.source.read_table)
 

@@ -136,7 +136,7 @@ class CimWriter:
             self._parent_image = open_parent(self.directory / parent)
             self._parent_sets = self._parent_image.region_sets
             self._fork = self._parent_image.fork_base
-            order = NameOrder.from_table(self._parent_image.upcase)
+            order = self._parent_image.order
             root_id = self._parent_image.root_id
             source = self._parent_image.source
             record = bytearray(source.record_bytes(root_id))
