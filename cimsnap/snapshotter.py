@@ -368,10 +368,7 @@ class Snapshotter:
             with self._store.write() as tx:
                 snapshot_id, _ = remove(tx, key)
                 with self._busy_lock:
-                    if snapshot_id in self._busy:
-                        raise FailedPrecondition(
-                            f'snapshot "{key}": commit in progress: failed precondition'
-                        )
+                    self._refuse_busy(snapshot_id, key)
                 renamed = self._rename_for_removal(snapshot_id)
         except BaseException:
             if renamed is not None:
@@ -429,12 +426,14 @@ class Snapshotter:
 
     # -- concurrency -----------------------------------------------------------------
 
+    def _refuse_busy(self, snapshot_id: int, key: str) -> None:
+        """FailedPrecondition if ``snapshot_id`` is being committed; caller holds the lock."""
+        if snapshot_id in self._busy:
+            raise FailedPrecondition(f'snapshot "{key}": commit in progress: failed precondition')
+
     def _claim(self, snapshot_id: int, key: str) -> None:
         with self._busy_lock:
-            if snapshot_id in self._busy:
-                raise FailedPrecondition(
-                    f'snapshot "{key}": commit in progress: failed precondition'
-                )
+            self._refuse_busy(snapshot_id, key)
             self._busy.add(snapshot_id)
 
     def _release(self, snapshot_id: int) -> None:
