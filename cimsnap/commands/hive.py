@@ -115,7 +115,7 @@ def _fail(message: str) -> None:
 def _dump(args: argparse.Namespace) -> int:
     with open(args.hive, "rb") as f:
         hive = read_hive(f.read())
-    start = _find(hive.root, args.key)
+    start = hive.root.find(args.key)
     if start is None:
         _fail(f"{args.hive}: no key {args.key!r}; run 'cimsnap hive dump {args.hive}' to list keys")
         return 1
@@ -125,14 +125,6 @@ def _dump(args: argparse.Namespace) -> int:
     else:
         _dump_text(hive, start, args.key, sys.stdout)
     return 0
-
-
-def _find(root: Key, path: str) -> Key | None:
-    key: Key | None = root
-    for part in path.split("\\"):
-        if part and key is not None:
-            key = key.subkey(part)
-    return key
 
 
 def _walk(start: Key, start_path: str) -> Iterator[tuple[str, int, Key]]:

@@ -265,13 +265,10 @@ def software_delta(base: Hive, scale: float = 1.0, seed: int = 2) -> tuple[Hive,
         return node
 
     def pick(path: list[str], count: int) -> list[str]:
-        node = base.root
-        for part in path:
-            found = node.subkey(part)
-            if found is None:
-                shown = "\\".join(path)
-                raise ValueError(f"base has no {shown!r}; use software_base()")
-            node = found
+        shown = "\\".join(path)
+        node = base.root.find(shown)
+        if node is None:
+            raise ValueError(f"base has no {shown!r}; use software_base()")
         names = sorted(k.name for k in node.subkeys.values())
         return g.rng.sample(names, min(count, len(names)))
 

@@ -107,6 +107,18 @@ class Key:
         """Return the child named ``name`` (case-insensitively), or None."""
         return self.subkeys.get(name_key(name))
 
+    def find(self, path: str) -> Key | None:
+        """Return the key at the ``\\``-separated ``path`` below this one, or None.
+
+        Names match case-insensitively; empty components are ignored, so ``""`` is this key
+        (as :meth:`cimsnap.hive.view.HiveReader.find_key` does for an image).
+        """
+        key: Key | None = self
+        for part in path.split("\\"):
+            if part and key is not None:
+                key = key.subkeys.get(name_key(part))
+        return key
+
     def value(self, name: str) -> Value | None:
         """Return the value named ``name`` (case-insensitively), or None."""
         wanted = name_key(name)

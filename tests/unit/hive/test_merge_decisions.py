@@ -16,9 +16,7 @@ from cimsnap.hive.tree import (
     Key,
     LayerSemantics,
     Value,
-    name_key,
 )
-from cimsnap.upcase import fold_code_units
 
 SEM = LayerSemantics
 
@@ -225,12 +223,6 @@ def test_a_delta_root_with_supersede_tree_replaces_everything_but_root_identity(
     assert merged.root.name == "ROOT"
     assert merged.root.class_name == "rootcls"
     assert set(merged.root.subkeys) == {"ONLY"}
-
-
-def test_name_key_ascii_fast_path_agrees_with_the_upcase_table() -> None:
-    ascii_text = "".join(map(chr, range(128)))
-    assert name_key(ascii_text) == fold_code_units(ascii_text)
-    assert name_key("aé") == fold_code_units("aé") == "AÉ"
 
 
 @pytest.mark.parametrize(

@@ -11,16 +11,8 @@ from cimsnap.devtools.synthetic_hive import count_keys, software_base, software_
 from cimsnap.hive import check_hive, read_hive, write_hive
 from cimsnap.hive.merge import merge_files
 from cimsnap.hive.query import os_build_number
-from cimsnap.hive.tree import Key
 
 SCALE = 0.56  # software_base(1.0) is ~361k keys
-
-
-def _find(root: Key, path: str) -> Key | None:
-    node: Key | None = root
-    for part in path.split("\\"):
-        node = node.subkey(part) if node is not None else None
-    return node
 
 
 @pytest.mark.slow
@@ -39,27 +31,27 @@ def test_merge_200k_keys(tmp_path: Path) -> None:
     merged = read_hive(out.read_bytes())
     root = merged.root
     for path in plan.tombstoned:
-        assert _find(root, path) is None
+        assert root.find(path) is None
     for path in plan.superseded_tree:
-        key = _find(root, path)
+        key = root.find(path)
         assert key is not None and list(key.subkeys) == ["PROXYSTUBCLSID32"]
         assert [v.name for v in key.values] == [""]
-        assert key.class_name == _find(base.root, path).class_name  # type: ignore[union-attr]
+        assert key.class_name == base.root.find(path).class_name  # type: ignore[union-attr]
     for path in plan.superseded_local:
-        key, old = _find(root, path), _find(base.root, path)
+        key, old = root.find(path), base.root.find(path)
         assert key is not None and old is not None
         assert len(key.values) == 6
         assert set(key.subkeys) == set(old.subkeys) | {"UPDATES"}
     for path, name in plan.value_tombstones:
-        key = _find(root, path)
+        key = root.find(path)
         assert key is not None and key.value(name) is None
     for path in plan.edited:
-        assert _find(root, path).value("Added") is not None  # type: ignore[union-attr]
+        assert root.find(path).value("Added") is not None  # type: ignore[union-attr]
     for path in plan.added:
-        assert _find(root, path) is not None
-    removed = sum(count_keys(_find(base.root, p)) for p in plan.tombstoned)  # type: ignore[arg-type]
-    replaced = sum(count_keys(_find(base.root, p)) - 2 for p in plan.superseded_tree)  # type: ignore[arg-type]
-    added = sum(count_keys(_find(delta.root, p)) for p in plan.added)  # type: ignore[arg-type]
+        assert root.find(path) is not None
+    removed = sum(count_keys(base.root.find(p)) for p in plan.tombstoned)  # type: ignore[arg-type]
+    replaced = sum(count_keys(base.root.find(p)) - 2 for p in plan.superseded_tree)  # type: ignore[arg-type]
+    added = sum(count_keys(delta.root.find(p)) for p in plan.added)  # type: ignore[arg-type]
     added += len(plan.superseded_local)  # each gained an "Updates" child
     assert count_keys(root) == count_keys(base.root) - removed - replaced + added
     assert os_build_number(out) == 20348

@@ -131,11 +131,8 @@ def test_lazy_view_agrees_with_read_hive(hive: Hive) -> None:
     eager = read_hive(data)
     reader = HiveReader(data)
     for path, view in reader.walk():
-        key = eager.root
-        for part in path.split("\\") if path else []:
-            child = key.subkey(part)
-            assert child is not None
-            key = child
+        key = eager.root.find(path)
+        assert key is not None
         assert view.name == key.name and view.class_name == key.class_name
         assert (view.semantics, view.inherit_class) == (key.semantics, key.inherit_class)
         assert view.security == key.security and view.last_written == key.last_written
