@@ -236,8 +236,7 @@ class CimStream:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data`` to the stream (see the class docstring for errors)."""
-        if self._lifecycle.state is not State.OPEN:
-            raise CimWriterStateError(f"the CIM writer is {self._lifecycle.state.value}")
+        self._lifecycle.require_open()
         length = len(data)
         if not length:
             return
@@ -286,8 +285,7 @@ class CimStream:
             return
         self.closed = True
         self._lifecycle.active = None
-        if self._lifecycle.state is not State.OPEN:
-            raise CimWriterStateError(f"the CIM writer is {self._lifecycle.state.value}")
+        self._lifecycle.require_open()
         try:
             self._complete()
         except OSError as e:
