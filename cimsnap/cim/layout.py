@@ -56,6 +56,7 @@ from cimsnap.cim.headers import RegionSet
 from cimsnap.cim.image_files import RegionSink
 from cimsnap.cim.offsets import NULL_OFFSET, RegionOffset, make_region_offset
 from cimsnap.cim.pending import Node, PendingTree, RecordField
+from cimsnap.cim.upcase import encode_name
 
 __all__ = [
     "ForkBase",
@@ -99,7 +100,7 @@ def link_table_bytes(names: Sequence[str], values: bytes, value_size: int) -> by
     STREAM_DESCRIPTOR). Names are written contiguously in entry order after the offsets.
     """
     count = len(names)
-    encoded = [name.encode("utf-16-le", "surrogatepass") for name in names]
+    encoded = [encode_name(name) for name in names]
     header_size = LINK_TABLE_HEADER_FAST.size
     position = header_size + count * (value_size + LINK_NAME_OFFSET_FAST.size)
     offsets = []
