@@ -43,16 +43,8 @@ _SELECT_ALL_ROWS: Final = (
 )
 _SELECT_ALL_LABELS: Final = "SELECT snapshot_id, name, value FROM labels ORDER BY snapshot_id"
 _KINDS: Final = {int(k): k for k in Kind}
+# ``key`` and its ancestors, ``key`` first: (id, kind, key) rows.
 _SELECT_CHAIN: Final = """
-    WITH RECURSIVE chain(id, kind, parent_id, depth) AS (
-        SELECT id, kind, parent_id, 0 FROM snapshots WHERE key = ?
-        UNION ALL
-        SELECT s.id, s.kind, s.parent_id, chain.depth + 1
-        FROM snapshots s JOIN chain ON s.id = chain.parent_id
-    )
-    SELECT id, kind FROM chain ORDER BY depth
-"""
-_SELECT_CHAIN_KEYS: Final = """
     WITH RECURSIVE chain(id, kind, key, parent_id, depth) AS (
         SELECT id, kind, key, parent_id, 0 FROM snapshots WHERE key = ?
         UNION ALL
@@ -213,7 +205,7 @@ def check_commit(tx: ReadTx, key: str, name: str, parent: str) -> SnapshotRef:
     """
     if _row(tx, name) is not None:
         raise AlreadyExists(f"committed snapshot {name}: already exists")
-    chain = tx.connection.execute(_SELECT_CHAIN_KEYS, (key,)).fetchall()
+    chain = tx.connection.execute(_SELECT_CHAIN, (key,)).fetchall()
     if not chain:
         raise NotFound(f'failed to get active snapshot "{key}": not found')
     snapshot_id, kind = int(chain[0][0]), Kind(chain[0][1])
