@@ -83,7 +83,6 @@ from cimsnap.store import (
     get_info,
     get_snapshot,
     id_kinds,
-    id_map,
     remove,
     update_info,
     walk_info,
@@ -416,8 +415,9 @@ class Snapshotter:
         """
         with self._build_lock:
             with self._store.write() as tx:
-                retired = retire_orphans(self.snapshots_dir, self.cim_dir, set(id_map(tx)))
-                committed = [i for i, kind in id_kinds(tx).items() if kind == Kind.COMMITTED]
+                kinds = id_kinds(tx)
+                retired = retire_orphans(self.snapshots_dir, self.cim_dir, kinds.keys())
+                committed = [i for i, kind in kinds.items() if kind == Kind.COMMITTED]
             destroy_retired(self.cim_dir, retired)
         for snapshot_id in committed:
             scratch = self._dir(snapshot_id) / SCRATCH_DIR
