@@ -250,27 +250,21 @@ LH_ELEMENT = c.Struct("offset" / c.Int32ul, "hash" / c.Int32ul)
 #: One element of li/ri/value/segment lists: a cell offset.
 OFFSET_ELEMENT = c.Struct("offset" / c.Int32ul)
 
-LF = c.Struct(
-    "signature" / c.Const(b"lf"),
-    "count" / c.Int16ul,
-    "elements" / c.Array(c.this.count, LH_ELEMENT),
-)
-LH = c.Struct(
-    "signature" / c.Const(b"lh"),
-    "count" / c.Int16ul,
-    "elements" / c.Array(c.this.count, LH_ELEMENT),
-)
-LI = c.Struct(
-    "signature" / c.Const(b"li"),
-    "count" / c.Int16ul,
-    "elements" / c.Array(c.this.count, OFFSET_ELEMENT),
-)
+
+def _subkey_list(signature: bytes, element: c.Struct) -> c.Struct:
+    """A subkey list: LIST_HEADER with its signature fixed, then ``count`` elements."""
+    return c.Struct(
+        "signature" / c.Const(signature),
+        "count" / c.Int16ul,
+        "elements" / c.Array(c.this.count, element),
+    )
+
+
+LF = _subkey_list(b"lf", LH_ELEMENT)
+LH = _subkey_list(b"lh", LH_ELEMENT)
+LI = _subkey_list(b"li", OFFSET_ELEMENT)
 #: ri: a list of li/lf/lh leaves (never of other ri lists).
-RI = c.Struct(
-    "signature" / c.Const(b"ri"),
-    "count" / c.Int16ul,
-    "elements" / c.Array(c.this.count, OFFSET_ELEMENT),
-)
+RI = _subkey_list(b"ri", OFFSET_ELEMENT)
 #: db (big data) record: segment count and the offset of the segment list (§4.1).
 DB = c.Struct(
     "signature" / c.Const(b"db"),
