@@ -19,8 +19,7 @@ import argparse
 import datetime
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from cimsnap.cim.errors import (
     CimFormatError,
     CimNotFoundError,
 )
-from cimsnap.cim.format import StreamType
+from cimsnap.cim.format import FileAttribute, StreamType
 from cimsnap.cim.reader import FileInfo, split_path
 from cimsnap.cim.regions import CimImage, open_image
 from cimsnap.cim.verify import Severity, verify_image
@@ -84,19 +83,10 @@ def _error(message: str) -> int:
     return 1
 
 
-@contextmanager
-def _opened(image_path: Path) -> Iterator[CimImage]:
-    image = open_image(image_path)
-    try:
-        yield image
-    finally:
-        image.close()
-
-
 def _guard(args: argparse.Namespace, body: Callable[[CimImage], int]) -> int:
     """Run ``body`` on the opened image, turning errors into messages and exit code 1."""
     try:
-        with _opened(args.image) as image:
+        with open_image(args.image) as image:
             return body(image)
     except CimFormatError as e:
         return _error(
@@ -143,11 +133,19 @@ def _kind(info: FileInfo) -> str:
     return "pe-image" if info.stream_type is StreamType.PE_IMAGE else "file"
 
 
+_ATTRIBUTE_LETTERS = (
+    (FileAttribute.DIRECTORY, "d"),
+    (FileAttribute.READONLY, "r"),
+    (FileAttribute.HIDDEN, "h"),
+    (FileAttribute.SYSTEM, "s"),
+    (FileAttribute.ARCHIVE, "a"),
+    (FileAttribute.SPARSE_FILE, "S"),
+    (FileAttribute.REPARSE_POINT, "l"),
+)
+
+
 def _attribute_letters(attributes: int) -> str:
-    letters = (
-        (0x10, "d"), (0x1, "r"), (0x2, "h"), (0x4, "s"), (0x20, "a"), (0x200, "S"), (0x400, "l"),
-    )  # fmt: skip
-    return "".join(letter if attributes & bit else "-" for bit, letter in letters)
+    return "".join(letter if attributes & bit else "-" for bit, letter in _ATTRIBUTE_LETTERS)
 
 
 def _ls(args: argparse.Namespace) -> int:
