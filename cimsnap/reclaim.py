@@ -29,7 +29,7 @@ from typing import Final
 
 from cimsnap.wclayer import sweep_unreferenced_regions
 
-__all__ = ["REMOVAL_PREFIX", "Retired", "destroy_retired", "retire_orphans"]
+__all__ = ["REMOVAL_PREFIX", "Retired", "destroy_retired", "remove_tree", "retire_orphans"]
 
 _log = logging.getLogger(__name__)
 
@@ -104,9 +104,18 @@ def destroy_retired(cim_dir: Path, retired: Retired) -> None:
     except OSError as e:
         _log.warning("cleanup: cannot sweep %s: %s", cim_dir, e)
     for directory in retired.directories:
-        shutil.rmtree(directory, onerror=_log_error)
+        remove_tree(directory)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete the tree at ``path`` as far as possible; never raises for a failed entry.
+
+    Entries that vanish meanwhile are fine (a concurrent removal or cleanup got there
+    first); any other failure is logged and the entry left for the next cleanup.
+    """
+    shutil.rmtree(path, onerror=_log_error)
 
 
 def _log_error(function: object, path: str, exc_info: tuple[type, BaseException, object]) -> None:
-    if not isinstance(exc_info[1], FileNotFoundError):  # a concurrent remove got there first
-        _log.warning("cleanup: cannot remove %s: %s", path, exc_info[1])
+    if not isinstance(exc_info[1], FileNotFoundError):
+        _log.warning("cannot remove %s, left for cleanup: %s", path, exc_info[1])

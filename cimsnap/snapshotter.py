@@ -68,7 +68,7 @@ from cimsnap.filters import parse_all
 from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.mounts import Mount, cimfs_mount
-from cimsnap.reclaim import REMOVAL_PREFIX, destroy_retired, retire_orphans
+from cimsnap.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
 from cimsnap.recovery import recover_snapshot_files
 from cimsnap.store import (
     Info,
@@ -385,7 +385,7 @@ class Snapshotter:
         except (CimsnapError, OSError) as e:
             _log.warning("remove %s: CIM of %d left for cleanup: %s", key, snapshot_id, e)
         if renamed is not None:
-            shutil.rmtree(renamed[1], onerror=_log_rmtree_error)
+            remove_tree(renamed[1])
 
     def _rename_for_removal(self, snapshot_id: int) -> tuple[Path, Path] | None:
         source = self._dir(snapshot_id)
@@ -393,7 +393,7 @@ class Snapshotter:
         if target.is_dir() and source.is_dir():
             # Stale leftover of an earlier interrupted removal of this ID (IDs are never
             # reused, so nothing else can own the name); rename() cannot replace it.
-            shutil.rmtree(target, onerror=_log_rmtree_error)
+            remove_tree(target)
         try:
             os.rename(source, target)
         except FileNotFoundError:
@@ -422,7 +422,7 @@ class Snapshotter:
         for snapshot_id in committed:
             scratch = self._dir(snapshot_id) / SCRATCH_DIR
             if scratch.is_dir() and not scratch.is_symlink():
-                shutil.rmtree(scratch, onerror=_log_rmtree_error)
+                remove_tree(scratch)
 
     # -- concurrency -----------------------------------------------------------------
 
@@ -456,11 +456,3 @@ def _lock_root(root: Path) -> int:
         os.close(fd)
         raise Unavailable(f"{root} is in use by another snapshotter: unavailable") from None
     return fd
-
-
-def _log_rmtree_error(
-    function: object, path: str, exc_info: tuple[type, BaseException, object]
-) -> None:
-    # A concurrent cleanup may be deleting the same rm-<id> tree: vanished entries are fine.
-    if not isinstance(exc_info[1], FileNotFoundError):
-        _log.warning("removal left %s for cleanup (%s)", path, exc_info[1])
