@@ -272,6 +272,13 @@ class _Parser:
         self.text = text
         self.scanner = _Scanner(text)
 
+    def scan(self) -> tuple[int, _Tok, str]:
+        """The scanner's next token; an illegal one is a parse error at its position."""
+        pos, tok, text = self.scanner.scan()
+        if tok is _Tok.ILLEGAL:
+            raise _ParseError(pos, self.scanner.error)
+        return pos, tok, text
+
     def selectors(self) -> tuple[_Selector, ...]:
         found = [self.selector()]
         while True:
@@ -306,34 +313,28 @@ class _Parser:
         return tuple(fields)
 
     def field(self) -> str:
-        pos, tok, text = self.scanner.scan()
+        pos, tok, text = self.scan()
         if tok is _Tok.FIELD:
             return text
         if tok is _Tok.QUOTED:
             return self.unquote(pos, text, allow_alt_quotes=False)
-        if tok is _Tok.ILLEGAL:
-            raise _ParseError(pos, self.scanner.error)
         raise _ParseError(pos, "expected field or quoted")
 
     def operator(self) -> _Op:
-        pos, tok, text = self.scanner.scan()
+        pos, tok, text = self.scan()
         if tok is _Tok.OPERATOR:
             for op in (_Op.EQUAL, _Op.NOT_EQUAL, _Op.MATCHES):
                 if text == op.value:
                     return op
             raise _ParseError(pos, f'unsupported operator "{text}"')
-        if tok is _Tok.ILLEGAL:
-            raise _ParseError(pos, self.scanner.error)
         raise _ParseError(pos, 'expected an operator ("=="|"!="|"~=")')
 
     def value(self, *, allow_alt_quotes: bool) -> str:
-        pos, tok, text = self.scanner.scan()
+        pos, tok, text = self.scan()
         if tok in (_Tok.VALUE, _Tok.FIELD):
             return text
         if tok is _Tok.QUOTED:
             return self.unquote(pos, text, allow_alt_quotes=allow_alt_quotes)
-        if tok is _Tok.ILLEGAL:
-            raise _ParseError(pos, self.scanner.error)
         raise _ParseError(pos, "expected value or quoted")
 
     def unquote(self, pos: int, text: str, *, allow_alt_quotes: bool) -> str:
