@@ -55,7 +55,7 @@ from cimsnap.cim.format import (
     SYMLINK_REPARSE_HEADER,
     FileAttribute,
 )
-from cimsnap.cim.upcase import NameOrder, encode_name, invalid_name_reason
+from cimsnap.cim.upcase import encode_name, invalid_name_reason
 from cimsnap.cim.writer import CimWriter
 
 __all__ = ["BuildReport", "build_from_directory"]
@@ -145,7 +145,7 @@ class _Builder:
         self.bytes = 0
         self.problems: list[tuple[Path, str]] = []
         self.inodes: dict[tuple[int, int], str] = {}
-        self.key = NameOrder.default().key
+        self.key = writer.name_key
 
     def problem(self, path: Path, why: str) -> None:
         self.problems.append((path, why))

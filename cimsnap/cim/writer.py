@@ -21,6 +21,7 @@ Output is deterministic: the same calls with the same ``region_set_id`` give the
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -170,6 +171,13 @@ class CimWriter:
     def region_set_id(self) -> uuid.UUID:
         """The GUID in the names of this image's region and objectid files."""
         return self._own.guid
+
+    @property
+    def name_key(self) -> Callable[[str], str]:
+        """The §7.3 key this image's link tables are sorted with: two names are the same
+        entry of a directory iff their keys are equal. A fork keeps its parent's upcase
+        table (§5), so its key may differ from :meth:`NameOrder.default`'s."""
+        return self._tree.fold
 
     @property
     def state(self) -> State:

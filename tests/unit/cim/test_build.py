@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from cimsnap.cim.format import (
     FileAttribute,
 )
 from cimsnap.cim.regions import open_image
+from cimsnap.upcase import upcase_table_bytes
+from tests.unit.cim.imagebuilder import ImageBuilder
 
 
 @pytest.fixture
@@ -199,3 +202,25 @@ def test_output_directory_equal_to_the_source(tmp_path: Path) -> None:
     assert all("own file" in why for _, why in report.problems)
     with open_image(tmp_path / "img.cim") as image:
         assert [e.name for e in image.reader.listdir("")] == ["file"]
+
+
+def test_fork_detects_name_collisions_with_the_parents_upcase_table(tmp_path: Path) -> None:
+    # A parent whose stored table does not fold a-z: the fork keeps that table (§5), so
+    # "a" and "A" are two entries, and the build must not report them as colliding.
+    table = bytearray(upcase_table_bytes())
+    for c in range(ord("a"), ord("z") + 1):
+        struct.pack_into("<H", table, 2 * c, c)
+    parent = ImageBuilder(upcase=bytes(table))
+    parent.add_file(1, "old", b"o")
+    parent.build().write(tmp_path, "parent.cim")
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "A").write_text("upper")
+    (layer / "a").write_text("lower")
+    report = build_from_directory(layer, tmp_path / "child.cim", parent=tmp_path / "parent.cim")
+    assert report.problems == []
+    with open_image(tmp_path / "child.cim") as image:
+        reader = image.reader
+        assert [e.name for e in reader.listdir("")] == ["A", "a", "old"]
+        assert reader.open_stream("A").read() == b"upper"
+        assert reader.open_stream("a").read() == b"lower"
