@@ -25,6 +25,7 @@ __all__ = [
     "parse_address",
     "prepare_unix_socket",
     "socket_is_live",
+    "split_host_port",
 ]
 
 
@@ -64,15 +65,26 @@ class TcpAddress:
 ListenAddress = UnixAddress | TcpAddress
 
 
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); None if a part is missing or not a number.
+
+    The port is not range-checked. Only decimal digits count (``int()`` refuses others
+    such as ``"²"``).
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdecimal():
+        return None
+    return host, int(port)
+
+
 def parse_address(text: str) -> ListenAddress:
     """Parse a configured address; raise ``InvalidArgument`` naming it when malformed."""
     if text.startswith("tcp://"):
-        rest = text[len("tcp://") :]
-        host, sep, port = rest.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if not sep or not host or not port.isdigit():
+        host_port = split_host_port(text[len("tcp://") :])
+        if host_port is None:
             raise InvalidArgument(f"address {text!r}: expected tcp://HOST:PORT")
-        return TcpAddress(host, int(port))
+        return TcpAddress(*host_port)
     if text.startswith("unix://"):
         path = text[len("unix://") :]
     elif text.startswith("unix:"):

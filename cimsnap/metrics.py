@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from cimsnap.errdefs import InvalidArgument
+from cimsnap.listen import split_host_port
 
 __all__ = ["RpcMetrics", "parse_metrics_address"]
 
@@ -31,11 +32,10 @@ _BUCKETS: Final = (
 
 def parse_metrics_address(text: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` too); raise ``InvalidArgument`` if malformed."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    host_port = split_host_port(text)
+    if host_port is None or host_port[1] > 65535:
         raise InvalidArgument(f"metrics_address {text!r}: expected HOST:PORT")
-    return host, int(port)
+    return host_port
 
 
 class RpcMetrics:

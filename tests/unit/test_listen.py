@@ -15,7 +15,9 @@ from cimsnap.listen import (
     parse_address,
     prepare_unix_socket,
     socket_is_live,
+    split_host_port,
 )
+from cimsnap.metrics import parse_metrics_address
 
 
 @pytest.mark.parametrize(
@@ -40,7 +42,15 @@ def test_grpc_targets() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["tcp://127.0.0.1", "tcp://:80", "tcp://h:port", "http://x:1", "unix://", "tcp://h:99999"],
+    [
+        "tcp://127.0.0.1",
+        "tcp://:80",
+        "tcp://h:port",
+        "http://x:1",
+        "unix://",
+        "tcp://h:99999",
+        "tcp://h:\u00b2",  # a digit to str.isdigit, not to int()
+    ],
 )
 def test_parse_rejects(text: str) -> None:
     with pytest.raises(InvalidArgument):
@@ -92,3 +102,18 @@ def test_regular_file_is_never_deleted(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition):
         prepare_unix_socket(path)
     assert path.read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("h:1", ("h", 1)), ("[::1]:80", ("::1", 80)), ("h:", None), (":1", None), ("h:\u00b2", None)],
+)
+def test_split_host_port(text: str, expected: tuple[str, int] | None) -> None:
+    assert split_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "127.0.0.1:65536", "h:x", "h:\u00b2"])
+def test_metrics_address_rejects(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_metrics_address(text)
+    assert parse_metrics_address("[::1]:9110") == ("::1", 9110)
