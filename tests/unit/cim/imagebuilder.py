@@ -7,6 +7,7 @@ second layout: every structure is built with the format module's construct decla
 
 from __future__ import annotations
 
+import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,15 @@ from cimsnap.upcase import upcase_table_bytes
 
 NULL_DACL_SD = bytes.fromhex("01000480") + bytes(16)
 ORDER = NameOrder.default()
+
+
+def case_sensitive_upcase() -> bytes:
+    """Windows' table with 'a'..'z' mapped to themselves: 'a' and 'A' become distinct names,
+    and 'B' sorts before 'a'."""
+    table = bytearray(upcase_table_bytes())
+    for c in range(ord("a"), ord("z") + 1):
+        struct.pack_into("<H", table, 2 * c, c)
+    return bytes(table)
 
 
 def common(file_type, parent_count=0):

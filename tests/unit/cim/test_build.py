@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,7 @@ from cimsnap.cim.format import (
     FileAttribute,
 )
 from cimsnap.cim.regions import open_image
-from cimsnap.upcase import upcase_table_bytes
-from tests.unit.cim.imagebuilder import ImageBuilder
+from tests.unit.cim.imagebuilder import ImageBuilder, case_sensitive_upcase
 
 
 @pytest.fixture
@@ -207,10 +205,7 @@ def test_output_directory_equal_to_the_source(tmp_path: Path) -> None:
 def test_fork_detects_name_collisions_with_the_parents_upcase_table(tmp_path: Path) -> None:
     # A parent whose stored table does not fold a-z: the fork keeps that table (§5), so
     # "a" and "A" are two entries, and the build must not report them as colliding.
-    table = bytearray(upcase_table_bytes())
-    for c in range(ord("a"), ord("z") + 1):
-        struct.pack_into("<H", table, 2 * c, c)
-    parent = ImageBuilder(upcase=bytes(table))
+    parent = ImageBuilder(upcase=case_sensitive_upcase())
     parent.add_file(1, "old", b"o")
     parent.build().write(tmp_path, "parent.cim")
     layer = tmp_path / "layer"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
 import uuid
 
 import pytest
@@ -21,8 +20,7 @@ from cimsnap.cim.errors import (
 from cimsnap.cim.reader import CimReader, DirEntry, StreamInfo
 from cimsnap.cim.regions import open_image
 from cimsnap.cim.verify import verify_reader
-from cimsnap.upcase import upcase_table_bytes
-from tests.unit.cim.imagebuilder import ImageBuilder
+from tests.unit.cim.imagebuilder import ImageBuilder, case_sensitive_upcase
 
 SYMLINK = (0xA000000C).to_bytes(4, "little") + bytes(12) + "target".encode("utf-16-le")
 
@@ -214,10 +212,7 @@ def test_missing_region_file_is_named(tmp_path):
 def test_lookups_use_the_images_own_upcase_table():
     # A stored table that does not fold a-z: names become case-sensitive, and the link
     # table is sorted with that table ('B' < 'a'), which the default table would not find.
-    table = bytearray(upcase_table_bytes())
-    for c in range(ord("a"), ord("z") + 1):
-        struct.pack_into("<H", table, 2 * c, c)
-    b = ImageBuilder(upcase=bytes(table))
+    b = ImageBuilder(upcase=case_sensitive_upcase())
     for name in ["a", "A", "b", "B", "zz"]:
         b.add_file(1, name, name.encode())
     built = b.build()
