@@ -4,10 +4,11 @@ reflection, metrics and TCP, against real sockets and the real snapshotter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
+from cimsnap.config import Config
+from cimsnap.daemon import Daemon
 from cimsnap.listen import TcpAddress, parse_address
 from cimsnap.metrics import RpcMetrics
 from cimsnap.server import STATUS_CODES, status_code_for
@@ -121,8 +124,11 @@ class Gated:
         raise WouldBlock("gated")
 
 
-async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_dir: Path) -> None:
-    config = server_config(tmp_path, sock_dir, shutdown_grace_seconds=30.0)
+@contextlib.asynccontextmanager
+async def stat_held_in_a_worker(
+    config: Config,
+) -> AsyncIterator[tuple[Daemon, Snapshotter, Gated, asyncio.Future[pb.StatSnapshotResponse]]]:
+    """A running daemon whose Stat of "k" (an RPC in flight) waits at its gate in a worker."""
     gated: list[Gated] = []
 
     def wrap(real: Snapshotter) -> Gated:
@@ -137,13 +143,19 @@ async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_
         await stub.Prepare(pb.PrepareSnapshotRequest(key="k"))
         inflight = asyncio.ensure_future(stub.Stat(pb.StatSnapshotRequest(key="k")))
         assert await asyncio.to_thread(gated[0].entered.wait, 10)
+        yield daemon, snapshotter, gated[0], inflight
+
+
+async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_dir: Path) -> None:
+    config = server_config(tmp_path, sock_dir, shutdown_grace_seconds=30.0)
+    async with stat_held_in_a_worker(config) as (daemon, snapshotter, gated, inflight):
         stopping = asyncio.ensure_future(daemon.stop())
         await asyncio.sleep(0.3)
         assert not stopping.done()  # waiting for the running RPC
-        gated[0].gate.set()
+        gated.gate.set()
         response = await inflight
         assert response.info.name == "k"
-        assert gated[0].nowait_calls == 1  # tried on the loop first, then waited in a thread
+        assert gated.nowait_calls == 1  # tried on the loop first, then waited in a thread
         await asyncio.wait_for(stopping, 30)
     assert not Path(config.address).exists()  # socket removed
     with pytest.raises(errdefs.Unavailable):
@@ -152,25 +164,12 @@ async def test_graceful_shutdown_lets_a_running_rpc_finish(tmp_path: Path, sock_
 
 async def test_grace_period_expiry_cancels_the_rpc(tmp_path: Path, sock_dir: Path) -> None:
     config = server_config(tmp_path, sock_dir, shutdown_grace_seconds=0.2)
-    gated: list[Gated] = []
-
-    def wrap(real: Snapshotter) -> Gated:
-        gated.append(Gated(real))
-        return gated[0]
-
-    async with (
-        running_daemon(config, wrap=wrap) as (daemon, _),
-        grpc.aio.insecure_channel(target(config.address)) as channel,
-    ):
-        stub = pb_grpc.SnapshotsStub(channel)
-        await stub.Prepare(pb.PrepareSnapshotRequest(key="k"))
-        inflight = asyncio.ensure_future(stub.Stat(pb.StatSnapshotRequest(key="k")))
-        assert await asyncio.to_thread(gated[0].entered.wait, 10)
+    async with stat_held_in_a_worker(config) as (daemon, _, gated, inflight):
         stopping = asyncio.ensure_future(daemon.stop())
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await asyncio.wait_for(inflight, 10)
         assert e.value.code() != grpc.StatusCode.OK
-        gated[0].gate.set()  # the worker thread finishes; stop() waits for it
+        gated.gate.set()  # the worker thread finishes; stop() waits for it
         await asyncio.wait_for(stopping, 30)
 
 
