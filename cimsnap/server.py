@@ -133,9 +133,10 @@ class GrpcService(Protocol):
 class BlockingCalls:
     """Runs blocking calls on a bounded thread pool and turns their errors into statuses.
 
-    ``run()`` is the single place where an RPC's outcome is decided: a ``CimsnapError``
-    aborts with its mapped code and its own message; any other exception is logged with a
-    traceback and aborts with INTERNAL. Every outcome is recorded in ``metrics``.
+    ``_answer()``, behind both ``run()`` and ``run_nowait()``, is the single place where an
+    RPC's outcome is decided: a ``CimsnapError`` aborts with its mapped code and its own
+    message; any other exception is logged with a traceback and aborts with INTERNAL. Every
+    outcome is recorded in ``metrics``.
     """
 
     def __init__(self, max_workers: int, metrics: RpcMetrics) -> None:
