@@ -17,6 +17,7 @@ from cimsnap.cim.errors import (
     CimNotADirectoryError,
     CimNotFoundError,
     CimPathNotFoundError,
+    CimSharingViolationError,
     CimWriteBeyondSizeError,
 )
 from cimsnap.cim.file_metadata import FileMetadata
@@ -44,6 +45,7 @@ __all__ = [
     "CimNotFoundError",
     "CimPathNotFoundError",
     "CimReader",
+    "CimSharingViolationError",
     "CimStream",
     "CimWriteBeyondSizeError",
     "CimWriter",

@@ -30,7 +30,8 @@ import re
 from pathlib import Path
 from typing import Final
 
-from cimsnap.cim.errors import CimFormatError, CimSharingViolationError
+from cimsnap.cim.errors import CimSharingViolationError
+from cimsnap.cim.format import MAGIC
 from cimsnap.cim.headers import (
     RegionSet,
     objectid_file_name,
@@ -84,8 +85,12 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
     """Remove writer files that no image in ``directory`` refers to; return them.
 
     Crash leftovers (step 1-3 of the module docstring) are region and objectid files whose
-    GUID no ``.cim`` lists, and temporary ``.cim`` files. Every other regular file is
-    tried as an image header; files that are not images are left alone. Takes the writer
+    GUID no image lists, and temporary ``.cim`` files. Image names are free-form, so every
+    other regular file that may be an image (its name ends in ``.cim``, or it starts with
+    the CimFS magic) is read as one; other files are left alone.
+
+    Fails closed: an image that cannot be read may reference any region set, so its
+    error (CimFormatError or OSError) is raised and nothing is deleted. Takes the writer
     lock, so it raises CimSharingViolationError instead of racing a live writer.
     """
     fd = _lock_directory(directory)
@@ -101,11 +106,10 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
                     guid = match.group("guid")
                     candidates.append((Path(entry.path), "" if guid is None else guid))
                     continue
-                try:
-                    header = read_image_header(Path(entry.path))
-                except (CimFormatError, OSError):
-                    continue
-                referenced.update(str(region_set.guid) for region_set in header.region_sets)
+                path = Path(entry.path)
+                if _may_be_image(path):
+                    header = read_image_header(path)
+                    referenced.update(str(region_set.guid) for region_set in header.region_sets)
         removed = [path for path, guid in candidates if guid not in referenced]
         for path in removed:
             path.unlink()
@@ -114,6 +118,14 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
         return removed
     finally:
         os.close(fd)
+
+
+def _may_be_image(path: Path) -> bool:
+    """True if ``path`` is named like an image or starts with the CimFS magic."""
+    if path.suffix == ".cim":
+        return True
+    with path.open("rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 class RegionSink:

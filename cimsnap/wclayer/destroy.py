@@ -13,16 +13,18 @@ in the directory references their set, and never files of its parents' sets.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import re
 import uuid
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Final
 
-from cimsnap.cim import CimFormatError, read_image_header, region_set_files
+from cimsnap.cim import (
+    CimFormatError,
+    CimSharingViolationError,
+    read_image_header,
+    reclaim_unreferenced,
+    region_set_files,
+)
 
 __all__ = ["destroy_cim_layer", "referenced_region_sets", "sweep_unreferenced_regions"]
 
@@ -94,46 +96,19 @@ def destroy_cim_layer(
         path.unlink(missing_ok=True)
 
 
-#: ``region_<guid>_<n>`` and ``objectid_<guid>_<n>`` (cim-format.md §2).
-_REGION_FILE: Final = re.compile(
-    r"(?:region|objectid)_([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})_\d+"
-)
-#: The CIM writer's temporary image name (``.<image>.<guid>.tmp``, cimsnap.cim.image_files).
-_TEMP_IMAGE: Final = re.compile(r"\..+\.tmp")
-
-
 def sweep_unreferenced_regions(directory: Path) -> list[Path]:
-    """Delete region/objectid files no ``.cim`` in ``directory`` references, and temp images.
+    """Delete region/objectid files no image in ``directory`` references, and temp images.
 
-    Runs only while it can take the CIM writers' directory lock (an exclusive, non-blocking
-    ``flock`` on ``directory``, the one :class:`cimsnap.cim.image_files.ImageFiles` holds
-    while writing): files of an image being written are referenced by no ``.cim`` yet, so
-    a busy directory is skipped (logged) and left for the next sweep. Also skipped when any
-    image header is unreadable. Returns the paths deleted. Raises OSError only if
-    ``directory`` cannot be opened.
+    ``cimsnap.cim.reclaim_unreferenced`` does the work under the CIM writers' directory
+    lock; files of an image being written are referenced by no ``.cim`` yet, so a busy
+    directory is skipped (logged) and left for the next sweep. Also skipped (logged) when
+    any image header, or the directory, cannot be read: nothing is deleted then. Returns
+    the paths deleted.
     """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _log.info("a CIM writer is active in %s; region sweep postponed", directory)
-            return []
-        try:
-            referenced = referenced_region_sets(directory)
-        except (CimFormatError, OSError) as e:
-            _log.warning("cannot read every image in %s (%s); region sweep skipped", directory, e)
-            return []
-        removed: list[Path] = []
-        for entry in os.scandir(directory):
-            match = _REGION_FILE.fullmatch(entry.name)
-            orphan = match is not None and uuid.UUID(match.group(1)) not in referenced
-            if orphan or _TEMP_IMAGE.fullmatch(entry.name):
-                path = Path(entry.path)
-                path.unlink(missing_ok=True)
-                removed.append(path)
-        if removed:
-            os.fsync(fd)
-        return removed
-    finally:
-        os.close(fd)  # also releases the flock
+        return reclaim_unreferenced(directory)
+    except CimSharingViolationError:
+        _log.info("a CIM writer is active in %s; region sweep postponed", directory)
+    except (CimFormatError, OSError) as e:
+        _log.warning("cannot read every image in %s (%s); region sweep skipped", directory, e)
+    return []

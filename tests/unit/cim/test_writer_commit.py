@@ -14,6 +14,7 @@ import pytest
 
 from cimsnap.cim import content as content_module
 from cimsnap.cim.content import State
+from cimsnap.cim.errors import CimFormatError
 from cimsnap.cim.file_metadata import FileMetadata
 from cimsnap.cim.format import FILES_PER_TABLE, PAGE_SIZE, FileAttribute
 from cimsnap.cim.headers import read_image_header
@@ -280,3 +281,21 @@ def test_fork_change_through_a_name_deleted_later_survives(tmp_path: Path) -> No
     with open_image(tmp_path / "fork.cim") as image:
         assert image.reader.open_stream("kept\\file", "s").read() == b"s"
         assert [e.name for e in image.reader.listdir("")] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("broken.cim", b"garbage"), ("no-suffix-image", b"cimfile0" + bytes(8))],
+)
+def test_reclaim_deletes_nothing_while_an_image_is_unreadable(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    # An unreadable image may reference any region set: reclaiming must fail closed.
+    orphan = tmp_path / f"region_{uuid.UUID(int=9)}_0"
+    orphan.write_bytes(b"x")
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(CimFormatError):
+        reclaim_unreferenced(tmp_path)
+    assert orphan.exists()
+    (tmp_path / name).unlink()
+    assert reclaim_unreferenced(tmp_path) == [orphan]
