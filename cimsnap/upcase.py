@@ -32,8 +32,10 @@ __all__ = [
     "UPCASE_SHA256",
     "UPCASE_TABLE_SIZE",
     "fold_code_units",
+    "translation_from_table",
     "upcase_table",
     "upcase_table_bytes",
+    "windows_translation",
 ]
 
 #: Bytes in the on-disk table: 0x10000 little-endian u16 entries.
@@ -71,10 +73,22 @@ def upcase_table() -> tuple[int, ...]:
     return tuple(struct.unpack(f"<{UPCASE_TABLE_SIZE // 2}H", upcase_table_bytes()))
 
 
+def translation_from_table(table: bytes | memoryview) -> dict[int, int]:
+    """Return the ``str.translate`` mapping of a stored table (u16 LE entries).
+
+    It maps every code unit the table changes, and only those. Raises ValueError unless
+    ``table`` is exactly :data:`UPCASE_TABLE_SIZE` bytes.
+    """
+    if len(table) != UPCASE_TABLE_SIZE:
+        raise ValueError(f"upcase table is {len(table)} bytes, not {UPCASE_TABLE_SIZE}")
+    units = struct.unpack(f"<{UPCASE_TABLE_SIZE // 2}H", table)
+    return {c: u for c, u in enumerate(units) if c != u}
+
+
 @cache
-def _translation() -> dict[int, int]:
-    table = upcase_table()
-    return {c: u for c, u in enumerate(table) if c != u}
+def windows_translation() -> dict[int, int]:
+    """The mapping of Windows' own table, built once. Shared: callers must not modify it."""
+    return translation_from_table(upcase_table_bytes())
 
 
 def fold_code_units(name: str) -> str:
@@ -84,4 +98,4 @@ def fold_code_units(name: str) -> str:
     the result always has the same length as ``name``. Use it as the case-insensitive
     identity of a registry or CimFS name.
     """
-    return name.translate(_translation())
+    return name.translate(windows_translation())

@@ -15,13 +15,12 @@ character and an unpaired surrogate is kept as a lone surrogate code point; that
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Final
 
 from cimsnap import upcase as windows_upcase
 from cimsnap.cim.errors import CimInvalidNameError
-from cimsnap.cim.format import MAX_NAME_LENGTH, UPCASE_TABLE_SIZE
+from cimsnap.cim.format import MAX_NAME_LENGTH
 
 __all__ = [
     "NameOrder",
@@ -98,7 +97,8 @@ class NameOrder:
     ``key(a) < key(b)`` iff ``a`` sorts before ``b``; ``key(a) == key(b)`` iff the names
     are equal case-insensitively (and so cannot share a link table). Keys are ``str``:
     each BMP code point mapped through the table, supplementary characters unmapped, which
-    makes Python's code-point string order exactly the §7.3 order.
+    makes Python's code-point string order exactly the §7.3 order. ``translation`` may be
+    shared (every default order uses the one cached Windows mapping) and is never modified.
     """
 
     translation: dict[int, int] = field(repr=False)
@@ -106,7 +106,7 @@ class NameOrder:
     @classmethod
     def default(cls) -> NameOrder:
         """The order over Windows' upcase table (what cimsnap writes into images)."""
-        return cls.from_table(windows_upcase.upcase_table_bytes())
+        return cls(windows_upcase.windows_translation())
 
     @classmethod
     def from_table(cls, table: bytes | memoryview) -> NameOrder:
@@ -115,10 +115,7 @@ class NameOrder:
         Raises ValueError if the table has the wrong size (the reader checks first and
         raises CimFormatError instead).
         """
-        if len(table) != UPCASE_TABLE_SIZE:
-            raise ValueError(f"upcase table is {len(table)} bytes, not {UPCASE_TABLE_SIZE}")
-        units = struct.unpack(f"<{UPCASE_TABLE_SIZE // 2}H", table)
-        return cls({c: u for c, u in enumerate(units) if c != u})
+        return cls(windows_upcase.translation_from_table(table))
 
     def key(self, name: str) -> str:
         """Return the sort key of ``name``."""

@@ -11,7 +11,14 @@ import sys
 import pytest
 
 from cimsnap import upcase
-from cimsnap.upcase import UPCASE_SHA256, fold_code_units, upcase_table, upcase_table_bytes
+from cimsnap.upcase import (
+    UPCASE_SHA256,
+    fold_code_units,
+    translation_from_table,
+    upcase_table,
+    upcase_table_bytes,
+    windows_translation,
+)
 
 
 def test_table_is_131072_bytes_with_pinned_hash() -> None:
@@ -82,3 +89,16 @@ def test_regenerating_with_mkntfs_matches() -> None:
         [sys.executable, "-m", "cimsnap.devtools.genupcase"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_translation_maps_exactly_the_changed_code_units() -> None:
+    table = upcase_table()
+    mapping = translation_from_table(upcase_table_bytes())
+    assert mapping == {c: u for c, u in enumerate(table) if c != u}
+    assert mapping == windows_translation()
+    assert 0x61 in mapping and 0xB5 not in mapping  # a -> A; µ stays
+
+
+def test_translation_refuses_a_table_of_the_wrong_size() -> None:
+    with pytest.raises(ValueError):
+        translation_from_table(bytes(131070))
