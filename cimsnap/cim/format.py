@@ -26,6 +26,8 @@ from typing import Any, Final
 
 import construct as cs
 
+from cimsnap.binfields import leaves
+
 __all__ = [
     "COMMON_HEADER",
     "COMMON_HEADER_SIZE",
@@ -444,33 +446,6 @@ def header_length(file_type: FileType, parent_count: int = 0) -> int:
 # --- derived fast paths --------------------------------------------------------------------
 
 
-def _leaves(con: Any, prefix: str) -> list[tuple[str, int, str | None]]:
-    """Return ``(dotted name, byte size, struct code or None)`` for each leaf of ``con``.
-
-    The code is None for a fixed-size leaf with no struct equivalent (an adapter).
-    Raises TypeError for a leaf whose size is not fixed.
-    """
-    name = prefix or "value"
-    while isinstance(con, cs.Renamed):
-        con = con.subcon
-    if isinstance(con, cs.Struct):
-        leaves: list[tuple[str, int, str | None]] = []
-        for sub in con.subcons:
-            if sub.name is None:
-                raise TypeError(f"{name}: unnamed field")
-            leaves += _leaves(sub, f"{prefix}.{sub.name}" if prefix else sub.name)
-        return leaves
-    if isinstance(con, cs.FormatField) and con.fmtstr[0] == "<":
-        return [(name, con.sizeof(), con.fmtstr[1:])]
-    if isinstance(con, cs.Bytes) and isinstance(con.length, int):
-        return [(name, con.length, f"{con.length}s")]
-    try:
-        size = con.sizeof()
-    except cs.SizeofError as e:
-        raise TypeError(f"{name}: {type(con).__name__} has no fixed size") from e
-    return [(name, size, None)]
-
-
 def field_offsets(con: Any) -> dict[str, int]:
     """Return each leaf field's byte offset (dotted names) of a fixed-size declaration.
 
@@ -478,9 +453,9 @@ def field_offsets(con: Any) -> dict[str, int]:
     """
     offsets: dict[str, int] = {}
     position = 0
-    for name, size, _ in _leaves(con, ""):
-        offsets[name] = position
-        position += size
+    for leaf in leaves(con):
+        offsets[leaf.name] = position
+        position += leaf.size
     return offsets
 
 
@@ -524,11 +499,11 @@ def derive_fast(con: Any) -> FastStruct:
     """
     fields: list[str] = []
     codes: list[str] = []
-    for name, _, code in _leaves(con, ""):
-        if code is None:
-            raise TypeError(f"{name}: no struct equivalent, so no fast path")
-        fields.append(name)
-        codes.append(code)
+    for leaf in leaves(con):
+        if leaf.code is None:
+            raise TypeError(f"{leaf.name}: no struct equivalent, so no fast path")
+        fields.append(leaf.name)
+        codes.append(leaf.code)
     return FastStruct(fields=tuple(fields), packer=struct.Struct("<" + "".join(codes)))
 
 

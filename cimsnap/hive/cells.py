@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import construct as c
 
+from cimsnap.binfields import leaves
 from cimsnap.upcase import fold_code_units
 
 __all__ = [
@@ -343,34 +344,24 @@ class FastLayout:
         return dict(zip(self.names, self.struct.unpack_from(buf, offset), strict=True))
 
 
-def _field_format(sub: Any) -> tuple[str, bytes | None]:
-    if isinstance(sub, c.FormatField):
-        fmt: str = sub.fmtstr
-        return fmt[1:], None
-    if isinstance(sub, c.Const):
-        value: bytes = sub.value
-        return f"{len(value)}s", value
-    if isinstance(sub, c.Bytes) and isinstance(sub.length, int):
-        return f"{sub.length}s", None
-    raise TypeError(f"no fast form for {sub!r}")
-
-
 def fast_layout(decl: c.Struct) -> FastLayout:
     """Derive a little-endian ``struct.Struct`` from a fixed-size construct declaration.
 
-    Supports the field kinds used in this module (``FormatField``, ``Const``, fixed
-    ``Bytes``); raises TypeError for anything else, so a declaration that grows a variable
+    The leaves come from :func:`cimsnap.binfields.leaves`, the rules the CIM format's fast
+    paths use too (``FormatField``, ``Const``, fixed ``Bytes``); raises TypeError for
+    anything else, so a declaration that grows a variable
     part cannot silently get a wrong fast form.
     """
     fmt = ["<"]
     names: list[str] = []
     consts: list[tuple[int, bytes]] = []
-    for i, sub in enumerate(decl.subcons):
-        part, const = _field_format(sub.subcon)
-        fmt.append(part)
-        names.append(sub.name)
-        if const is not None:
-            consts.append((i, const))
+    for i, leaf in enumerate(leaves(decl)):
+        if leaf.code is None:
+            raise TypeError(f"{leaf.name}: no fast form")
+        fmt.append(leaf.code)
+        names.append(leaf.name)
+        if leaf.const is not None:
+            consts.append((i, leaf.const))
     return FastLayout(struct.Struct("".join(fmt)), tuple(names), tuple(consts))
 
 
