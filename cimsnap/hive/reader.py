@@ -16,8 +16,9 @@ subclasses from the base block):
 * two subkeys of one key with the same folded name are an error (Windows cannot create
   them; which one it would use is unknown, so we refuse);
 * keys nested deeper than :data:`~cimsnap.hive.cells.MAX_KEY_DEPTH` are an error;
-* a key name containing a backslash is an error (Windows cannot create one, and the writer
-  refuses it with HiveModelError, so a damaged hive fails here as a format error instead).
+* an empty key name, or one containing a backslash, is an error (Windows cannot create
+  one, and the writer refuses it with HiveModelError, so a damaged hive fails here as a
+  format error instead).
 
 Layer marks (nk byte 13, vk tombstone flag) are decoded only when the base block has flag
 0x2 (§4.3); in other hives they are ignored and read as zero.
@@ -93,6 +94,8 @@ def _key(
 ) -> tuple[Key, int, int]:
     """Decode the nk at ``off`` with its values; return (key, subkey count, list offset)."""
     rec = image.node(off)
+    if not rec.name:
+        raise HiveFormatError("nk cell", off, "empty key name")
     if "\\" in rec.name:
         raise HiveFormatError("nk cell", off, f"backslash in key name {rec.name!r}")
     sd = security.get(rec.security)

@@ -203,6 +203,19 @@ def test_a_backslash_in_a_key_name_is_a_format_error_naming_the_cell() -> None:
     assert f"{OFF['B']:#x}" in str(exc.value)
 
 
+def test_an_empty_key_name_is_a_format_error_naming_the_cell() -> None:
+    """The writer refuses an empty name (HiveModelError), so the reader refuses it first."""
+    buf = bytearray(GOOD)
+    names = C.NK_HEADER_FAST.names
+    at = C.NK_HEADER_FAST.struct.size - 4  # name_length, then class_length, end the header
+    assert names[-2:] == ("name_length", "class_length")
+    struct.pack_into("<H", buf, 4096 + OFF["B"] + 4 + at, 0)  # name "B" -> ""
+    with pytest.raises(HiveFormatError) as exc:
+        read_hive(bytes(buf))
+    assert (exc.value.what, exc.value.offset) == ("nk cell", OFF["B"])
+    assert f"{OFF['B']:#x}" in str(exc.value)
+
+
 def test_lf_and_li_leaves_are_read() -> None:
     """Older leaf kinds: lf (hint instead of hash) and li (offsets only)."""
     expected = read_hive(GOOD)
