@@ -16,7 +16,7 @@ Workload (same run, same disk, fresh roots):
 * list: M snapshots (default 10,000, two labels each) created directly, then ``List`` with
   no filter, fully materialised by the client; the best and median of 5 runs.
 
-Measured twice: through gRPC (``cimsnap.client.SnapshotsClient`` -> unix socket -> a real
+Measured twice: through gRPC (``cimsnap.daemon.client.SnapshotsClient`` -> unix socket -> a real
 ``cimsnap serve`` process -> ``Snapshotter``) and, as the baseline, the same calls on a
 ``Snapshotter`` in this process. The difference is the cost of the gRPC edge (both sides
 are Python). The metastore runs with ``synchronous=FULL`` (every Prepare/Commit/Remove
@@ -59,10 +59,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cimsnap.cim import build_from_directory
-from cimsnap.client import SnapshotsClient
-from cimsnap.listen import parse_address
-from cimsnap.server import SnapshotterAPI
-from cimsnap.snapshotter import Mount, Snapshotter
+from cimsnap.daemon.client import SnapshotsClient
+from cimsnap.daemon.listen import parse_address
+from cimsnap.daemon.server import SnapshotterAPI
+from cimsnap.snapshots.snapshotter import Mount, Snapshotter
 
 TARGETS_MS = {"Stat": 0.5, "Stat sweep": 0.5, "Prepare": 3.0, "Commit": 3.0}
 LIST_TARGET_MS = 300.0

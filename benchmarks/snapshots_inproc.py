@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cimsnap.cim import build_from_directory
-from cimsnap.snapshotter import Snapshotter
+from cimsnap.snapshots.snapshotter import Snapshotter
 from cimsnap.store import Kind, Store, create_snapshot
 
 TARGETS_MS = {"Stat": 0.5, "Prepare": 3.0, "Commit": 3.0, "List": 300.0}

@@ -2,7 +2,7 @@
 
 Mirrors containerd's ``errdefs``: each class corresponds to one gRPC status code, and
 callers test the class (``isinstance(e, NotFound)``), never the message text. Only
-``cimsnap.server`` maps these classes to ``grpc.StatusCode``; everything below it raises
+``cimsnap.daemon.server`` maps these classes to ``grpc.StatusCode``; everything below it raises
 them (format packages raise their own format errors, which the differ and snapshotter
 translate with ``raise InvalidArgument(...) from e``).
 

@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from cimsnap.config import Config
-from cimsnap.daemon import Daemon, check_address
-from cimsnap.metrics import RpcMetrics
-from cimsnap.server import BlockingCalls, SnapshotsService, SnapshotterAPI
-from cimsnap.snapshotter import Snapshotter
+from cimsnap.daemon.config import Config
+from cimsnap.daemon.metrics import RpcMetrics
+from cimsnap.daemon.process import Daemon, check_address
+from cimsnap.daemon.server import BlockingCalls, SnapshotsService, SnapshotterAPI
+from cimsnap.snapshots.snapshotter import Snapshotter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

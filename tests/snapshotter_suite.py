@@ -3,7 +3,7 @@
 Modelled on containerd's ``core/snapshots/testsuite`` (containerd-integration.md §4) plus
 the API contract of §2.2 and cimsnap's own commit/cleanup rules. Every test takes the
 fixture ``snapshotter_factory``: a callable ``factory(root: Path)`` returning a fresh object
-with the :class:`cimsnap.snapshotter.Snapshotter` API on ``root`` (the in-process suite
+with the :class:`cimsnap.snapshots.snapshotter.Snapshotter` API on ``root`` (the in-process suite
 passes the class; the server suite passes a client talking to ``cimsnap serve`` over a unix
 socket). ``close()`` on that object must release ``root`` so that calling the factory again
 on the same root sees the persisted state. The fixture closes whatever is left open.
@@ -35,7 +35,7 @@ import pytest
 from cimsnap.cim import build_from_directory, read_image_header
 from cimsnap.cim.regions import open_image
 from cimsnap.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from cimsnap.snapshotter import Info, Kind, Mount, Usage
+from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage
 
 GC_ROOT = {"containerd.io/gc.root": "2026-01-01T00:00:00Z"}
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from cimsnap.config import default_toml
+from cimsnap.daemon.config import default_toml
 
 
 def register(subparsers: Any) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cimsnap import __version__
-from cimsnap.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, LOG_LEVELS, Config, load_config
+from cimsnap.daemon.config import DEFAULT_CONFIG_PATH, LOG_FORMATS, LOG_LEVELS, Config, load_config
+from cimsnap.daemon.logconfig import configure_logging
 from cimsnap.errdefs import CimsnapError
-from cimsnap.logconfig import configure_logging
 
 log = logging.getLogger("cimsnap.serve")
 
@@ -87,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
 async def serve(config: Config) -> None:
     """Open the snapshotter and serve until SIGTERM/SIGINT; raises ``CimsnapError`` on start."""
     # Imported here so `cimsnap config`/`--help` work without loading the storage stack.
-    from cimsnap.daemon import Daemon, check_address
-    from cimsnap.metrics import RpcMetrics
-    from cimsnap.server import BlockingCalls, SnapshotsService
-    from cimsnap.snapshotter import Snapshotter
+    from cimsnap.daemon.metrics import RpcMetrics
+    from cimsnap.daemon.process import Daemon, check_address
+    from cimsnap.daemon.server import BlockingCalls, SnapshotsService
+    from cimsnap.snapshots.snapshotter import Snapshotter
 
     address = check_address(config)
     snapshotter = Snapshotter(config.root_path)

@@ -1,6 +1,6 @@
 """Plain records shared by the metastore and the snapshotter (containerd ``snapshots.Info``).
 
-These types carry no SQL and no gRPC. The metastore produces them; ``cimsnap.snapshotter``
+These types carry no SQL and no gRPC. The metastore produces them; ``cimsnap.snapshots.snapshotter``
 re-exports them as part of its public API, the way containerd's ``storage`` package returns
 ``snapshots.Info``.
 """

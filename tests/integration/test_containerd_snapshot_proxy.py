@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.client import SnapshotsClient
-from cimsnap.snapshotter import Info, Kind
+from cimsnap.daemon.client import SnapshotsClient
+from cimsnap.snapshots.snapshotter import Info, Kind
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 
 pytestmark = pytest.mark.integration

@@ -64,12 +64,13 @@ from typing import Final
 
 from cimsnap.clock import MicrosecondClock
 from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
-from cimsnap.filters import parse_all
-from cimsnap.labels import MAX_LABEL_SIZE, checked_key, checked_labels
-from cimsnap.layer_commit import SCRATCH_DIR, materialise_layer
-from cimsnap.mounts import Mount, cimfs_mount
-from cimsnap.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
-from cimsnap.recovery import recover_snapshot_files
+from cimsnap.snapshots.filters import parse_all
+from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
+from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
+from cimsnap.snapshots.mounts import Mount, cimfs_mount
+from cimsnap.snapshots.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
+from cimsnap.snapshots.recovery import recover_snapshot_files
+from cimsnap.snapshots.usage import disk_usage
 from cimsnap.store import (
     Info,
     Kind,
@@ -87,7 +88,6 @@ from cimsnap.store import (
     update_info,
     walk_info,
 )
-from cimsnap.usage import disk_usage
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_size
 
@@ -104,8 +104,9 @@ class Snapshotter:
 
     The constructor takes ``<root>/lock`` (Unavailable if another snapshotter holds the
     root), creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
-    ``<root>/snapshots/cim-layers/``, then runs :func:`cimsnap.recovery.recover_snapshot_files`
-    (directories restored, damaged committed layers refused as parents). ``close()`` is idempotent;
+    ``<root>/snapshots/cim-layers/``, then runs
+    :func:`cimsnap.snapshots.recovery.recover_snapshot_files` (directories restored, damaged
+    committed layers refused as parents). ``close()`` is idempotent;
     the object is also a context manager.
     """
 
@@ -410,7 +411,7 @@ class Snapshotter:
         Idempotent and safe while other calls run: the decision is taken under the
         metastore's write lock and the build lock (no snapshot can be created, removed or
         committed meanwhile); deletion happens after the write lock is released, on
-        entries already renamed out of the way (:mod:`cimsnap.reclaim`). Also removes the
+        entries already renamed out of the way (:mod:`cimsnap.snapshots.reclaim`). Also removes the
         ``scratch/`` left in committed snapshots by a failed post-commit deletion.
         """
         with self._build_lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.errdefs import NotFound, Unavailable
-from cimsnap.snapshotter import Kind, Snapshotter
+from cimsnap.snapshots.snapshotter import Kind, Snapshotter
 from cimsnap.store import WriteTx
 from tests.snapshotter_suite import cim_path, snapshot_dir, state
 
@@ -86,7 +86,7 @@ _CRASH_IN_PREPARE = textwrap.dedent(
     import sys
     from contextlib import contextmanager
     from pathlib import Path
-    from cimsnap.snapshotter import Snapshotter
+    from cimsnap.snapshots.snapshotter import Snapshotter
     sn = Snapshotter(Path(sys.argv[1]))
     sn.prepare("first")
     real = sn._store.write
@@ -156,7 +156,8 @@ def test_second_snapshotter_on_the_same_root_is_refused(tmp_path: Path) -> None:
                 sys.executable,
                 "-c",
                 "import sys; from pathlib import Path; "
-                "from cimsnap.snapshotter import Snapshotter; Snapshotter(Path(sys.argv[1]))",
+                "from cimsnap.snapshots.snapshotter import Snapshotter; "
+                "Snapshotter(Path(sys.argv[1]))",
                 str(root),
             ],
             capture_output=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.mounts import Mount, cimfs_mount, go_json_strings
+from cimsnap.snapshots.mounts import Mount, cimfs_mount, go_json_strings
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
-from cimsnap.client import SnapshotsClient
-from cimsnap.listen import parse_address
-from cimsnap.snapshotter import Kind
+from cimsnap.daemon.client import SnapshotsClient
+from cimsnap.daemon.listen import parse_address
+from cimsnap.snapshots.snapshotter import Kind
 from tests.grpc_harness import ServerThread
 
 C = grpc.StatusCode

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from cimsnap.errdefs import CimsnapError
-from cimsnap.snapshotter import Kind, Snapshotter
+from cimsnap.snapshots.snapshotter import Kind, Snapshotter
 from cimsnap.wclayer.layer_files import cim_layer_files, cim_layer_problem
 
 

@@ -1,4 +1,4 @@
-"""containerd's filter language (cimsnap.filters) against a small generic corpus."""
+"""containerd's filter language (cimsnap.snapshots.filters) against a small generic corpus."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimsnap.errdefs import InvalidArgument
-from cimsnap.filters import Adaptor, parse, parse_all
+from cimsnap.snapshots.filters import Adaptor, parse, parse_all
 
 # (name, other, labels)
 CORPUS: list[tuple[str, str, dict[str, str]]] = [

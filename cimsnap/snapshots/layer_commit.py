@@ -1,6 +1,6 @@
 """Making the layer of an active snapshot exist and be durable before Commit's metadata.
 
-See the "Commit" part of :mod:`cimsnap.snapshotter`'s docstring for the rules.
+See the "Commit" part of :mod:`cimsnap.snapshots.snapshotter`'s docstring for the rules.
 """
 
 from __future__ import annotations

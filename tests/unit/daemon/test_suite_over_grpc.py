@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.client import SnapshotsClient
+from cimsnap.daemon.client import SnapshotsClient
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 from tests.snapshotter_suite import *  # noqa: F403 - collects the suite's test_* functions
 

@@ -16,7 +16,7 @@ Namespaces: Debian's containerd 1.6.20 sends no ``containerd-namespace`` header 
 never carry one (§0), so the Snapshots service never requires or uses it; backend keys
 already start with the namespace.
 
-The server lifecycle (``Daemon``) lives in ``cimsnap.daemon``; the Diff service will be a
+The server lifecycle (``Daemon``) lives in ``cimsnap.daemon.process``; the Diff service will be a
 second ``GrpcService`` registered next to ``SnapshotsService``.
 """
 
@@ -37,8 +37,8 @@ from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from cimsnap.api.containerd.types import mount_pb2
-from cimsnap.metrics import RpcMetrics
-from cimsnap.snapshotter import Info, Kind, Mount, Usage, WouldBlock
+from cimsnap.daemon.metrics import RpcMetrics
+from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
     "LIST_BATCH_SIZE",

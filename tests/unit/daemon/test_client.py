@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from cimsnap import errdefs
-from cimsnap.client import SnapshotsClient, error_for
-from cimsnap.server import STATUS_CODES
+from cimsnap.daemon.client import SnapshotsClient, error_for
+from cimsnap.daemon.server import STATUS_CODES
 
 
 class FakeRpcError(grpc.RpcError):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.snapshotter import Snapshotter
+from cimsnap.snapshots.snapshotter import Snapshotter
 from tests.snapshotter_suite import *  # noqa: F403 - collects the suite's test_* functions
 
 

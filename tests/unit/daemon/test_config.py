@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap import config as config_module
 from cimsnap.cli import main
-from cimsnap.config import Config, default_toml, load_config
+from cimsnap.daemon import config as config_module
+from cimsnap.daemon.config import Config, default_toml, load_config
 from cimsnap.errdefs import InvalidArgument, NotFound
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument
-from cimsnap.listen import (
+from cimsnap.daemon.listen import (
     TcpAddress,
     UnixAddress,
     check_tcp_allowed,
@@ -17,7 +16,8 @@ from cimsnap.listen import (
     socket_is_live,
     split_host_port,
 )
-from cimsnap.metrics import parse_metrics_address
+from cimsnap.daemon.metrics import parse_metrics_address
+from cimsnap.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument
 
 
 @pytest.mark.parametrize(

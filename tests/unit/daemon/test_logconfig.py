@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from cimsnap.logconfig import configure_logging
+from cimsnap.daemon.logconfig import configure_logging
 
 
 @pytest.fixture(autouse=True)

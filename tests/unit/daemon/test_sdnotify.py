@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from cimsnap.sdnotify import notify
+from cimsnap.daemon.sdnotify import notify
 
 
 def test_unset_socket_sends_nothing() -> None:

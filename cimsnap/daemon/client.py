@@ -2,7 +2,7 @@
 
 ``SnapshotsClient`` mirrors containerd's ``core/snapshots/proxy``: each method is one RPC,
 and a failed RPC raises the ``cimsnap.errdefs`` class its status code stands for (the inverse
-of ``cimsnap.server.STATUS_CODES``), so code written against ``Snapshotter`` - the shared
+of ``cimsnap.daemon.server.STATUS_CODES``), so code written against ``Snapshotter`` - the shared
 behaviour suite, the CLI - runs unchanged against a remote server. Codes outside that table
 (UNKNOWN, DEADLINE_EXCEEDED, ...) raise ``Internal``; a server that cannot be reached raises
 ``Unavailable``.
@@ -19,9 +19,9 @@ from google.protobuf import field_mask_pb2
 from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
-from cimsnap.listen import parse_address
-from cimsnap.server import MESSAGE_SIZE_OPTIONS, STATUS_CODES, info_from_pb, info_to_pb
-from cimsnap.snapshotter import Info, Mount, Usage
+from cimsnap.daemon.listen import parse_address
+from cimsnap.daemon.server import MESSAGE_SIZE_OPTIONS, STATUS_CODES, info_from_pb, info_to_pb
+from cimsnap.snapshots.snapshotter import Info, Mount, Usage
 
 __all__ = ["NAMESPACE_HEADER", "SnapshotsClient", "error_for"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.client import SnapshotsClient
+from cimsnap.daemon.client import SnapshotsClient
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 
 

@@ -18,8 +18,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from cimsnap.daemon.listen import split_host_port
 from cimsnap.errdefs import InvalidArgument
-from cimsnap.listen import split_host_port
 
 __all__ = ["RpcMetrics", "parse_metrics_address"]
 

@@ -23,12 +23,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from cimsnap import errdefs
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
-from cimsnap.config import Config
-from cimsnap.daemon import Daemon
-from cimsnap.listen import TcpAddress, parse_address
-from cimsnap.metrics import RpcMetrics
-from cimsnap.server import STATUS_CODES, status_code_for
-from cimsnap.snapshotter import Info, Snapshotter, WouldBlock
+from cimsnap.daemon.config import Config
+from cimsnap.daemon.listen import TcpAddress, parse_address
+from cimsnap.daemon.metrics import RpcMetrics
+from cimsnap.daemon.process import Daemon
+from cimsnap.daemon.server import STATUS_CODES, status_code_for
+from cimsnap.snapshots.snapshotter import Info, Snapshotter, WouldBlock
 from tests.grpc_harness import running_daemon, server_config
 
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"

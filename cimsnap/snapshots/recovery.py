@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cimsnap.reclaim import REMOVAL_PREFIX
+from cimsnap.snapshots.reclaim import REMOVAL_PREFIX
 from cimsnap.store import Kind
 from cimsnap.wclayer.layer_files import cim_layer_problem
 

@@ -28,9 +28,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cimsnap.config import Config
-from cimsnap.errdefs import Unavailable
-from cimsnap.listen import (
+from cimsnap.daemon.config import Config
+from cimsnap.daemon.listen import (
     ListenAddress,
     TcpAddress,
     UnixAddress,
@@ -38,8 +37,9 @@ from cimsnap.listen import (
     parse_address,
     prepare_unix_socket,
 )
-from cimsnap.sdnotify import notify
-from cimsnap.server import MESSAGE_SIZE_OPTIONS, BlockingCalls, GrpcService
+from cimsnap.daemon.sdnotify import notify
+from cimsnap.daemon.server import MESSAGE_SIZE_OPTIONS, BlockingCalls, GrpcService
+from cimsnap.errdefs import Unavailable
 
 __all__ = ["Daemon", "check_address"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cimsnap.usage import disk_usage
+from cimsnap.snapshots.usage import disk_usage
 
 
 def test_counts_blocks_and_unique_inodes(tmp_path: Path) -> None:
