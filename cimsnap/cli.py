@@ -15,7 +15,17 @@ from collections.abc import Sequence
 from cimsnap import __version__
 
 # Command groups, in help order. Each names a module under cimsnap.commands.
-COMMAND_MODULES: tuple[str, ...] = ("serve", "config", "cim", "hive")
+COMMAND_MODULES: tuple[str, ...] = (
+    "serve",
+    "health",
+    "config",
+    "unpack",
+    "apply",
+    "layer",
+    "cim",
+    "hive",
+    "fsck",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
