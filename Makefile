@@ -19,6 +19,7 @@ serve: $(STAMP)
 
 system-deps:
 	./scripts/system-deps.sh
+	./scripts/containerd-1.7.sh >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check cimsnap tests benchmarks

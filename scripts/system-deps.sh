@@ -4,6 +4,8 @@
 #   libhivex-bin   - hivexml/hivexsh: an independent regf reader for the hive tests
 #   python3-hivex  - hivex's Python binding (Debian's /usr/bin/python3 only): raw hive dumps/edits
 #   ntfs-3g        - mkntfs/ntfscat: regenerates Windows' upcase table to check the shipped copy
+# containerd 1.7.24 (the diff-proxy tests) is not installed: scripts/containerd-1.7.sh unpacks
+# Debian trixie's package into a cache folder; the Makefile runs it after this script.
 # Runs apt-get only when something is missing; needs root (or sudo) in that case.
 set -euo pipefail
 need=()
