@@ -84,6 +84,18 @@ class Config:
         default="/run/containerd/containerd.sock",
         metadata={"doc": "containerd's own gRPC socket; the Diff service reads blobs there."},
     )
+    containerd_content_dir: str = field(
+        default="",
+        metadata={
+            "doc": "Fast path for Diff/Apply: containerd's content directory, e.g.\n"
+            '"/var/lib/containerd/io.containerd.content.v1.content". Blobs are then read\n'
+            "from disk (digest verified) instead of streamed over gRPC; empty disables it."
+        },
+    )
+    max_concurrent_applies: int = field(
+        default=2,
+        metadata={"doc": "How many Diff Apply/Compare calls run at once; more wait in line."},
+    )
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -100,6 +112,10 @@ class Config:
             raise InvalidArgument(f"socket_mode {self.socket_mode:#o}: not a permission mode")
         if self.max_workers < 1:
             raise InvalidArgument("max_workers: must be at least 1")
+        if self.max_concurrent_applies < 1:
+            raise InvalidArgument("max_concurrent_applies: must be at least 1")
+        if not self.containerd_address:
+            raise InvalidArgument("containerd_address: must not be empty")
 
     @property
     def root_path(self) -> Path:

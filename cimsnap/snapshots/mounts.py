@@ -15,14 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cimsnap.errdefs import InvalidArgument
+
 __all__ = [
     "CIMFS_MOUNT_TYPE",
     "LAYER_CIM_PATH_FLAG",
     "PARENT_LAYER_CIM_PATHS_FLAG",
     "PARENT_LAYER_PATHS_FLAG",
+    "CimfsMountSpec",
     "Mount",
     "cimfs_mount",
     "go_json_strings",
+    "parse_cimfs_mount",
 ]
 
 # Constants of containerd core/mount/mount_windows.go.
@@ -84,4 +88,71 @@ def cimfs_mount(
         source=str(snapshots_dir / str(snapshot_id)),
         target="",
         options=tuple(options),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CimfsMountSpec:
+    """What a ``CimFS`` mount names: the inverse of :func:`cimfs_mount`.
+
+    ``parent_layer_paths`` and ``parent_cim_paths`` run from the immediate parent to the
+    base and have the same length.
+    """
+
+    source: str
+    readonly: bool
+    cim_path: str
+    parent_layer_paths: tuple[str, ...]
+    parent_cim_paths: tuple[str, ...]
+
+
+def _json_paths(flag: str, text: str) -> tuple[str, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"mount option {flag}: not a JSON array: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidArgument(f"mount option {flag}: must be a JSON array of non-empty strings")
+    return tuple(value)
+
+
+def parse_cimfs_mount(mount: Mount) -> CimfsMountSpec:
+    """Parse a ``CimFS`` mount the way containerd's cimfs differ does (§3.5).
+
+    Options other than ``rw``/``ro``, ``cimpath=``, ``parentLayerPaths=`` and
+    ``parentCimPaths=`` are ignored, as containerd ignores them. Raises InvalidArgument for
+    another mount type, an empty source, a missing or repeated ``cimpath=``, malformed
+    JSON, or parent arrays of different lengths.
+    """
+    if mount.type != CIMFS_MOUNT_TYPE:
+        raise InvalidArgument(f"mount type {mount.type!r}: not {CIMFS_MOUNT_TYPE}")
+    if not mount.source:
+        raise InvalidArgument("CimFS mount: empty source")
+    cim_paths = [
+        o[len(LAYER_CIM_PATH_FLAG) :] for o in mount.options if o.startswith(LAYER_CIM_PATH_FLAG)
+    ]
+    if len(cim_paths) != 1 or not cim_paths[0]:
+        raise InvalidArgument(
+            f"CimFS mount {mount.source}: needs exactly one {LAYER_CIM_PATH_FLAG}"
+        )
+    layers: tuple[str, ...] = ()
+    cims: tuple[str, ...] = ()
+    for option in mount.options:
+        if option.startswith(PARENT_LAYER_PATHS_FLAG):
+            layers = _json_paths(PARENT_LAYER_PATHS_FLAG, option[len(PARENT_LAYER_PATHS_FLAG) :])
+        elif option.startswith(PARENT_LAYER_CIM_PATHS_FLAG):
+            cims = _json_paths(
+                PARENT_LAYER_CIM_PATHS_FLAG, option[len(PARENT_LAYER_CIM_PATHS_FLAG) :]
+            )
+    if len(layers) != len(cims):
+        raise InvalidArgument(
+            f"CimFS mount {mount.source}: {len(layers)} parent layer paths but "
+            f"{len(cims)} parent CIM paths"
+        )
+    return CimfsMountSpec(
+        source=mount.source,
+        readonly="ro" in mount.options,
+        cim_path=cim_paths[0],
+        parent_layer_paths=layers,
+        parent_cim_paths=cims,
     )

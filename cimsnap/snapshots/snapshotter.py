@@ -53,21 +53,30 @@ containerd-style messages. ``OSError`` from the filesystem propagates unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cimsnap.clock import MicrosecondClock
-from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
+from cimsnap.errdefs import (
+    AlreadyExists,
+    CimsnapError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from cimsnap.snapshots.filters import parse_all
 from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
 from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
-from cimsnap.snapshots.mounts import Mount, cimfs_mount
+from cimsnap.snapshots.mounts import CimfsMountSpec, Mount, cimfs_mount
 from cimsnap.snapshots.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
 from cimsnap.snapshots.recovery import recover_snapshot_files
 from cimsnap.snapshots.usage import disk_usage
@@ -84,6 +93,7 @@ from cimsnap.store import (
     get_info,
     get_snapshot,
     id_kinds,
+    key_of,
     remove,
     update_info,
     walk_info,
@@ -91,12 +101,49 @@ from cimsnap.store import (
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_size
 
-__all__ = ["MAX_LABEL_SIZE", "Info", "Kind", "Mount", "Snapshotter", "Usage", "WouldBlock"]
+__all__ = [
+    "MAX_LABEL_SIZE",
+    "ExtractTarget",
+    "Info",
+    "Kind",
+    "LayerStack",
+    "Mount",
+    "Snapshotter",
+    "Usage",
+    "WouldBlock",
+]
 
 _log = logging.getLogger(__name__)
 
 #: The substring containerd's unpacker puts in layer-extraction keys.
 UNPACK_KEY_MARKER: Final = "extract"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractTarget:
+    """Where the differ writes the layer of an active extract snapshot (its mount, checked).
+
+    ``key`` is the backend key (``<ns>/<seq>/extract-...``); parent paths run from the
+    immediate parent to the base.
+    """
+
+    key: str
+    layer_path: Path
+    cim_path: Path
+    parent_layer_paths: tuple[Path, ...]
+    parent_cim_paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStack:
+    """The layer CIMs visible through a mount of snapshot ``key``, top layer first.
+
+    An active snapshot's own CIM is included only once the differ has written it; a
+    view's own (never written) CIM never is.
+    """
+
+    key: str
+    cim_paths: tuple[Path, ...]
 
 
 class Snapshotter:
@@ -289,6 +336,90 @@ class Snapshotter:
         if not matcher.alternatives:
             return infos
         return [info for info in infos if matcher.match(info.field)]
+
+    # -- mounts handed back by the differ ---------------------------------------------
+
+    def _checked_mount(self, spec: CimfsMountSpec) -> tuple[str, SnapshotRef]:
+        """Return key and ref of the snapshot ``spec`` names, after checking every path.
+
+        InvalidArgument if the source is not a snapshot directory of this root or the
+        CIM/parent paths are not the ones that snapshot's mount has; FailedPrecondition if
+        no snapshot has that ID (removed, or never created here).
+        """
+        source = os.path.normpath(spec.source)
+        parent_dir, _, name = source.rpartition(os.sep)
+        if parent_dir != os.path.normpath(self.snapshots_dir) or not name.isdecimal():
+            raise InvalidArgument(
+                f"mount source {spec.source}: not a snapshot of the cimsnap root {self.root}"
+            )
+        snapshot_id = int(name)
+        try:
+            with self._store.read() as tx:
+                key = key_of(tx, snapshot_id)
+                ref = get_snapshot(tx, key)
+        except NotFound:
+            raise FailedPrecondition(
+                f"mount source {spec.source}: no snapshot {snapshot_id} in {self.root}: "
+                "failed precondition"
+            ) from None
+        expected = self._mount(ref)[0]
+        wanted = CimfsMountSpec(
+            source=spec.source,
+            readonly=spec.readonly,
+            cim_path=expected.options[1].partition("=")[2],
+            parent_layer_paths=tuple(str(self._dir(i)) for i in ref.parent_ids),
+            parent_cim_paths=tuple(str(self._cim(i)) for i in ref.parent_ids),
+        )
+        for field in ("cim_path", "parent_layer_paths", "parent_cim_paths"):
+            got, want = getattr(spec, field), getattr(wanted, field)
+            if tuple(map(os.path.normpath, [got] if isinstance(got, str) else got)) != tuple(
+                map(os.path.normpath, [want] if isinstance(want, str) else want)
+            ):
+                raise InvalidArgument(
+                    f"mount of snapshot {key!r}: {field} {got!r} is not the snapshot's {want!r}"
+                )
+        return key, ref
+
+    @contextlib.contextmanager
+    def extract_target(self, spec: CimfsMountSpec) -> Iterator[ExtractTarget]:
+        """Check that ``spec`` names an active extract snapshot with no layer yet; claim it.
+
+        While the block runs, Commit and Remove of that snapshot fail with
+        FailedPrecondition (``commit in progress``), so the layer cannot vanish or be
+        committed half-written. Raises (nothing claimed, nothing written): the errors of
+        :meth:`_checked_mount`; FailedPrecondition if the snapshot is not active, its key
+        has no ``extract``, or it is claimed already; AlreadyExists if its CIM exists
+        (the layer was applied already).
+        """
+        key, ref = self._checked_mount(spec)
+        if ref.kind != Kind.ACTIVE or UNPACK_KEY_MARKER not in key:
+            raise FailedPrecondition(
+                f"snapshot {key!r}: a layer can only be applied to an active extract "
+                "snapshot: failed precondition"
+            )
+        target = ExtractTarget(
+            key=key,
+            layer_path=self._dir(ref.id),
+            cim_path=self._cim(ref.id),
+            parent_layer_paths=tuple(self._dir(i) for i in ref.parent_ids),
+            parent_cim_paths=tuple(self._cim(i) for i in ref.parent_ids),
+        )
+        self._claim(ref.id, key)
+        try:
+            if target.cim_path.exists():
+                raise AlreadyExists(f"snapshot {key!r}: its layer was applied already")
+            yield target
+        finally:
+            self._release(ref.id)
+
+    def layer_stack(self, spec: CimfsMountSpec) -> LayerStack:
+        """Return the layer CIMs that the mount ``spec`` shows (checked like extract_target)."""
+        key, ref = self._checked_mount(spec)
+        own = self._cim(ref.id)
+        cims = tuple(self._cim(i) for i in ref.parent_ids)
+        if ref.kind == Kind.ACTIVE and own.exists():
+            cims = (own, *cims)
+        return LayerStack(key=key, cim_paths=cims)
 
     # -- write -----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ __all__ = [
     "get_snapshot",
     "id_kinds",
     "id_map",
+    "key_of",
     "remove",
     "update_info",
     "walk_info",
@@ -322,3 +323,11 @@ def id_map(tx: ReadTx) -> dict[int, str]:
 def id_kinds(tx: ReadTx) -> dict[int, Kind]:
     """Return every snapshot ID mapped to its kind."""
     return {int(i): Kind(k) for i, k in tx.connection.execute("SELECT id, kind FROM snapshots")}
+
+
+def key_of(tx: ReadTx, snapshot_id: int) -> str:
+    """Return the key (or name) of snapshot ``snapshot_id``; NotFound if no such ID."""
+    row = tx.connection.execute("SELECT key FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"snapshot id {snapshot_id}: not found")
+    return str(row[0])
