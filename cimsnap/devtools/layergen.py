@@ -433,10 +433,10 @@ class _Pool:
             text += rng.choice(words) + rng.choice((b" ", b"\r\n", b".", b"\\", b"\0"))
         out = bytearray()
         for i in range(self.SIZE // self.BLOCK):
-            kind = i % 3
-            if kind == 0:
+            kind = i % 8  # 2/8 random, 4/8 text, 2/8 low-entropy: zlib -6 to about 48%
+            if kind < 2:
                 out += rng.randbytes(self.BLOCK)
-            elif kind == 1:
+            elif kind < 6:
                 start = rng.randrange(len(text) - self.BLOCK)
                 out += text[start : start + self.BLOCK]
             else:
@@ -756,17 +756,13 @@ class _Planner:
             self.add_file(rng.choice(dirs), self.file_name(), s) for s in self.sizes(n_files, size)
         ]
         sys32 = [f for f in files if "/System32/" in f]
+        sxs_dirs = [d for d in dirs if "WinSxS/" in d] or dirs
         for _ in range(n_links):
             pool = sys32 if sys32 and rng.random() < 0.7 else files
             target = rng.choice(pool)
-            if self.entries.get(target) is None or self.entries[target].kind != "file":
-                continue
-            link_dir = (
-                rng.choice([d for d in dirs if "WinSxS/" in d] or dirs)
-                if rng.random() < 0.8
-                else rng.choice(dirs)
-            )
-            self.link(target, link_dir)
+            if self.entries[target].kind == "link":  # its data moved to an earlier name
+                target = self.entries[target].linkname
+            self.link(target, rng.choice(sxs_dirs) if rng.random() < 0.8 else rng.choice(dirs))
         return dirs, files
 
     def specials(self, parent: str, with_ads: bool, with_symlinks: bool) -> None:
