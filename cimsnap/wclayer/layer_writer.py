@@ -324,6 +324,8 @@ class CimLayerWriter:
             raise LayerFormatError(f"{name}: a hive or boot file must be a plain file")
         if self.is_base and hive_of_delta(name) is not None:
             raise LayerFormatError(f"{name}: a base layer cannot carry a differencing hive")
+        if key in self._std:
+            raise LayerFormatError(f"{name}: added twice (as {self._std[key].cim_path})")
         components = _components(name)
         parent = _SEPARATOR.join(components[:-1])
         if not self._cim.exists(parent):
@@ -332,8 +334,6 @@ class CimLayerWriter:
             host_path, fd = self._host.create_file(components)
         except FileExistsError as e:
             path = self.layer_path.joinpath(*components)
-            if key in self._std:
-                raise LayerFormatError(f"{name}: added twice") from e
             raise LayerExistsError(f"{path} exists in the layer directory already") from e
         self._std[key] = HostStdFile(name, host_path)
         self._pending.append(AddOp(name, host_path, info, sd or None, ea, b""))
