@@ -47,7 +47,7 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -223,6 +223,12 @@ class CimLayerWriter:
             self.close()
         else:
             self.abort()
+
+    @property
+    def name_key(self) -> Callable[[str], str]:
+        """The CIM's case-insensitive name key: two paths name the same entry iff their
+        keys are equal (Windows upcase, or the parent image's table in a fork)."""
+        return self._cim.name_key
 
     @property
     def has_utility_vm(self) -> bool:

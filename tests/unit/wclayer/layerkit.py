@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import tarfile
 from pathlib import Path
 
 from cimsnap.devtools.synthetic_hive import software_base, software_delta
@@ -74,3 +76,83 @@ def snapshot(root: Path) -> dict[str, tuple[str, int, bytes]]:
             else:
                 result[rel] = ("file", st.st_mode, path.read_bytes())
     return result
+
+
+# --- layer tars (written with Python's tarfile writer; extraction is never used) ------------
+
+EPOCH_FILETIME = 116_444_736_000_000_000
+
+
+def filetime(seconds: int) -> int:
+    return seconds * 10_000_000 + EPOCH_FILETIME
+
+
+class LayerTar:
+    """A Windows layer tar under construction, PAX format, in memory."""
+
+    def __init__(self, *, global_pax: dict[str, str] | None = None) -> None:
+        self.buffer = io.BytesIO()
+        self.tar = tarfile.open(  # noqa: SIM115 - closed by bytes()
+            fileobj=self.buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers=global_pax
+        )
+        self.mtime = 1_600_000_000
+
+    def _info(self, name: str, kind: bytes, pax: dict[str, str] | None) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.mtime = self.mtime
+        info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+        info.pax_headers = dict(pax or {})
+        return info
+
+    def dir(self, name: str, attributes: int | None = 0x10, **pax: str) -> LayerTar:
+        if attributes is not None:
+            pax.setdefault("MSWINDOWS.fileattr", str(attributes))
+        self.tar.addfile(self._info(name, tarfile.DIRTYPE, pax))
+        return self
+
+    def file(
+        self,
+        name: str,
+        data: bytes = b"",
+        attributes: int | None = 0x20,
+        kind: bytes = b"0",
+        **pax: str,
+    ) -> LayerTar:
+        if attributes is not None:
+            pax.setdefault("MSWINDOWS.fileattr", str(attributes))
+        info = self._info(name, kind, pax)
+        info.size = len(data)
+        self.tar.addfile(info, io.BytesIO(data))
+        return self
+
+    def link(self, name: str, target: str) -> LayerTar:
+        info = self._info(name, tarfile.LNKTYPE, None)
+        info.linkname = target
+        self.tar.addfile(info)
+        return self
+
+    def symlink(self, name: str, target: str, attributes: int = 0x400, **pax: str) -> LayerTar:
+        pax.setdefault("MSWINDOWS.fileattr", str(attributes))
+        info = self._info(name, tarfile.SYMTYPE, pax)
+        info.linkname = target
+        self.tar.addfile(info)
+        return self
+
+    def special(self, name: str, kind: bytes) -> LayerTar:
+        self.tar.addfile(self._info(name, kind, None))
+        return self
+
+    def whiteout(self, name: str) -> LayerTar:
+        return self.file(name, attributes=None)
+
+    def base_layout(self, hives: dict[str, bytes]) -> LayerTar:
+        self.dir("Files").dir("Files/Windows").dir("Files/Windows/System32")
+        self.dir("Files/Windows/System32/config")
+        for config, data in hives.items():
+            self.file(f"Files/Windows/System32/config/{config}", data)
+        return self
+
+    def bytes(self) -> bytes:
+        self.tar.close()
+        return self.buffer.getvalue()
