@@ -237,7 +237,8 @@ class Containerd:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        headers = [(NAMESPACE_HEADER, self.namespace)]
+        """The headers of every call (no namespace header when ``namespace`` is empty)."""
+        headers = [(NAMESPACE_HEADER, self.namespace)] if self.namespace else []
         if self.lease:
             headers.append((LEASE_HEADER, self.lease))
         return tuple(headers)
@@ -361,6 +362,12 @@ class Containerd:
         )
         return mounts_from_pb(
             self._call(self.snapshots.Prepare, request, f"snapshot {key!r}").mounts
+        )
+
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+        request = snap_pb.MountsRequest(snapshotter=snapshotter, key=key)
+        return mounts_from_pb(
+            self._call(self.snapshots.Mounts, request, f"snapshot {key!r}").mounts
         )
 
     def commit_snapshot(

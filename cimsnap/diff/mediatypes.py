@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cimsnap.errdefs import InvalidArgument, Unimplemented
+from cimsnap.wclayer.compression import CompressionKind
 
 __all__ = [
     "DOCKER_LAYER_GZIP",
@@ -50,7 +51,7 @@ _ENCRYPTED_SUFFIX: Final = "+encrypted"
 _SHA256: Final = re.compile(r"sha256:[0-9a-f]{64}")
 
 #: What ``Compare`` may be asked to produce, by requested media type.
-_COMPRESSION_BY_TYPE: Final = {
+_COMPRESSION_BY_TYPE: Final[Mapping[str, CompressionKind]] = {
     OCI_LAYER_TAR: "none",
     OCI_LAYER_GZIP: "gzip",
     OCI_LAYER_ZSTD: "zstd",
@@ -95,7 +96,7 @@ def check_layer_media_type(media_type: str) -> None:
         raise Unimplemented(f"media type {media_type!r}: not a layer media type cimsnap applies")
 
 
-def compression_for(media_type: str) -> str:
+def compression_for(media_type: str) -> CompressionKind:
     """Return the compression ("gzip", "zstd" or "none") Compare must produce for ``media_type``.
 
     An empty media type means the OCI gzip layer (containerd's default). Unimplemented

@@ -60,18 +60,16 @@ def test_extract_target_of_a_chain(sn: Snapshotter) -> None:
             sn.commit("ns/4/layer", "ns/3/extract-1 sha256:x")
         with pytest.raises(errdefs.FailedPrecondition):
             sn.remove("ns/3/extract-1 sha256:x")
-        with pytest.raises(errdefs.FailedPrecondition):
-            with sn.extract_target(parse_cimfs_mount(mount)):
-                pass
+        with pytest.raises(errdefs.FailedPrecondition), sn.extract_target(parse_cimfs_mount(mount)):
+            pass
     sn.remove("ns/3/extract-1 sha256:x")  # released afterwards
 
 
 def test_extract_target_refusals(sn: Snapshotter, tmp_path: Path) -> None:
     [scratch] = sn.prepare("ns/1/not-an-unpack")
     assert (Path(scratch.source) / SCRATCH_DIR).is_dir()
-    with pytest.raises(errdefs.FailedPrecondition):
-        with sn.extract_target(parse_cimfs_mount(scratch)):
-            pass
+    with pytest.raises(errdefs.FailedPrecondition), sn.extract_target(parse_cimfs_mount(scratch)):
+        pass
     [mount] = sn.prepare("ns/2/extract-2 sha256:y")
     spec = parse_cimfs_mount(mount)
     bad = [
@@ -81,16 +79,14 @@ def test_extract_target_refusals(sn: Snapshotter, tmp_path: Path) -> None:
         replace(spec, parent_layer_paths=("/x",), parent_cim_paths=("/x.cim",)),
     ]
     for wrong in bad:
-        with pytest.raises(errdefs.InvalidArgument):
-            with sn.extract_target(wrong):
-                pass
-    with pytest.raises(errdefs.FailedPrecondition):  # an ID this root never had
-        with sn.extract_target(replace(spec, source=str(sn.snapshots_dir / "99"))):
+        with pytest.raises(errdefs.InvalidArgument), sn.extract_target(wrong):
             pass
+    unknown = replace(spec, source=str(sn.snapshots_dir / "99"))  # an ID this root never had
+    with pytest.raises(errdefs.FailedPrecondition), sn.extract_target(unknown):
+        pass
     (sn.cim_dir / "2.cim").write_bytes(b"")  # applied already
-    with pytest.raises(errdefs.AlreadyExists):
-        with sn.extract_target(spec):
-            pass
+    with pytest.raises(errdefs.AlreadyExists), sn.extract_target(spec):
+        pass
     (sn.cim_dir / "2.cim").unlink()
     assert not list(sn.snapshots_dir.joinpath("2").iterdir())  # nothing written
 

@@ -1,0 +1,165 @@
+"""Real containerd daemons on private roots and sockets, for the integration tests.
+
+* Debian's containerd 1.6.20 (``containerd``/``ctr`` on PATH, from scripts/system-deps.sh).
+* Debian trixie's containerd 1.7.24, unpacked (not installed) by scripts/containerd-1.7.sh
+  into a cache folder: found through ``$CIMSNAP_CONTAINERD17_BIN`` or the script's default
+  location.
+
+A missing daemon fails the test when the ``CI`` environment variable is set, and skips it
+otherwise. Daemons are stopped by PID and waited for (§6.4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+#: Plugins the test daemons do not need (CRI is slow to start and wants a CNI setup).
+DISABLED_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.internal.v1.tracing",
+    "io.containerd.tracing.processor.v1.otlp",
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def require(condition: bool, why: str) -> None:
+    """Fail in CI, skip elsewhere, unless ``condition``."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (required in CI: `make system-deps` installs it)")
+    pytest.skip(why)
+
+
+def containerd16_bin() -> Path:
+    """The directory of Debian's containerd 1.6 binaries."""
+    found = shutil.which("containerd")
+    require(found is not None and shutil.which("ctr") is not None, "containerd is not installed")
+    require(os.geteuid() == 0, "containerd needs root")
+    assert found is not None
+    return Path(found).parent
+
+
+def containerd17_bin() -> Path:
+    """The directory holding containerd 1.7.24 and its ctr (see the module docstring)."""
+    env = os.environ.get("CIMSNAP_CONTAINERD17_BIN")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    directory = Path(env) if env else cache / "cimsnap" / "containerd-1.7.24" / "root/usr/bin"
+    require(
+        (directory / "containerd").is_file() and (directory / "ctr").is_file(),
+        f"containerd 1.7.24 not found in {directory} (run scripts/containerd-1.7.sh)",
+    )
+    require(os.geteuid() == 0, "containerd needs root")
+    return directory
+
+
+def private_config(base: Path, proxy_socket: str) -> str:
+    """A config-1.6-style private config with the snapshot proxy only (version 2)."""
+    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+    return f"""version = 2
+root = "{base}/root"
+state = "{base}/state"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{base}/containerd.sock"
+[ttrpc]
+  address = "{base}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+
+[proxy_plugins]
+  [proxy_plugins.cimsnap]
+    type = "snapshot"
+    address = "{proxy_socket}"
+"""
+
+
+def deploy_config(name: str, base: Path, proxy_socket: str, cimsnap_root: Path) -> str:
+    """deploy/containerd/<name> with only its root, state, socket and opt paths rewritten."""
+    text = (REPO_ROOT / "deploy" / "containerd" / name).read_text()
+    replacements = {
+        '"/var/lib/containerd"': f'"{base}/root"',
+        '"/run/containerd"': f'"{base}/state"',
+        '"/run/containerd/containerd.sock"': f'"{base}/containerd.sock"',
+        '"/run/containerd/containerd.sock.ttrpc"': f'"{base}/containerd.sock.ttrpc"',
+        '"/run/cimsnap/cimsnap.sock"': f'"{proxy_socket}"',
+        '"/var/lib/cimsnap"': f'"{cimsnap_root}"',
+        '"/opt/containerd"': f'"{base}/opt"',
+    }
+    for old, new in replacements.items():
+        assert old in text, f"{name} no longer has {old}"
+        text = text.replace(old, new)
+    return text
+
+
+class Containerd:
+    """A running containerd and its ctr."""
+
+    def __init__(self, bin_dir: Path, base: Path, config: str) -> None:
+        self.bin_dir = bin_dir
+        self.base = base
+        self.socket = str(base / "containerd.sock")
+        self.content_dir = base / "root" / "io.containerd.content.v1.content"
+        self.config_path = base / "containerd.toml"
+        self.config_path.write_text(config)
+        self.log_path = base / "containerd.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "containerd"), "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while self.ctr("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("containerd did not start:\n" + self.log())
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [str(self.bin_dir / "containerd"), "--version"], capture_output=True, text=True
+        ).stdout
+        match = re.search(r" (\d+\.\d+\.\d+)", out)
+        return match.group(1) if match else out
+
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin_dir / "ctr"), "--address", self.socket, *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr}\n--- containerd log:\n"
+                + self.log()[-4000:]
+            )
+        return out
+
+    def snapshots(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.ctr("snapshots", "--snapshotter", "cimsnap", *args, check=check)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
