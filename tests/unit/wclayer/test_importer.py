@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import open_image
-from cimsnap.hive import DEFAULT_SECURITY_DESCRIPTOR, merge, read_hive, write_hive
+from cimsnap.hive import merge, read_hive, write_hive
+from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
 from cimsnap.wclayer import winmeta
 from cimsnap.wclayer.errors import (
     LayerCancelledError,
