@@ -63,6 +63,7 @@ from cimsnap.cim import (
 )
 from cimsnap.cim.errors import CimWriterStateError
 from cimsnap.cim.upcase import invalid_name_reason
+from cimsnap.wclayer.destroy import destroy_cim_layer
 from cimsnap.wclayer.errors import (
     LayerBusyError,
     LayerCancelledError,
@@ -204,6 +205,7 @@ class CimLayerWriter:
         self._pending: list[PendingOp] = []
         self._std: dict[str, HostStdFile] = {}
         self._has_utility_vm = False
+        self._committed = False
         self._host = HostFiles(self.layer_path)
         self._cim = _open_cim_writer(self.cim_path, parent_name, busy_timeout, cancelled)
         try:
@@ -244,6 +246,11 @@ class CimLayerWriter:
             self._target.discard()
             self._target = None
         self._cim.abort()
+        if self._committed:
+            # Interrupted between the commit and the end of close: the image is visible
+            # but its host files are about to go, so it goes too. Its region set is new
+            # and nothing forks from it yet.
+            destroy_cim_layer(self.cim_path, referenced_elsewhere=frozenset())
         self._host.discard()
 
     @contextmanager
@@ -425,12 +432,12 @@ class CimLayerWriter:
             with self._operation():
                 self._finish_target()
                 self._close_sequence()
+            self._cim.close()
+            self._host.forget()
         except BaseException:
             self.abort()
             raise
         self._state = _State.CLOSED
-        self._host.forget()
-        self._cim.close()
 
     def _close_sequence(self) -> None:
         if self._has_utility_vm:
@@ -447,6 +454,7 @@ class CimLayerWriter:
             op.apply(self._cim)
         self._host.sync()
         self._cim.commit()
+        self._committed = True
 
 
 def _open_cim_writer(

@@ -27,10 +27,11 @@ from cimsnap.devtools.layergen import (
 
 
 def pax_filetime(value: str) -> int:
-    """FILETIME of a PAX ``secs[.frac]`` time, truncated to 100 ns (non-negative only)."""
-    secs, _, frac = value.partition(".")
+    """FILETIME of a PAX ``[-]secs[.frac]`` time, truncated (toward zero) to 100 ns."""
+    negative = value.startswith("-")
+    secs, _, frac = value.removeprefix("-").partition(".")
     ticks = int(secs) * 10_000_000 + int((frac + "0000000")[:7])
-    return ticks + EPOCH_AS_FILETIME
+    return (-ticks if negative else ticks) + EPOCH_AS_FILETIME
 
 
 def _file(member: tarfile.TarInfo, data: bytes, streams: dict[str, bytes]) -> ModelFile:

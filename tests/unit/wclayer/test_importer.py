@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import open_image
-from cimsnap.hive import DEFAULT_SECURITY_DESCRIPTOR, merge, read_hive, write_hive
+from cimsnap.hive import merge, read_hive, write_hive
+from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
 from cimsnap.wclayer import winmeta
 from cimsnap.wclayer.errors import (
     LayerCancelledError,
@@ -400,3 +401,37 @@ def test_two_concurrent_imports_into_one_directory(root: Path) -> None:
     assert errors == []
     for name, payload in payloads.items():
         assert cim_data(root, name, f"Files\\{name}") == payload
+
+
+def raw_entry(name: bytes, size: int, data: bytes) -> bytes:
+    """One ustar entry with a raw (possibly non-UTF-8) name and any declared size."""
+    info = tarfile.TarInfo("placeholder")
+    info.size = size
+    info.mtime = 1_600_000_000
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[0:100] = name.ljust(100, b"\0")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+    return bytes(header) + data + bytes(-len(data) % 512)
+
+
+@pytest.mark.parametrize(
+    ("entry", "declared", "data"),
+    [
+        (b"Files/caf\xe9", 1, b"x"),  # not UTF-8
+        (b"Files/huge", 10 * 10**9, b"only a little data"),  # 10 GB declared
+    ],
+    ids=["non-utf8", "10GB-declared"],
+)
+def test_bad_entries_from_raw_bytes(root: Path, entry: bytes, declared: int, data: bytes) -> None:
+    import_base(root)
+    directory = tarfile.TarInfo("Files")
+    directory.type = tarfile.DIRTYPE
+    directory.pax_headers = {"MSWINDOWS.fileattr": "16"}
+    head = directory.tobuf(tarfile.PAX_FORMAT)
+    stream = head + raw_entry(entry, declared, data) + bytes(1024)
+    before = snapshot(root)
+    with pytest.raises(LayerFormatError) as raised:
+        run(root, "2", stream, "1")
+    assert raised.value.offset is not None and raised.value.offset >= len(head) - 512
+    assert snapshot(root) == before

@@ -519,3 +519,21 @@ def test_busy_directory(root: Path) -> None:
         os.close(fd)
     assert (root / "cim-layers/1.cim").exists()
     assert sorted(os.listdir(root)) == ["1", "cim-layers"]
+
+
+def test_interrupted_after_the_commit_leaves_nothing(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault that cannot be produced otherwise: an interrupt between the CIM commit and
+    # the end of close. The committed image must go with the host files.
+    before = snapshot(root)
+    w = writer(root, "1")
+    write_base(w)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(w._host, "forget", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        w.close()
+    assert snapshot(root) == before
