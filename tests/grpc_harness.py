@@ -24,6 +24,7 @@ from cimsnap.daemon.config import Config
 from cimsnap.daemon.metrics import RpcMetrics
 from cimsnap.daemon.process import Daemon, check_address
 from cimsnap.daemon.server import BlockingCalls, SnapshotsService, SnapshotterAPI
+from cimsnap.daemon.services import build_services
 from cimsnap.snapshots.snapshotter import Snapshotter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,10 +84,8 @@ class ServerThread:
         snapshotter = Snapshotter(self.config.root_path)
         try:
             api: SnapshotterAPI = self._wrap(snapshotter) if self._wrap else snapshotter
-            calls = BlockingCalls(self.config.max_workers, self.metrics)
-            self.daemon = Daemon(
-                self.config, address, [SnapshotsService(api, calls)], calls, snapshotter.close
-            )
+            services, calls, close = build_services(self.config, snapshotter, self.metrics, api)
+            self.daemon = Daemon(self.config, address, services, calls, close)
             await self.daemon.start()
             self._ready.set()
             await self._stop.wait()

@@ -1,4 +1,4 @@
-"""``cimsnap serve``: run the containerd proxy plugin (Snapshots service) until signalled.
+"""``cimsnap serve``: run the containerd proxy plugin (Snapshots and Diff) until signalled.
 
 Exit status: 0 after a clean shutdown, 2 for a configuration error, 1 when start-up fails
 (address in use, database cannot be opened, ...). Errors are printed as one line naming the
@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the gRPC proxy plugin for containerd",
-        description="Serve containerd's Snapshots API on a unix socket (or loopback TCP). "
+        description="Serve containerd's Snapshots and Diff APIs on a unix socket "
+        "(or loopback TCP). "
         "Settings come from defaults, then the config file, then these flags.",
     )
     p.add_argument(
@@ -89,15 +90,14 @@ async def serve(config: Config) -> None:
     # Imported here so `cimsnap config`/`--help` work without loading the storage stack.
     from cimsnap.daemon.metrics import RpcMetrics
     from cimsnap.daemon.process import Daemon, check_address
-    from cimsnap.daemon.server import BlockingCalls, SnapshotsService
+    from cimsnap.daemon.services import build_services
     from cimsnap.snapshots.snapshotter import Snapshotter
 
     address = check_address(config)
     snapshotter = Snapshotter(config.root_path)
     try:
-        calls = BlockingCalls(config.max_workers, RpcMetrics())
-        services = [SnapshotsService(snapshotter, calls)]
-        daemon = Daemon(config, address, services, calls, close=snapshotter.close)
+        services, calls, close = build_services(config, snapshotter, RpcMetrics())
+        daemon = Daemon(config, address, services, calls, close=close)
         await daemon.serve_forever()
     finally:
         snapshotter.close()

@@ -391,3 +391,24 @@ class Containerd:
         request = diff_pb.ApplyRequest(diff=descriptor_to_pb(desc), mounts=mounts_to_pb(mounts))
         response = self._call(self.diff.Apply, request, f"apply {desc.digest}", timeout)
         return descriptor_from_pb(response.applied)
+
+    def compare(
+        self,
+        lower: Sequence[Mount],
+        upper: Sequence[Mount],
+        *,
+        media_type: str = "",
+        ref: str = "",
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Descriptor:
+        """Diff.Diff (containerd's Compare): the blob of ``upper`` over ``lower``."""
+        request = diff_pb.DiffRequest(
+            left=mounts_to_pb(lower),
+            right=mounts_to_pb(upper),
+            media_type=media_type,
+            ref=ref,
+            labels=dict(labels or {}),
+        )
+        response = self._call(self.diff.Diff, request, "compare", timeout)
+        return descriptor_from_pb(response.diff)

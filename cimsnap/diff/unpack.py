@@ -21,8 +21,8 @@
 
 Idempotent (a second run skips every layer and rewrites the same label) and resumable:
 layers committed before an interruption are kept (they are chain IDs in containerd's
-store) and skipped next time; an interrupted layer's extract snapshot is removed (or
-collected with its lease, which expires after ``LEASE_TTL``).
+store, held by the unpack's lease until it expires after ``LEASE_TTL``) and skipped next
+time; an interrupted layer's extract snapshot is removed (or collected with that lease).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def select_manifest(index: Mapping[str, Any], platform: str) -> Descriptor:
         if entry.get("mediaType") in _MANIFEST_TYPES and _matches(want, os_, arch, variant):
             return _descriptor(entry)
     raise errdefs.FailedPrecondition(
-        f"no {platform} manifest in the image (it has: {', '.join(seen) or 'none'})"
+        f"no {platform} platform in the image (it has: {', '.join(seen) or 'none'})"
     )
 
 
@@ -224,29 +224,30 @@ def unpack_image(
         expire = (datetime.now(UTC) + LEASE_TTL).strftime("%Y-%m-%dT%H:%M:%SZ")
         ctd.create_lease(lease_id, expire)
         applied = existing = 0
-        try:
-            with (
-                Containerd(containerd_address, namespace, lease=lease_id) as leased,
-                Containerd(cimsnap_address, namespace, timeout=APPLY_TIMEOUT) as differ,
-            ):
-                for i, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
-                    if _exists(leased, snapshotter, chain):
-                        existing += 1
-                        report(LayerEvent(i, len(layers), chain, layer, "exists"))
-                        continue
-                    report(LayerEvent(i, len(layers), chain, layer, "applying"))
-                    started = time.monotonic()
-                    parent = chains[i - 1] if i else ""
-                    _unpack_layer(leased, differ, snapshotter, layer, diff_ids[i], chain, parent)
-                    applied += 1
-                    seconds = time.monotonic() - started
-                    report(LayerEvent(i, len(layers), chain, layer, "done", seconds))
-                if chains:
-                    label = {GC_SNAPSHOT_LABEL + snapshotter: chains[-1]}
-                    leased.update_content_labels(config.digest, label)
-        finally:
-            with contextlib.suppress(errdefs.CimsnapError):
-                ctd.delete_lease(lease_id)
+        with (
+            Containerd(containerd_address, namespace, lease=lease_id) as leased,
+            Containerd(cimsnap_address, namespace, timeout=APPLY_TIMEOUT) as differ,
+        ):
+            for i, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
+                if _exists(leased, snapshotter, chain):
+                    existing += 1
+                    report(LayerEvent(i, len(layers), chain, layer, "exists"))
+                    continue
+                report(LayerEvent(i, len(layers), chain, layer, "applying"))
+                started = time.monotonic()
+                parent = chains[i - 1] if i else ""
+                _unpack_layer(leased, differ, snapshotter, layer, diff_ids[i], chain, parent)
+                applied += 1
+                seconds = time.monotonic() - started
+                report(LayerEvent(i, len(layers), chain, layer, "done", seconds))
+            if chains:
+                label = {GC_SNAPSHOT_LABEL + snapshotter: chains[-1]}
+                leased.update_content_labels(config.digest, label)
+        # Only now: until the config label references the chain, the lease is what keeps
+        # committed layers from containerd's GC. After a failure or an interruption it
+        # stays (expiring after LEASE_TTL), so a rerun finds those layers and resumes.
+        with contextlib.suppress(errdefs.CimsnapError):
+            ctd.delete_lease(lease_id)
     return UnpackResult(
         image=image,
         manifest=manifest.digest,

@@ -1,0 +1,465 @@
+"""cimsnap's differ: Apply (layer blob -> CIM layer) and Compare (CIM layer -> blob).
+
+Plain types only (``Descriptor``, ``Mount``); ``cimsnap.daemon.diff_service`` adapts it to
+gRPC. Contracts follow containerd's cimfs differ (containerd-integration §3.5, §5.4).
+
+**Apply** (:meth:`Differ.apply`):
+
+* Mounts (:func:`cimfs_mount_of`): if any mount is not ``CimFS`` the answer is
+  Unimplemented, so containerd's diff service falls back to its next differ (``walking``
+  for Linux layers, §5.3). No mount, or more than one ``CimFS`` mount, is InvalidArgument.
+  [choice] A mixed list (CimFS plus another type) counts as "not ours" (Unimplemented),
+  never as InvalidArgument, so a Linux snapshotter returning several mounts still reaches
+  ``walking``.
+* Encrypted or unknown media types, and non-empty ``payloads`` (stream-processor data,
+  only used for decryption), are Unimplemented.
+* The mount must name an active extract snapshot of this root with no layer yet
+  (``Snapshotter.extract_target``: InvalidArgument / FailedPrecondition / AlreadyExists,
+  nothing written); the snapshot is claimed (no Commit/Remove) while the layer is written.
+* The namespace is the ``containerd-namespace`` header when the caller sent one, else the
+  first segment of the snapshot's backend key ``<ns>/<seq>/...`` (§0; Debian's 1.6/1.7
+  send no header).
+* The blob (:mod:`cimsnap.diff.content`) is decompressed by magic bytes and streamed
+  through ``import_layer`` while the uncompressed bytes are hashed; trailing bytes after
+  the tar's end are drained into the hash (containerd's differ does the same), then the
+  blob's own digest is verified. A failure after ``import_layer`` committed (trailing
+  damage, digest mismatch, cancellation) destroys the new CIM and what the import put in
+  the layer directory: on any error nothing stays committed.
+* Returns ``{application/vnd.oci.image.layer.v1.tar, sha256:<uncompressed>, size}``.
+
+**Compare** (:meth:`Differ.compare`): see its docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import queue
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import BinaryIO, Final, Protocol, cast
+
+from cimsnap import errdefs
+from cimsnap.diff.content import Blob, ContainerdContent
+from cimsnap.diff.mediatypes import (
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    Descriptor,
+    check_digest,
+    check_layer_media_type,
+    compression_for,
+)
+from cimsnap.snapshots.mounts import CIMFS_MOUNT_TYPE, CimfsMountSpec, Mount, parse_cimfs_mount
+from cimsnap.snapshots.snapshotter import ExtractTarget, LayerStack
+from cimsnap.wclayer import destroy_cim_layer
+from cimsnap.wclayer.compression import CompressionKind, open_compressed, open_decompressed
+from cimsnap.wclayer.errors import (
+    LayerBusyError,
+    LayerCancelledError,
+    LayerError,
+    LayerExistsError,
+    LayerFormatError,
+    LayerParentError,
+)
+from cimsnap.wclayer.exporter import export_layer
+from cimsnap.wclayer.importer import import_layer
+
+__all__ = [
+    "UNCOMPRESSED_LABEL",
+    "Differ",
+    "LayerSnapshots",
+    "ProgressFn",
+    "cimfs_mount_of",
+    "layer_error",
+]
+
+log = logging.getLogger(__name__)
+
+#: containerd's label on a compressed blob naming its uncompressed digest.
+UNCOMPRESSED_LABEL: Final = "containerd.io/uncompressed"
+_CHUNK: Final = 1024 * 1024
+#: Compare's pipe between the exporter thread and the Content.Write stream (chunks).
+_PIPE_DEPTH: Final = 8
+
+ProgressFn = Callable[[int, int], None]
+
+
+class LayerSnapshots(Protocol):
+    """What the differ needs from the snapshotter (``cimsnap.snapshots.Snapshotter``)."""
+
+    def extract_target(self, spec: CimfsMountSpec) -> AbstractContextManager[ExtractTarget]: ...
+    def layer_stack(self, spec: CimfsMountSpec) -> LayerStack: ...
+
+
+def cimfs_mount_of(mounts: Sequence[Mount], *, allow_none: bool = False) -> CimfsMountSpec | None:
+    """Return the one CimFS mount of ``mounts`` (see the module docstring for the rules).
+
+    ``allow_none``: an empty list is valid and gives None (Compare's empty lower side).
+    """
+    if not mounts:
+        if allow_none:
+            return None
+        raise errdefs.InvalidArgument("no mount given: exactly one CimFS mount is required")
+    foreign = sorted({m.type for m in mounts if m.type != CIMFS_MOUNT_TYPE})
+    if foreign:
+        raise errdefs.Unimplemented(
+            f"mount type {', '.join(repr(t) for t in foreign)}: cimsnap applies only "
+            f"{CIMFS_MOUNT_TYPE} mounts"
+        )
+    if len(mounts) > 1:
+        raise errdefs.InvalidArgument(
+            f"{len(mounts)} {CIMFS_MOUNT_TYPE} mounts: exactly one is required"
+        )
+    return parse_cimfs_mount(mounts[0])
+
+
+def layer_error(subject: str, e: LayerError) -> errdefs.CimsnapError:
+    """Translate a layer error into its errdefs class (the wclayer.errors contract)."""
+    cls: type[errdefs.CimsnapError]
+    if isinstance(e, LayerFormatError):
+        cls = errdefs.InvalidArgument
+    elif isinstance(e, LayerParentError):
+        cls = errdefs.FailedPrecondition
+    elif isinstance(e, LayerBusyError):
+        cls = errdefs.Unavailable
+    elif isinstance(e, LayerExistsError):
+        cls = errdefs.AlreadyExists
+    elif isinstance(e, LayerCancelledError):
+        cls = errdefs.Canceled
+    else:
+        cls = errdefs.Internal
+    return cls(f"{subject}: {e}")
+
+
+class _HashingReader:
+    """Reads ``source`` while hashing and counting the bytes; checks ``cancelled``."""
+
+    def __init__(self, source: object, cancelled: threading.Event) -> None:
+        self._read: Callable[[int], bytes] = source.read  # type: ignore[attr-defined]
+        self._cancelled = cancelled
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._cancelled.is_set():
+            raise LayerCancelledError("cancelled by the caller")
+        data = self._read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class Differ:
+    """Apply and Compare over a snapshotter and containerd's content store.
+
+    ``busy_timeout`` is how long an import waits for the CIM directory (passed to
+    ``import_layer``). Thread-safe: the server runs up to ``max_concurrent_applies`` calls
+    at once; the snapshotter's claims keep two applies off one snapshot.
+    """
+
+    def __init__(
+        self, snapshots: LayerSnapshots, content: ContainerdContent, *, busy_timeout: float = 60.0
+    ) -> None:
+        self._snapshots = snapshots
+        self._content = content
+        self._busy_timeout = busy_timeout
+
+    # -- Apply ---------------------------------------------------------------------
+
+    @staticmethod
+    def check_apply(
+        desc: Descriptor, mounts: Sequence[Mount], payload_count: int
+    ) -> CimfsMountSpec:
+        """The cheap checks of Apply, without I/O (the server runs them before queueing)."""
+        spec = cimfs_mount_of(mounts)
+        assert spec is not None
+        check_layer_media_type(desc.media_type)
+        if payload_count:
+            raise errdefs.Unimplemented(
+                f"layer {desc.digest}: stream processor payloads are not supported by cimsnap"
+            )
+        check_digest(desc.digest)
+        return spec
+
+    def apply(
+        self,
+        desc: Descriptor,
+        mounts: Sequence[Mount],
+        *,
+        namespace: str | None = None,
+        payload_count: int = 0,
+        cancelled: threading.Event | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Descriptor:
+        """Apply layer blob ``desc`` onto the extract snapshot ``mounts`` name.
+
+        Returns the uncompressed tar's descriptor. Raises (the store unchanged): see the
+        module docstring; NotFound if the blob is missing in the namespace; Unavailable if
+        containerd cannot be reached; InvalidArgument for a corrupt blob or layer (the
+        message names the entry and offset); Canceled if ``cancelled`` was set.
+        """
+        spec = self.check_apply(desc, mounts, payload_count)
+        cancelled = cancelled if cancelled is not None else threading.Event()
+        with self._snapshots.extract_target(spec) as target:
+            ns = namespace or target.key.partition("/")[0]
+            subject = f"layer {desc.digest}"
+            with self._content.open(ns, desc.digest) as blob:
+                log.debug("apply %s (%s) into %s via %s", desc.digest, ns, target.key, blob.via)
+                before = {p.name for p in target.layer_path.iterdir()}
+                stream = _decompressed(blob, subject)
+                stack = contextlib.ExitStack()
+                stack.callback(stream.close)
+                tar = _HashingReader(stream, cancelled)
+                try:
+                    import_layer(
+                        tar,
+                        target.layer_path,
+                        target.cim_path,
+                        list(target.parent_layer_paths),
+                        list(target.parent_cim_paths),
+                        cancelled=cancelled,
+                        progress=progress,
+                        busy_timeout=self._busy_timeout,
+                    )
+                except LayerError as e:
+                    stack.close()
+                    raise layer_error(subject, e) from e
+                except BaseException:
+                    stack.close()
+                    raise
+                try:
+                    with stack:
+                        tar.drain()
+                    blob.verify()
+                    if cancelled.is_set():
+                        raise LayerCancelledError("cancelled by the caller")
+                except BaseException as e:
+                    _undo_import(target, before)
+                    if isinstance(e, LayerError):
+                        raise layer_error(subject, e) from e
+                    raise
+        return Descriptor(
+            media_type=OCI_LAYER_TAR, digest="sha256:" + tar.hash.hexdigest(), size=tar.size
+        )
+
+    # -- Compare -------------------------------------------------------------------
+
+    def compare(
+        self,
+        lower: Sequence[Mount],
+        upper: Sequence[Mount],
+        *,
+        media_type: str = "",
+        ref: str = "",
+        labels: Mapping[str, str] | None = None,
+        namespace: str | None = None,
+        lease: str | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> Descriptor:
+        """Export the layer ``upper`` adds over ``lower`` into containerd's content store.
+
+        ``upper`` is one CimFS mount whose top layer exists (a view of a committed layer,
+        or an applied extract snapshot); ``lower`` is empty (``upper``'s top is a base
+        layer) or one CimFS mount showing exactly ``upper``'s parent chain. [choice]
+        Anything else (a gap of several layers) is InvalidArgument: the exporter writes one
+        layer against its immediate parent. The tar is compressed per ``media_type``
+        (empty: OCI gzip), written with Content.Write under ``ref`` (generated when empty)
+        with the expected digest and size, labelled ``containerd.io/uncompressed`` plus
+        ``labels``. ``lease`` (the caller's ``containerd-lease``) holds the new blob.
+        [choice] ``source_date_epoch`` is not applied: timestamps come from the CIM.
+        Returns the blob's descriptor.
+        """
+        upper_spec = cimfs_mount_of(upper)
+        assert upper_spec is not None
+        lower_spec = cimfs_mount_of(lower, allow_none=True)
+        out_type = media_type or OCI_LAYER_GZIP
+        kind = compression_for(out_type)
+        top = self._snapshots.layer_stack(upper_spec)
+        if not top.cim_paths:
+            raise errdefs.FailedPrecondition(
+                f"snapshot {top.key!r}: has no layer to export yet: failed precondition"
+            )
+        below: tuple[Path, ...] = ()
+        if lower_spec is not None:
+            below = self._snapshots.layer_stack(lower_spec).cim_paths
+        if below != top.cim_paths[1:]:
+            raise errdefs.InvalidArgument(
+                "compare: the lower mount must show exactly the upper layer's parents "
+                f"({len(top.cim_paths) - 1} layers), it shows {len(below)}"
+            )
+        ns = namespace or top.key.partition("/")[0]
+        ref = ref or f"cimsnap-compare-{uuid.uuid4().hex}"
+        cancelled = cancelled if cancelled is not None else threading.Event()
+        pipe = _ExportPipe(top.cim_paths[0], below[0] if below else None, kind, cancelled)
+        with self._content.client(ns, lease=lease) as ctd:
+            pipe.start()
+            try:
+                digest = ctd.write_content(ref, pipe.chunks(), pipe.expected)
+            except BaseException:
+                pipe.abort()
+                ctd.abort_write(ref)
+                raise
+            finally:
+                pipe.join()
+            pipe.raise_error()
+            all_labels = {UNCOMPRESSED_LABEL: pipe.uncompressed_digest, **(labels or {})}
+            ctd.update_content_labels(digest, all_labels)
+        return Descriptor(media_type=out_type, digest=digest, size=pipe.size)
+
+
+def _decompressed(blob: Blob, subject: str) -> io.RawIOBase:
+    try:
+        return open_decompressed(blob)
+    except LayerError as e:
+        raise layer_error(subject, e) from e
+
+
+def _undo_import(target: ExtractTarget, before: set[str]) -> None:
+    """Destroy what a committed import wrote: the CIM and new entries of the layer dir."""
+    destroy_cim_layer(target.cim_path, referenced_elsewhere=frozenset())
+    for path in target.layer_path.iterdir():
+        if path.name in before:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+class _Aborted(Exception):
+    """The consumer of an export pipe went away."""
+
+
+class _ExportPipe:
+    """export_layer -> compressor -> bounded queue, on a thread; ``chunks()`` drains it."""
+
+    def __init__(
+        self, cim: Path, parent: Path | None, kind: CompressionKind, cancelled: threading.Event
+    ) -> None:
+        self._cim = cim
+        self._parent = parent
+        self._kind = kind
+        self._cancelled = cancelled
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_PIPE_DEPTH)
+        self._aborted = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cimsnap-export", daemon=True)
+        self._compressed = hashlib.sha256()
+        self._uncompressed = hashlib.sha256()
+        self.size = 0
+        self.uncompressed_size = 0
+        self._pending = bytearray()
+
+    @property
+    def uncompressed_digest(self) -> str:
+        return "sha256:" + self._uncompressed.hexdigest()
+
+    def expected(self) -> tuple[str, int]:
+        self.raise_error()
+        return "sha256:" + self._compressed.hexdigest(), self.size
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _put(self, data: bytes | None) -> None:
+        while True:
+            if self._aborted.is_set() or self._cancelled.is_set():
+                raise _Aborted
+            try:
+                self._queue.put(data, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """The compressor's sink: hash, count, and queue in chunks of about 1 MiB."""
+        n = len(data)
+        if n:
+            self._compressed.update(data)
+            self.size += n
+            self._pending += data
+            if len(self._pending) >= _CHUNK:
+                self._put(bytes(self._pending))
+                self._pending.clear()
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Called by compressors that close their output: nothing to release."""
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._put(bytes(self._pending))
+            self._pending.clear()
+
+    def _run(self) -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                compressor = open_compressed(self, self._kind)
+                stack.callback(compressor.close)
+                tee = _Tee(compressor, self)
+                export_layer(self._cim, self._parent, cast(BinaryIO, tee))
+            self._flush_pending()
+            self._put(None)
+        except _Aborted:
+            pass
+        except BaseException as e:  # handed to the consumer
+            self._error = e
+            with contextlib.suppress(_Aborted):
+                self._put(None)
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                self.raise_error()
+                return
+            yield chunk
+
+    def abort(self) -> None:
+        self._aborted.set()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def raise_error(self) -> None:
+        e = self._error
+        if e is None:
+            return
+        if isinstance(e, LayerError):
+            raise layer_error(f"export {self._cim.name}", e) from e
+        raise e
+
+
+class _Tee:
+    """The exporter's output: hashes the uncompressed tar, forwards it to the compressor."""
+
+    def __init__(self, compressor: object, pipe: _ExportPipe) -> None:
+        self._write: Callable[[bytes], object] = compressor.write  # type: ignore[attr-defined]
+        self._pipe = pipe
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._pipe._uncompressed.update(data)
+        self._pipe.uncompressed_size += len(data)
+        self._write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
