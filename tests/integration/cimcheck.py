@@ -7,22 +7,36 @@ from pathlib import Path
 
 from cimsnap.cim import open_image
 from cimsnap.devtools.layergen import STORED_ATTRIBUTES, LayerModel
+from cimsnap.wclayer.routing import HIVES
+
+#: What the importer adds beyond the tars (base: Hives, the *_BASE links, layout; deltas:
+#: the merged *_BASE hives).
+SYNTHESISED = frozenset({"Hives", "layout", *(f"Hives\\{h.base}" for h in HIVES)})
 
 
 def cim_differences(cim_path: Path, model: LayerModel, limit: int = 20) -> list[str]:
-    """Every way (up to ``limit``) in which the CIM's ``Files`` tree differs from ``model``.
+    """Every way (up to ``limit``) in which the CIM differs from ``model``.
 
     Compared per path: presence, attributes (masked), the four times, security descriptor,
-    extended attributes, reparse buffer, size and SHA-256 of the data, alternate streams.
+    extended attributes, reparse buffer, size and SHA-256 of the data, alternate streams,
+    and hard-link groups. Only what the importer synthesises may be extra (``SYNTHESISED``).
     """
     problems: list[str] = []
     with open_image(cim_path) as image:
         reader = image.reader
-        seen: dict[str, object] = {}
-        for path, record in reader.walk("Files"):
-            seen[path] = record
-        for path in sorted(set(seen) - set(model.files)):
+        seen: dict[str, int] = {}
+        for path, record in reader.walk():
+            if path:
+                seen[path] = record.file_id
+        for path in sorted(set(seen) - set(model.files) - SYNTHESISED):
             problems.append(f"{path}: in the CIM, not in the model")
+        groups: dict[int, set[str]] = {}
+        for path, file_id in seen.items():
+            if path in model.files and not model.files[path].is_directory:
+                groups.setdefault(file_id, set()).add(path)
+        links = sorted((frozenset(g) for g in groups.values() if len(g) > 1), key=sorted)
+        if links != model.link_groups():
+            problems.append("hard-link groups differ")
         for path, want in sorted(model.files.items()):
             if len(problems) >= limit:
                 break
@@ -61,3 +75,30 @@ def cim_differences(cim_path: Path, model: LayerModel, limit: int = 20) -> list[
                 if got != expected:
                     problems.append(f"{path}: {name} differs: {got!r:.80} != {expected!r:.80}")
     return problems[:limit]
+
+
+def cim_listing(cim_path: Path) -> list[tuple[object, ...]]:
+    """Everything a reader sees in the image, path by path (for CIM-vs-CIM comparisons)."""
+    rows: list[tuple[object, ...]] = []
+    with open_image(cim_path) as image:
+        reader = image.reader
+        for path, record in reader.walk():
+            data = b""
+            if not record.is_directory:
+                data = hashlib.sha256(reader.open_record_stream(record, None).read()).digest()
+            rows.append(
+                (
+                    path,
+                    int(record.attributes),
+                    record.creation_time,
+                    record.last_write_time,
+                    record.change_time,
+                    record.last_access_time,
+                    reader.security_descriptor(record),
+                    reader.extended_attributes(record),
+                    reader.reparse_data(record),
+                    data,
+                    tuple((s.name, s.size) for s in reader.streams(path)),
+                )
+            )
+    return sorted(rows, key=lambda row: str(row[0]))

@@ -163,3 +163,8 @@ class Containerd:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def tree_depths(tree: str) -> dict[str, int]:
+    """``ctr snapshots tree`` output as name -> indentation (children indent deeper)."""
+    return {line.split()[-1]: line.index(line.split()[-1]) for line in tree.splitlines() if line}
