@@ -137,19 +137,55 @@ def layer_error(subject: str, e: LayerError) -> errdefs.CimsnapError:
     return cls(f"{subject}: {e}")
 
 
+class _Sha256Thread:
+    """SHA-256 of a byte stream, computed on its own thread.
+
+    ``hashlib`` releases the GIL on large buffers, so hashing the uncompressed tar here
+    overlaps the import (which holds the GIL most of the time) instead of adding to it.
+    At most ``depth`` chunks wait (bounded memory); chunks must be immutable ``bytes``.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, name="cimsnap-sha256", daemon=True)
+        self._thread.start()
+        self._digest: str | None = None
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def close(self) -> None:
+        """Stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        """Finish and return the digest of everything updated so far."""
+        if self._digest is None:
+            self.close()
+            self._digest = self._hash.hexdigest()
+        return self._digest
+
+
 class _HashingReader:
     """Reads ``source`` while hashing and counting the bytes; checks ``cancelled``."""
 
     def __init__(self, source: object, cancelled: threading.Event) -> None:
         self._read: Callable[[int], bytes] = source.read  # type: ignore[attr-defined]
         self._cancelled = cancelled
-        self.hash = hashlib.sha256()
+        self.hash = _Sha256Thread()
         self.size = 0
 
     def read(self, n: int = -1, /) -> bytes:
         if self._cancelled.is_set():
             raise LayerCancelledError("cancelled by the caller")
-        data = self._read(n)
+        data = bytes(self._read(n))
         self.hash.update(data)
         self.size += len(data)
         return data
@@ -162,6 +198,9 @@ class _HashingReader:
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
+
+    def close(self) -> None:
+        self.hash.close()
 
 
 class Differ:
@@ -225,6 +264,7 @@ class Differ:
                 stack = contextlib.ExitStack()
                 stack.callback(stream.close)
                 tar = _HashingReader(stream, cancelled)
+                stack.callback(tar.close)
                 try:
                     import_layer(
                         tar,

@@ -28,6 +28,7 @@ from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.diff.containerd import Containerd as ContainerdClient
 from cimsnap.diff.containerd import descriptor_to_pb, mounts_to_pb
+from cimsnap.diff.content import ContainerdContent, blob_path
 from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
 from cimsnap.snapshots.mounts import Mount, parse_cimfs_mount
 from cimsnap.wclayer.compression import open_decompressed
@@ -284,3 +285,31 @@ def test_client_cancellation_commits_nothing(env: Env, tmp_path: Path) -> None:
         {"method": "containerd.services.diff.v1.Diff/Apply", "code": "CANCELLED"},
     )
     assert cancelled and cancelled >= 1
+
+
+def test_content_dir_fast_path_verifies_while_reading(env: Env) -> None:
+    data = gzip.compress(b"fast path " * 50_000)
+    desc = env.put_blob("default", data)
+    fast = ContainerdContent(env.containerd.socket, env.containerd.content_dir)
+    with fast.open("default", desc.digest) as blob:
+        assert blob.via == "content-dir"
+        assert blob.read(len(data) + 1) == data
+        blob.verify()
+    # The directory is shared by all namespaces; the namespace is still checked.
+    with pytest.raises(errdefs.NotFound):
+        fast.open("elsewhere", desc.digest)
+    # A file changed underneath (same size) is caught by the digest check.
+    path = blob_path(env.containerd.content_dir, desc.digest)
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with fast.open("default", desc.digest) as blob, pytest.raises(errdefs.InvalidArgument):
+            blob.verify()
+        # Without the fast path the gRPC stream is used (containerd serves the same file;
+        # its reader does not re-verify, ours does).
+        with ContainerdContent(env.containerd.socket).open("default", desc.digest) as blob:
+            assert blob.via == "grpc"
+            with pytest.raises(errdefs.InvalidArgument):
+                blob.verify()
+    finally:
+        path.write_bytes(original)
