@@ -22,7 +22,7 @@ gRPC. Contracts follow containerd's cimfs differ (containerd-integration §3.5, 
 * The blob (:mod:`cimsnap.diff.content`) is decompressed by magic bytes and streamed
   through ``import_layer`` while the uncompressed bytes are hashed; trailing bytes after
   the tar's end are drained into the hash (containerd's differ does the same), then the
-  blob's own digest is verified. A failure after ``import_layer`` committed (trailing
+  blob's size (and, read from the content directory, its digest) is checked. A failure after ``import_layer`` committed (trailing
   damage, digest mismatch, cancellation) destroys the new CIM and what the import put in
   the layer directory: on any error nothing stays committed.
 * Returns ``{application/vnd.oci.image.layer.v1.tar, sha256:<uncompressed>, size}``.
