@@ -1,8 +1,8 @@
 """Run the real cimsnap gRPC server for tests: in a background thread or as a process.
 
-``ServerThread`` runs ``Daemon`` + ``SnapshotsService`` over a real ``Snapshotter`` on its
-own event loop in a thread, so synchronous clients (the shared behaviour suite through
-``SnapshotsClient``) can call it from the test thread. ``ServeProcess`` runs
+``ServerThread`` runs ``Daemon`` + the Snapshots and Diff services over a real
+``Snapshotter`` on its own event loop in a thread, so synchronous clients (the shared
+behaviour suite through ``SnapshotsClient``) can call it from the test thread. ``ServeProcess`` runs
 ``python -m cimsnap serve`` and waits for its sd_notify ``READY=1`` on a datagram socket.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from cimsnap.daemon.config import Config
 from cimsnap.daemon.metrics import RpcMetrics
 from cimsnap.daemon.process import Daemon, check_address
-from cimsnap.daemon.server import BlockingCalls, SnapshotsService, SnapshotterAPI
+from cimsnap.daemon.server import SnapshotterAPI
 from cimsnap.daemon.services import build_services
 from cimsnap.snapshots.snapshotter import Snapshotter
 
@@ -160,8 +160,8 @@ async def running_daemon(
     address = check_address(config)
     snapshotter = Snapshotter(config.root_path)
     api: SnapshotterAPI = wrap(snapshotter) if wrap else snapshotter
-    calls = BlockingCalls(config.max_workers, metrics or RpcMetrics())
-    daemon = Daemon(config, address, [SnapshotsService(api, calls)], calls, snapshotter.close)
+    services, calls, close = build_services(config, snapshotter, metrics or RpcMetrics(), api)
+    daemon = Daemon(config, address, services, calls, close)
     try:
         await daemon.start()
         yield daemon, snapshotter

@@ -160,13 +160,14 @@ def test_interrupted_unpack_resumes(env: Env, tmp_path: Path) -> None:
     rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (lines, rest, err)
     committed = env.containerd.snapshots("ls").stdout
-    assert chains[0] in committed and chains[2] not in committed
-    assert "extract" not in committed  # the interrupted layer's snapshot was removed
+    why = (lines, rest, err, committed)
+    assert chains[0] in committed and chains[2] not in committed, why
+    assert "extract" not in committed, why  # the interrupted layer's snapshot was removed
 
     resumed = env.unpack("example.test/resume:1")
     assert resumed.returncode == 0, resumed.stderr
-    assert "already unpacked" in resumed.stdout.splitlines()[0]
-    assert "2 of 3 layers applied, 1 already there" in resumed.stdout
+    assert "already unpacked" in resumed.stdout.splitlines()[0], resumed.stdout
+    assert "2 of 3 layers applied, 1 already there" in resumed.stdout, resumed.stdout
     assert cim_differences(env.top_cim(chains[2]), layers[-1].model) == []
 
 

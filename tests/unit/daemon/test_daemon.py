@@ -194,6 +194,7 @@ async def test_health_and_reflection(tmp_path: Path, sock_dir: Path) -> None:
 
         services, fields = await asyncio.to_thread(reflect)
     assert SNAPSHOTS in services and "grpc.health.v1.Health" in services
+    assert "containerd.services.diff.v1.Diff" in services
     assert "parent" in fields
 
 
