@@ -13,8 +13,10 @@ import contextlib
 import gzip
 import hashlib
 import io
+import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from cimsnap.diff.content import ContainerdContent, blob_path
 from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
 from cimsnap.snapshots.mounts import Mount, parse_cimfs_mount
 from cimsnap.wclayer.compression import open_decompressed
-from tests.grpc_harness import ServerThread, server_config, short_socket_dir
+from tests.grpc_harness import REPO_ROOT, ServerThread, server_config, short_socket_dir
 from tests.integration.cimcheck import cim_differences, cim_listing
 from tests.integration.containerd_daemon import Containerd, containerd16_bin, private_config
 
@@ -311,3 +313,30 @@ def test_content_dir_fast_path_verifies_while_reading(env: Env) -> None:
             assert blob.read(1) == original[:1]
     finally:
         path.write_bytes(original)
+
+
+def test_cimsnap_apply_command(env: Env, tmp_path: Path) -> None:
+    [layer] = generate_chain(tmp_path, layers=1, seed=34, compress=True)
+    desc = env.put_blob("default", layer.path.read_bytes())
+    key = "default/80/extract-cli sha256:80"
+    with env.snapshots() as sn:
+        sn.prepare(key)
+    base = [sys.executable, "-m", "cimsnap", "apply", "--address", env.server.address]
+    done = subprocess.run(
+        [*base, "--digest", desc.digest, "--size", str(desc.size), "--snapshot", key],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    applied = json.loads(done.stdout)
+    assert applied["digest"] == layer.diff_id and applied["size"] == layer.tar_size
+    refused = subprocess.run(
+        [*base, "--digest", desc.digest, "--mounts", '[{"type": "bind", "source": "/x"}]'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert refused.returncode == 1 and "Unimplemented" in refused.stderr
