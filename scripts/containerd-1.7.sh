@@ -13,7 +13,7 @@
 set -euo pipefail
 VERSION="1.7.24~ds1-6+deb13u1"
 UPSTREAM="1.7.24"
-CACHE="${CIMSNAP_CONTAINERD17_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cimsnap/containerd-$UPSTREAM}"
+CACHE="${CIMSNAP_CONTAINERD17_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/cimsnap/containerd-$UPSTREAM}"
 BIN="$CACHE/root/usr/bin"
 
 if [ -x "$BIN/containerd" ] && "$BIN/containerd" --version 2>/dev/null | grep -q " $UPSTREAM"; then

@@ -2,8 +2,8 @@
 
 * Debian's containerd 1.6.20 (``containerd``/``ctr`` on PATH, from scripts/system-deps.sh).
 * Debian trixie's containerd 1.7.24, unpacked (not installed) by scripts/containerd-1.7.sh
-  into a cache folder: found through ``$CIMSNAP_CONTAINERD17_BIN`` or the script's default
-  location.
+  into a cache folder: found through ``$CIMSNAP_CONTAINERD17_BIN``, else the script's cache
+  (``$CIMSNAP_CONTAINERD17_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/cimsnap/...``).
 
 A missing daemon fails the test when the ``CI`` environment variable is set, and skips it
 otherwise. Daemons are stopped by PID and waited for (§6.4).
@@ -54,8 +54,11 @@ def containerd16_bin() -> Path:
 def containerd17_bin() -> Path:
     """The directory holding containerd 1.7.24 and its ctr (see the module docstring)."""
     env = os.environ.get("CIMSNAP_CONTAINERD17_BIN")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    directory = Path(env) if env else cache / "cimsnap" / "containerd-1.7.24" / "root/usr/bin"
+    cache = os.environ.get("CIMSNAP_CONTAINERD17_CACHE")
+    if not cache:
+        xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        cache = str(xdg / "cimsnap" / "containerd-1.7.24")
+    directory = Path(env) if env else Path(cache) / "root" / "usr" / "bin"
     require(
         (directory / "containerd").is_file() and (directory / "ctr").is_file(),
         f"containerd 1.7.24 not found in {directory} (run scripts/containerd-1.7.sh)",
