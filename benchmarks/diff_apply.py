@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import resource
 import shutil
 import signal
 import subprocess
@@ -50,6 +49,15 @@ from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, Descriptor
 LEASE = "cimsnap-bench"
 
 
+def vm_hwm_kib(pid: str) -> int:
+    """Peak RSS of process ``pid`` ("self" for this one) from /proc (ru_maxrss after
+    fork/exec can report the parent's peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
 def local_import(blob: Path, root: Path) -> None:
     """Child mode: the baseline import; prints JSON (seconds, maxrss KiB, size)."""
     from cimsnap.wclayer.compression import open_decompressed
@@ -67,7 +75,7 @@ def local_import(blob: Path, root: Path) -> None:
     with blob.open("rb") as raw, open_decompressed(raw) as tar:
         size = import_layer(tar, layer, cims / "1.cim", [], [])
     seconds = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = vm_hwm_kib("self")
     print(json.dumps({"seconds": seconds, "rss_kib": rss, "size": size}))
 
 
@@ -109,11 +117,7 @@ class Serve:
                 time.sleep(0.05)
 
     def rss_kib(self) -> int:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return vm_hwm_kib(str(self.proc.pid))
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
