@@ -34,6 +34,7 @@ from cimsnap.wclayer.errors import LayerFormatError
 
 __all__ = ["ImagePaths", "component_problem"]
 
+_RESERVED_STEMS: Final = frozenset(("CON", "PRN", "AUX", "NUL", "COM", "LPT"))
 _RESERVED: Final = re.compile(
     r"(?:CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³])(?:\..*)?", re.IGNORECASE
 )
@@ -46,7 +47,7 @@ def component_problem(name: str) -> str | None:
         return reason
     if name[-1] in ". ":
         return "name ends in a dot or a space"
-    if _RESERVED.fullmatch(name) is not None or _RESERVED.fullmatch(name.rstrip(" ")):
+    if name[:3].upper() in _RESERVED_STEMS and _RESERVED.fullmatch(name) is not None:
         return "name is a reserved Windows device name"
     return None
 
