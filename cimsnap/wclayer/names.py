@@ -22,6 +22,9 @@ components over 255 UTF-16 units           refused (and paths over 32767, by the
 
 Non-UTF-8 names never get here: the tar reader refuses them. Errors are
 :class:`LayerFormatError` without an entry (the importer adds entry and offset).
+
+:func:`image_components` and :func:`split_stream_name` check the ``\``-separated image
+paths (and ``file:stream[:$DATA]`` names) that :class:`CimLayerWriter` itself receives.
 """
 
 from __future__ import annotations
