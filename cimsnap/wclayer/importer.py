@@ -120,8 +120,8 @@ def import_layer(
         busy_timeout=busy_timeout,
         cancelled=cancelled,
     )
-    reader = TarReader(stream)
     try:
+        reader = TarReader(stream)
         size = _Import(writer, reader, cancelled, progress).run()
         try:
             writer.close()
