@@ -214,6 +214,12 @@ class _UnclosingWriter(io.RawIOBase):
 # --- decoders: generators of decoded chunks ------------------------------------------------
 
 
+def _damage(message: str, *, offset: int) -> LayerFormatError:
+    """The error for damage at compressed ``offset``; the offset is in the message too, so
+    it survives a caller re-raising with the tar entry's own (uncompressed) offset."""
+    return LayerFormatError(f"{message} (compressed offset {offset})", offset=offset)
+
+
 def _gunzip(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
     """Decode every gzip member of ``prefix + stream``, yielding chunks of <= _OUT_CHUNK."""
     zmod: Any = _isal_zlib if _isal_zlib is not None else zlib
@@ -229,7 +235,7 @@ def _gunzip(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
             buf = stream.read(_READ_SIZE)
             if not buf:
                 if decoder is not None:
-                    raise LayerFormatError(
+                    raise _damage(
                         f"gzip stream truncated: the member starting at compressed offset "
                         f"{member_start} ends before its end-of-stream marker",
                         offset=pos,
@@ -243,7 +249,7 @@ def _gunzip(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
             if not buf:
                 continue
             if buf[0] != GZIP_MAGIC[0] or (len(buf) > 1 and buf[1] != GZIP_MAGIC[1]):
-                raise LayerFormatError(
+                raise _damage(
                     "trailing data after the gzip stream is not a gzip member", offset=pos
                 )
             decoder = zmod.decompressobj(31)
@@ -251,7 +257,7 @@ def _gunzip(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
         try:
             out = decoder.decompress(buf, _OUT_CHUNK)
         except errors as e:
-            raise LayerFormatError(
+            raise _damage(
                 f"corrupt gzip data in compressed bytes {pos}..{pos + len(buf)} "
                 f"(member starting at {member_start}): {e}",
                 offset=pos,
@@ -324,7 +330,7 @@ def _unzstd(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
                 skip -= step
             continue
         if src.buf[src.start : src.start + 4] != ZSTD_MAGIC:
-            raise LayerFormatError(
+            raise _damage(
                 "data after the zstd stream is neither a zstd frame nor a skippable frame",
                 offset=frame_start,
             )
@@ -332,7 +338,7 @@ def _unzstd(stream: _Readable, prefix: bytes) -> Iterator[bytes]:
 
 
 def _zstd_truncated(frame_start: int, end: int) -> LayerFormatError:
-    return LayerFormatError(
+    return _damage(
         f"zstd stream truncated: the frame starting at compressed offset {frame_start} ends early",
         offset=end,
     )
@@ -347,7 +353,7 @@ def _zstd_frame(src: _ZstdInput, dctx: Any, frame_start: int) -> Iterator[bytes]
     single_segment = descriptor >> 5 & 1
     checksum = descriptor >> 2 & 1
     if descriptor & 0x08:
-        raise LayerFormatError("zstd frame header: reserved bit set", offset=frame_start + 4)
+        raise _damage("zstd frame header: reserved bit set", offset=frame_start + 4)
     dict_id_size = (0, 1, 2, 4)[descriptor & 3]
     fcs_size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
     header_size = 5 + (0 if single_segment else 1) + dict_id_size + fcs_size
@@ -365,12 +371,10 @@ def _zstd_frame(src: _ZstdInput, dctx: Any, frame_start: int) -> Iterator[bytes]
         block_type = block_header >> 1 & 3
         block_size = block_header >> 3
         if block_type == 3:
-            raise LayerFormatError("zstd block of reserved type", offset=src.offset)
+            raise _damage("zstd block of reserved type", offset=src.offset)
         body = 1 if block_type == 1 else block_size
         if block_size > _ZSTD_BLOCK_MAX:
-            raise LayerFormatError(
-                f"zstd block larger than 128 KiB ({block_size})", offset=src.offset
-            )
+            raise _damage(f"zstd block larger than 128 KiB ({block_size})", offset=src.offset)
         tail = 4 if last and checksum else 0
         if not src.ensure(3 + body + tail):
             raise _zstd_truncated(frame_start, src.offset + len(src.buf) - src.start)
@@ -382,7 +386,7 @@ def _zstd_frame(src: _ZstdInput, dctx: Any, frame_start: int) -> Iterator[bytes]
             try:
                 out = decoder.decompress(data)
             except zstandard.ZstdError as e:
-                raise LayerFormatError(
+                raise _damage(
                     f"corrupt zstd data in compressed bytes {fed_at}..{src.offset} "
                     f"(frame starting at {frame_start}): {e}",
                     offset=fed_at,
@@ -392,7 +396,7 @@ def _zstd_frame(src: _ZstdInput, dctx: Any, frame_start: int) -> Iterator[bytes]
             if out:
                 yield out
     if not decoder.eof:
-        raise LayerFormatError(
+        raise _damage(
             f"zstd frame starting at {frame_start} did not end where its last block ends",
             offset=src.offset,
         )

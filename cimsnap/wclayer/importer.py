@@ -65,11 +65,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
-from cimsnap.wclayer import winmeta
 from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError
 from cimsnap.wclayer.layer_writer import CimLayerWriter
 from cimsnap.wclayer.names import ImagePaths, component_problem
 from cimsnap.wclayer.tarstream import TarEntry, TarHeader, TarReader
+from cimsnap.wclayer.winmeta import basic_info, ea_buffer, reparse_buffer, security_descriptor
 
 __all__ = ["import_layer"]
 
@@ -120,8 +120,8 @@ def import_layer(
         busy_timeout=busy_timeout,
         cancelled=cancelled,
     )
-    reader = TarReader(stream)
     try:
+        reader = TarReader(stream)
         size = _Import(writer, reader, cancelled, progress).run()
         try:
             writer.close()
@@ -205,13 +205,13 @@ class _Import:
         self.remember(path)
         typeflag = header.typeflag
         pax = header.pax
-        info = winmeta.basic_info(header)
+        info = basic_info(header)
         attributes = info.file_attributes & ~_REPARSE_POINT
         reparse = b""
         size = 0
         if typeflag == "2":
             target = header.linkname.replace("/", "\\")
-            reparse = winmeta.reparse_buffer(target, mountpoint=_MOUNTPOINT in pax)
+            reparse = reparse_buffer(target, mountpoint=_MOUNTPOINT in pax)
             attributes |= _REPARSE_POINT
         elif typeflag == "5":
             if not attributes & _DIRECTORY:
@@ -231,8 +231,8 @@ class _Import:
             path,
             info,
             size,
-            winmeta.security_descriptor(pax),
-            winmeta.ea_buffer(pax),
+            security_descriptor(pax),
+            ea_buffer(pax),
             reparse,
         )
         if size:

@@ -46,27 +46,16 @@ from __future__ import annotations
 import enum
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from cimsnap.cim import (
-    CimError,
-    CimFileExistsError,
-    CimFormatError,
-    CimNotFoundError,
-    CimSharingViolationError,
-    CimStream,
-    CimWriter,
-)
+from cimsnap.cim import CimError, CimStream
 from cimsnap.cim.errors import CimWriterStateError
-from cimsnap.cim.upcase import invalid_name_reason
+from cimsnap.wclayer.cim_writer import open_cim_writer
 from cimsnap.wclayer.destroy import destroy_cim_layer
 from cimsnap.wclayer.errors import (
-    LayerBusyError,
-    LayerCancelledError,
     LayerError,
     LayerExistsError,
     LayerFormatError,
@@ -76,6 +65,7 @@ from cimsnap.wclayer.errors import (
 from cimsnap.wclayer.fileinfo import FileBasicInfo
 from cimsnap.wclayer.host_files import HostFiles
 from cimsnap.wclayer.metadata import file_metadata
+from cimsnap.wclayer.names import image_components, split_stream_name
 from cimsnap.wclayer.pending import AddOp, LinkOp, PendingOp
 from cimsnap.wclayer.process import (
     HostStdFile,
@@ -98,7 +88,6 @@ from cimsnap.wclayer.routing import (
 __all__ = ["CimLayerWriter"]
 
 _SEPARATOR: Final = "\\"
-_DATA_STREAM_TYPE: Final = "$DATA"
 #: Paths a whiteout must never remove (compared case-insensitively); "" is the root.
 _PROTECTED: Final = frozenset(fold_path(p) for p in ("", "Files", HIVES_DIR))
 _DIRECTORY_ATTRIBUTE: Final = 0x10
@@ -207,7 +196,7 @@ class CimLayerWriter:
         self._has_utility_vm = False
         self._committed = False
         self._host = HostFiles(self.layer_path)
-        self._cim = _open_cim_writer(self.cim_path, parent_name, busy_timeout, cancelled)
+        self._cim = open_cim_writer(self.cim_path, parent_name, busy_timeout, cancelled)
         try:
             self._host.ensure_layer_directory()
         except BaseException:
@@ -339,7 +328,7 @@ class CimLayerWriter:
             raise LayerFormatError(f"{name}: a base layer cannot carry a differencing hive")
         if key in self._std:
             raise LayerFormatError(f"{name}: added twice (as {self._std[key].cim_path})")
-        components = _components(name)
+        components = image_components(name)
         parent = _SEPARATOR.join(components[:-1])
         if not self._cim.exists(parent):
             raise LayerFormatError(f"{name}: its directory {parent} was not added")
@@ -363,7 +352,7 @@ class CimLayerWriter:
             name, target = _strip(name), _strip(target)
             if std_file_key(name) is not None:
                 raise LayerFormatError(f"{name}: unexpected hard link named like a std file")
-            _components(name)
+            image_components(name)
             key = std_file_key(target)
             if key is None:
                 self._cim.create_hard_link(name, target)
@@ -377,7 +366,7 @@ class CimLayerWriter:
         with self._operation():
             self._finish_target()
             name = _strip(name)
-            file, stream = _split_stream_name(name)
+            file, stream = split_stream_name(name)
             if std_file_key(file) is not None:
                 raise LayerFormatError(f"{name}: alternate streams of std files are not supported")
             if not self._cim.exists(file):
@@ -393,7 +382,7 @@ class CimLayerWriter:
             name = _strip(name)
             if self.is_base:
                 raise LayerFormatError(f"{name}: a base layer cannot contain whiteouts")
-            components = _components(name)
+            components = image_components(name)
             if fold_path(name) in _PROTECTED:
                 raise LayerFormatError(f"whiteout of {name or 'the layer root'} refused")
             if std_file_key(name) is not None:
@@ -457,36 +446,6 @@ class CimLayerWriter:
         self._committed = True
 
 
-def _open_cim_writer(
-    cim_path: Path,
-    parent_name: str | None,
-    busy_timeout: float,
-    cancelled: threading.Event | None,
-) -> CimWriter:
-    """Create the CIM writer, waiting for the directory lock (see CimLayerWriter)."""
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.005
-    while True:
-        if cancelled is not None and cancelled.is_set():
-            raise LayerCancelledError("cancelled while waiting for the CIM directory")
-        try:
-            return CimWriter(cim_path.parent, cim_path.name, parent=parent_name)
-        except CimSharingViolationError as e:
-            if time.monotonic() + delay > deadline:
-                raise LayerBusyError(
-                    f"{cim_path.parent}: another CIM writer kept the directory for more than "
-                    f"{busy_timeout:g} s"
-                ) from e
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        except CimFileExistsError as e:
-            raise LayerExistsError(f"{cim_path} exists already") from e
-        except (CimNotFoundError, CimFormatError) as e:
-            raise LayerParentError(f"parent CIM of {cim_path}: {e}") from e
-        except CimError as e:
-            raise LayerParentError(f"cannot fork for {cim_path}: {e}") from e
-
-
 def _config_key(hive: HiveName) -> str:
     return fold_path(f"{CONFIG_DIR}{_SEPARATOR}{hive.config}")
 
@@ -497,34 +456,3 @@ def _delta_key(hive: HiveName) -> str:
 
 def _strip(name: str) -> str:
     return name[:-1] if name.endswith(_SEPARATOR) else name
-
-
-def _components(name: str) -> list[str]:
-    """Validated components of image path ``name`` (no root, ``.``, ``..``, bad names)."""
-    if not name:
-        return []
-    components = name.split(_SEPARATOR)
-    for component in components:
-        reason = invalid_name_reason(component)
-        if reason is not None:
-            raise LayerFormatError(f"{name!r}: {reason}")
-    return components
-
-
-def _split_stream_name(name: str) -> tuple[str, str]:
-    """Split ``file:stream`` or ``file:stream:$DATA`` into (file path, stream name)."""
-    head, _, last = name.rpartition(_SEPARATOR)
-    parts = last.split(":")
-    if len(parts) == 3:
-        if parts[2].upper() != _DATA_STREAM_TYPE:
-            raise LayerFormatError(f"{name}: stream type {parts[2]!r} is not supported")
-    elif len(parts) != 2:
-        raise LayerFormatError(f"{name}: not an alternate stream name")
-    if not parts[0] or not parts[1]:
-        raise LayerFormatError(f"{name}: not an alternate stream name")
-    file = f"{head}{_SEPARATOR}{parts[0]}" if head else parts[0]
-    _components(file)
-    reason = invalid_name_reason(parts[1])
-    if reason is not None:
-        raise LayerFormatError(f"{name}: stream name {reason}")
-    return file, parts[1]

@@ -22,6 +22,9 @@ components over 255 UTF-16 units           refused (and paths over 32767, by the
 
 Non-UTF-8 names never get here: the tar reader refuses them. Errors are
 :class:`LayerFormatError` without an entry (the importer adds entry and offset).
+
+:func:`image_components` and :func:`split_stream_name` check the ``\``-separated image
+paths (and ``file:stream[:$DATA]`` names) that :class:`CimLayerWriter` itself receives.
 """
 
 from __future__ import annotations
@@ -32,8 +35,20 @@ from typing import Final
 from cimsnap.cim.upcase import invalid_name_reason
 from cimsnap.wclayer.errors import LayerFormatError
 
-__all__ = ["ImagePaths", "component_problem"]
+__all__ = [
+    "DATA_STREAM_TYPE",
+    "SEPARATOR",
+    "ImagePaths",
+    "component_problem",
+    "image_components",
+    "split_stream_name",
+]
 
+SEPARATOR: Final = "\\"
+#: The only alternate stream type a layer can carry (§1.4).
+DATA_STREAM_TYPE: Final = "$DATA"
+
+_RESERVED_STEMS: Final = frozenset(("CON", "PRN", "AUX", "NUL", "COM", "LPT"))
 _RESERVED: Final = re.compile(
     r"(?:CON|PRN|AUX|NUL|COM[0-9¹²³]|LPT[0-9¹²³])(?:\..*)?", re.IGNORECASE
 )
@@ -46,7 +61,7 @@ def component_problem(name: str) -> str | None:
         return reason
     if name[-1] in ". ":
         return "name ends in a dot or a space"
-    if _RESERVED.fullmatch(name) is not None or _RESERVED.fullmatch(name.rstrip(" ")):
+    if name[:3].upper() in _RESERVED_STEMS and _RESERVED.fullmatch(name) is not None:
         return "name is a reserved Windows device name"
     return None
 
@@ -105,3 +120,37 @@ class ImagePaths:
         if ":" in part:
             return "':' outside an alternate-stream entry (drive letter or misplaced stream)"
         return component_problem(part)
+
+
+# --- image paths as the layer writer receives them ---------------------------------------
+
+
+def image_components(name: str) -> list[str]:
+    """Validated components of image path ``name`` (no root, ``.``, ``..``, bad names)."""
+    if not name:
+        return []
+    components = name.split(SEPARATOR)
+    for component in components:
+        reason = invalid_name_reason(component)
+        if reason is not None:
+            raise LayerFormatError(f"{name!r}: {reason}")
+    return components
+
+
+def split_stream_name(name: str) -> tuple[str, str]:
+    """Split ``file:stream`` or ``file:stream:$DATA`` into (file path, stream name)."""
+    head, _, last = name.rpartition(SEPARATOR)
+    parts = last.split(":")
+    if len(parts) == 3:
+        if parts[2].upper() != DATA_STREAM_TYPE:
+            raise LayerFormatError(f"{name}: stream type {parts[2]!r} is not supported")
+    elif len(parts) != 2:
+        raise LayerFormatError(f"{name}: not an alternate stream name")
+    if not parts[0] or not parts[1]:
+        raise LayerFormatError(f"{name}: not an alternate stream name")
+    file = f"{head}{SEPARATOR}{parts[0]}" if head else parts[0]
+    image_components(file)
+    reason = invalid_name_reason(parts[1])
+    if reason is not None:
+        raise LayerFormatError(f"{name}: stream name {reason}")
+    return file, parts[1]

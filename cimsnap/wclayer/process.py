@@ -19,7 +19,8 @@ attribute (see :mod:`cimsnap.wclayer.metadata`).
   the UVM VHDs (seed ``processUtilityVMLayer``, for builds above 20348) need bcdedit and
   HCS, which Linux lacks; they are never faked. Such a layer imports like any other, and
   a warning says that Hyper-V isolation with this UVM needs that Windows-side step. The
-  ``uvmbuildversion`` file the seed writes *is* written.
+  ``uvmbuildversion`` file the seed writes *is* written (the decimal build, no newline;
+  mode 0644 rather than the seed's 0777, like every host file the import creates).
 * A ``UtilityVM`` without its SOFTWARE hive: the seed fails; HEAD never reads it. Choice:
   HEAD (skip the step, no ``uvmbuildversion``; logged), so minimal base layers such as
   buildpacks/imgutil's import. A SOFTWARE hive that is present but unreadable, or whose

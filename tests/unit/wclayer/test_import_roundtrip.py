@@ -11,6 +11,7 @@ import pytest
 from cimsnap.cim import CimReader, open_image
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
 from cimsnap.hive import merge, read_hive, write_hive
+from cimsnap.wclayer.exporter import export_layer
 from cimsnap.wclayer.importer import import_layer
 from cimsnap.wclayer.routing import HIVES
 
@@ -124,3 +125,59 @@ def test_delta_hives_are_merged_along_the_chain(
                 merged = r.open_stream(f"Hives\\{hive.base}").read()
                 assert merged == write_hive(current[hive.base]), (index, hive.base)
                 assert (root / str(index) / "Hives" / hive.base).read_bytes() == merged
+
+
+def describe(reader: CimReader) -> tuple[dict[str, tuple[object, ...]], list[frozenset[str]]]:
+    """Everything a layer holds, path by path, plus its hard-link groups."""
+    paths: dict[str, tuple[object, ...]] = {}
+    ids: dict[int, set[str]] = {}
+    for path, record in reader.walk():
+        info = reader.info(record, path)
+        data = None if record.is_directory else sha256_of(reader, path)
+        streams = tuple(
+            (s.name, reader.open_stream(path, s.name).read()) for s in reader.streams(path)
+        )
+        paths[path] = (
+            int(info.attributes),
+            info.creation_time,
+            info.last_access_time,
+            info.last_write_time,
+            info.change_time,
+            reader.security_descriptor(record),
+            reader.extended_attributes(record),
+            reader.reparse_data(record),
+            data,
+            streams,
+        )
+        if not record.is_directory:
+            ids.setdefault(record.file_id, set()).add(path)
+    groups = sorted((frozenset(g) for g in ids.values() if len(g) > 1), key=sorted)
+    return paths, groups
+
+
+def test_export_and_reimport_gives_the_same_layers(
+    chain: tuple[Path, list[int], list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    root, _, layers = chain
+    again = tmp_path / "again"
+    (again / "cim-layers").mkdir(parents=True)
+    for layer in layers:
+        index = layer.index
+        parent = root / "cim-layers" / f"{index - 1}.cim" if index else None
+        tar = tmp_path / f"exported{index}.tar"
+        with tar.open("wb") as out:
+            export_layer(root / "cim-layers" / f"{index}.cim", parent, out)
+        parents = [str(i) for i in range(index - 1, -1, -1)]
+        with tar.open("rb") as stream:
+            import_layer(
+                stream,
+                again / str(index),
+                again / "cim-layers" / f"{index}.cim",
+                [again / p for p in parents],
+                [again / "cim-layers" / f"{p}.cim" for p in parents],
+            )
+        with (
+            open_image(root / "cim-layers" / f"{index}.cim") as first,
+            open_image(again / "cim-layers" / f"{index}.cim") as second,
+        ):
+            assert describe(second.reader) == describe(first.reader), index

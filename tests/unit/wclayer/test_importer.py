@@ -17,6 +17,7 @@ from cimsnap.cim import open_image
 from cimsnap.hive import merge, read_hive, write_hive
 from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
 from cimsnap.wclayer import winmeta
+from cimsnap.wclayer.compression import open_compressed, open_decompressed
 from cimsnap.wclayer.errors import (
     LayerCancelledError,
     LayerExistsError,
@@ -434,4 +435,27 @@ def test_bad_entries_from_raw_bytes(root: Path, entry: bytes, declared: int, dat
     with pytest.raises(LayerFormatError) as raised:
         run(root, "2", stream, "1")
     assert raised.value.offset is not None and raised.value.offset >= len(head) - 512
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_truncated_compressed_stream(root: Path, kind: str) -> None:
+    import_base(root)
+    tar = LayerTar().dir("Files")
+    for i in range(20):
+        tar.file(f"Files/f{i}", os.urandom(20_000))
+    packed = io.BytesIO()
+    out = open_compressed(packed, kind)  # type: ignore[arg-type]
+    out.write(tar.bytes())
+    out.close()
+    data = packed.getvalue()[: len(packed.getvalue()) * 2 // 3]
+    before = snapshot(root)
+    with pytest.raises(LayerFormatError):
+        import_layer(
+            open_decompressed(io.BytesIO(data)),
+            root / "2",
+            root / "cim-layers/2.cim",
+            [root / "1"],
+            [root / "cim-layers/1.cim"],
+        )
     assert snapshot(root) == before
