@@ -57,15 +57,17 @@ data is copied from the mapped regions to ``out`` in slices of at most 1 MiB.
 from __future__ import annotations
 
 import base64
+import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from cimsnap.cim import CimError, CimReader, FileRecord, open_image
-from cimsnap.cim.format import FILE_RECORD_SIZE, FILES_PER_TABLE
+from cimsnap.cim import CimError, CimFormatError, CimReader, FileRecord, open_image
+from cimsnap.cim.format import FILE_RECORD_SIZE, FILES_PER_TABLE, StreamType
 from cimsnap.cim.linktable import LinkTable
+from cimsnap.cim.offsets import split_region_offset
 from cimsnap.cim.records import StreamDescriptor
 from cimsnap.cim.regions import CimImage
 from cimsnap.cim.streams import stream_runs
@@ -79,6 +81,7 @@ _MOUNT_POINT_TAG: Final = 0xA0000003
 _CHUNK: Final = 1 << 20
 _BLOCK: Final = 512
 _ZEROS: Final = bytes(_CHUNK)
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _USTAR_MAX: Final = 8**11 - 1
 _HIVE_BASES: Final = frozenset(
     ("SYSTEM_BASE", "SOFTWARE_BASE", "SAM_BASE", "SECURITY_BASE", "DEFAULTUSER_BASE")
@@ -158,12 +161,49 @@ def _ustar_name(name: str, key: str, pax: list[bytes]) -> bytes:
     return name.encode("ascii", "replace")[:100]
 
 
+class _RegionFiles:
+    """Region files opened on demand for ``pread``; ``close()`` closes them."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = paths
+        self._fds: dict[int, int] = {}
+        self._buffer = memoryview(bytearray(_CHUNK))
+
+    def copy(
+        self, region: int, offset: int, length: int, write: Callable[[memoryview], None]
+    ) -> None:
+        """Pass ``length`` bytes at ``offset`` of region ``region`` to ``write`` in chunks
+        (each chunk is reused afterwards: ``write`` must consume it)."""
+        fd = self._fds.get(region)
+        if fd is None:
+            fd = self._fds[region] = os.open(self._paths[region], os.O_RDONLY | _O_CLOEXEC)
+        view = self._buffer
+        while length:
+            n = os.preadv(fd, [view[: min(length, _CHUNK)]], offset)
+            if n <= 0:
+                raise CimFormatError(
+                    f"region file {self._paths[region].name}",
+                    region=region,
+                    offset=offset,
+                    why="ends before the data it should hold",
+                )
+            write(view[:n])
+            offset += n
+            length -= n
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 class _TarWriter:
     """Writes headers and data to ``out`` and counts the bytes."""
 
-    def __init__(self, out: BinaryIO, stats: ExportStats) -> None:
+    def __init__(self, out: BinaryIO, stats: ExportStats, regions: _RegionFiles) -> None:
         self._write = out.write
         self.stats = stats
+        self._regions = regions
 
     def write(self, data: bytes | memoryview) -> None:
         self._write(data)
@@ -201,21 +241,30 @@ class _TarWriter:
             self.write(_ZEROS[:rest])
 
     def data(self, reader: CimReader, what: str, stream: StreamDescriptor) -> int:
-        """Copy a stream's bytes (holes as zeros); return its length."""
-        runs = stream_runs(reader, stream, what)
+        """Copy a stream's bytes (holes as zeros); return its length.
+
+        Plain data streams are read with ``pread`` from the region file into one reused
+        buffer, so the mapped regions are never faulted in (RSS stays bounded); sparse and
+        PE-image streams go through their runs.
+        """
+        runs = stream_runs(reader, stream, what)  # bounds-checks the stream
         length = stream.length
-        at = 0
-        for run in sorted(runs, key=lambda r: r.start):
-            if run.start > at:
-                self._zeros(run.start - at)
-            if run.source is None:
-                self._zeros(run.length)
-            else:
-                for start in range(0, run.length, _CHUNK):
-                    self.write(run.source[start : start + _CHUNK])
-            at = run.start + run.length
-        if at < length:
-            self._zeros(length - at)
+        if stream.type is StreamType.DATA and not stream.sparse and length:
+            region, offset = split_region_offset(stream.data_offset)
+            self._regions.copy(region, offset, length, self.write)
+        else:
+            at = 0
+            for run in sorted(runs, key=lambda r: r.start):
+                if run.start > at:
+                    self._zeros(run.start - at)
+                if run.source is None:
+                    self._zeros(run.length)
+                else:
+                    for start in range(0, run.length, _CHUNK):
+                        self.write(run.source[start : start + _CHUNK])
+                at = run.start + run.length
+            if at < length:
+                self._zeros(length - at)
         self.pad(length)
         self.stats.data_bytes += length
         return length
@@ -640,12 +689,16 @@ def export_layer(
             planner.walk()
             planner.resolve()
             stats = ExportStats()
-            tar = _TarWriter(out, stats)
-            for item in planner.items:
-                _emit(tar, child, item)
-                if progress is not None:
-                    progress(stats.tar_bytes, stats.entries)
-            tar.close()
+            regions = _RegionFiles(child_image.region_paths)
+            try:
+                tar = _TarWriter(out, stats, regions)
+                for item in planner.items:
+                    _emit(tar, child, item)
+                    if progress is not None:
+                        progress(stats.tar_bytes, stats.entries)
+                tar.close()
+            finally:
+                regions.close()
         except CimError as e:
             raise LayerFormatError(f"CIM {Path(cim_path).name}: {e}") from e
         return stats
