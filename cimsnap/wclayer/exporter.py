@@ -360,6 +360,14 @@ def _raw_record(reader: CimReader, file_id: int) -> memoryview | None:
     return reader.object_at(offset, size, f"file record {file_id}", skip=slot * entry_size)
 
 
+def _id_limit(reader: CimReader) -> int:
+    """The highest file ID ``reader``'s tables can hold."""
+    if not reader.file_table_count:
+        return 0
+    last = reader.file_table_count - 1
+    return last * FILES_PER_TABLE + reader.file_table_entry(last)[1]
+
+
 def _streams(reader: CimReader, record: FileRecord) -> list[tuple[str, int, int]]:
     table = reader.stream_table(record)
     return [(table.name_at(i), *table.descriptor_at(i)) for i in range(table.count)]
@@ -375,6 +383,11 @@ class _Planner:
         self.emitted: dict[int, str] = {}  # changed object -> its first tar name
         self.unresolved: dict[int, list[_Item]] = {}  # unchanged object -> links to it
         self._unchanged: dict[int, bool] = {}
+        self._names_in: dict[int, dict[int, str]] = {}  # parent dir -> file ID -> a name
+        #: With a parent: the IDs whose records differ (or are new) and the directories on
+        #: the way to them; None when the whole tree must be walked (see _prune).
+        self.changed: set[int] | None = None
+        self.interesting: set[int] = set()
 
     def skipped(self, path: str) -> bool:
         head, _, name = path.rpartition("\\")
@@ -427,6 +440,8 @@ class _Planner:
         root = child.root_id
         if parent is not None and parent.root_id != root:
             raise LayerParentError("the child's root is not its parent's: not a fork")
+        if parent is not None:
+            self._prune(parent)
         stack: list[Iterator[Any]] = [self._directory("", root, parent is not None)]
         while stack:
             step = next(stack[-1], None)
@@ -434,6 +449,43 @@ class _Planner:
                 stack.pop()
             else:
                 stack.append(step)
+
+    def _prune(self, parent: CimReader) -> None:
+        """Find the records that differ from the parent's by comparing file tables (a fork
+        references unchanged parent tables in place), and the directories above them.
+
+        Every new or re-stated name lives in a directory whose link table, hence record,
+        changed; so only those directories and their ancestors need visiting. The one
+        exception, a parent *file* changed in place (an alternate stream added to it, which
+        import_layer never does: it re-adds the file), may have names in untouched
+        directories; then the whole tree is walked.
+        """
+        child = self.child
+        changed: set[int] = set()
+        for table in range(child.file_table_count):
+            offset, count, size = child.file_table_entry(table)
+            first = table * FILES_PER_TABLE + 1
+            if table >= parent.file_table_count:
+                changed.update(range(first, first + count))
+                continue
+            theirs = parent.file_table_entry(table)
+            if (offset, count, size) == theirs:
+                continue
+            for file_id in range(first, first + count):
+                if not self.unchanged(file_id):
+                    changed.add(file_id)
+        interesting = self.interesting
+        for file_id in changed:
+            record = child.record(file_id)
+            if not record.is_directory and file_id <= _id_limit(parent):
+                self.changed = None  # a parent file changed in place: walk everything
+                interesting.clear()
+                return
+            up = file_id if record.is_directory else record.parent_file_id
+            while up and up not in interesting:
+                interesting.add(up)
+                up = child.record(up).parent_file_id if up != child.root_id else 0
+        self.changed = changed
 
     def _directory(self, path: str, dir_id: int, inherited: bool) -> Iterator[Any]:
         """Plan the entries of one directory; yields the iterators of its subdirectories
@@ -453,7 +505,18 @@ class _Planner:
             if not same_table:
                 before = {order.key(n): (n, i) for n, i in parent_table.directory_entries()}
                 self._whiteouts(path, table, before)
-        for name, file_id in table.directory_entries():
+        changed = self.changed
+        entries: Iterator[tuple[str, int]]
+        if same_table and changed is not None:
+            wanted = [
+                i
+                for i in range(table.count)
+                if table.file_id_at(i) in changed or table.file_id_at(i) in self.interesting
+            ]
+            entries = ((table.name_at(i), table.file_id_at(i)) for i in wanted)
+        else:
+            entries = table.directory_entries()
+        for name, file_id in entries:
             sub = f"{path}\\{name}" if path else name
             if self.skipped(sub):
                 continue
@@ -477,6 +540,8 @@ class _Planner:
                     continue
                 if not kept or self.dir_changed(file_id, sub):
                     self.items.append(_Item("dir", sub, file_id))
+                if kept and changed is not None and file_id not in self.interesting:
+                    continue  # nothing below it changed
                 yield self._directory(sub, file_id, kept)
             else:
                 self._file(sub, file_id, kept)
@@ -506,6 +571,8 @@ class _Planner:
                 item = _Item("link", path, file_id)
                 self.items.append(item)
                 self.unresolved.setdefault(file_id, []).append(item)
+            elif file_id in self.unresolved and not self.skipped(path):
+                self._settle(file_id, path)  # a kept name after the new one
         else:
             self.items.append(_Item("file", path, file_id))
             self.emitted[file_id] = path
@@ -554,9 +621,12 @@ class _Planner:
             seen.add(up)
         names = []
         for upper, lower in zip(chain[:0:-1], chain[-2::-1], strict=True):
-            found = next(
-                (n for n, i in parent.directory(upper).directory_entries() if i == lower), None
-            )
+            by_id = self._names_in.get(upper)
+            if by_id is None:
+                by_id = self._names_in[upper] = {}
+                for n, i in parent.directory(upper).directory_entries():
+                    by_id.setdefault(i, n)
+            found = by_id.get(lower)
             if found is None:
                 return None
             names.append(found)
