@@ -4,6 +4,9 @@ reproduces the layer; unchanged detection, whiteouts, links, refusals, determini
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -113,3 +116,21 @@ def test_filetime_pax_form() -> None:
     assert filetime_to_pax(0) == "-11644473600"
     assert filetime_to_pax(116_444_735_999_999_999) == "-0.0000001"
     assert pax_filetime(filetime_to_pax(132_500_000_123_456_700)) == 132_500_000_123_456_700
+
+
+def test_export_does_not_depend_on_the_hash_seed(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    cims, _ = built
+    script = (
+        "import sys; from cimsnap.wclayer.exporter import export_layer; "
+        "export_layer(sys.argv[1], sys.argv[2], sys.stdout.buffer)"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(cims / "layer2.cim"), str(cims / "layer1.cim")],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1] == _export(cims, 2)[0]
