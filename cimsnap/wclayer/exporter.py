@@ -34,7 +34,13 @@ Representation (what the tar holds):
   object, and for names whose case changed.
 * **Unchanged** is decided without reading data: a fork keeps every inherited object's
   file ID and record in place (cim.pending), so an object is unchanged iff its 96 record
-  bytes (data, SD, EA and stream-table offsets included) are equal in both images.
+  bytes (data, SD, EA and stream-table offsets included) are equal in both images. The
+  changed records are found by comparing the two images' file tables (a fork references
+  the parent's unchanged tables in place), and only the directories holding them and their
+  ancestors are walked, so a small layer over a large parent exports in time proportional
+  to the layer. A link to an unchanged file takes as target a name the layer kept, found
+  through the file's ParentFileId chain, else during the walk, else (rarely) by one walk
+  of the whole image; a file with no kept name is emitted whole at its first new name.
 * **Hives.** A non-base layer's ``Hives\*_Delta`` files are ordinary content (a layer
   that re-imported a delta has a new object there, so it is emitted), while
   ``Hives\*_BASE`` is never emitted nor whited out: the importer regenerates it by merging
@@ -51,13 +57,16 @@ missing or damaged parent, or a child that is not a fork of it, LayerParentError
 part of the tar may have been written to ``out`` (the caller discards it).
 
 Memory is bounded by the plan of changed entries (no data) plus one directory's entries;
-data is copied from the mapped regions to ``out`` in slices of at most 1 MiB.
+data is read from the region files with ``pread`` into one 1 MiB buffer (the mapped
+regions are never faulted in), so ``out.write`` must consume each chunk before returning.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,6 +91,7 @@ _CHUNK: Final = 1 << 20
 _BLOCK: Final = 512
 _ZEROS: Final = bytes(_CHUNK)
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_SEND_CHUNK: Final = 1 << 30
 _USTAR_MAX: Final = 8**11 - 1
 _HIVE_BASES: Final = frozenset(
     ("SYSTEM_BASE", "SOFTWARE_BASE", "SAM_BASE", "SECURITY_BASE", "DEFAULTUSER_BASE")
@@ -161,6 +171,21 @@ def _ustar_name(name: str, key: str, pax: list[bytes]) -> bytes:
     return name.encode("ascii", "replace")[:100]
 
 
+def _direct_fd(out: BinaryIO) -> int | None:
+    """The descriptor data can be sent to in the kernel: only for a plain write-only file
+    object (``open(..., "wb")`` or its raw FileIO) on a regular file or a pipe."""
+    if not hasattr(os, "sendfile") or type(out) not in (io.BufferedWriter, io.FileIO):
+        return None
+    if out.readable():
+        return None
+    try:
+        fd = out.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
+        return None
+    return fd if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) else None
+
+
 class _RegionFiles:
     """Region files opened on demand for ``pread``; ``close()`` closes them."""
 
@@ -174,9 +199,7 @@ class _RegionFiles:
     ) -> None:
         """Pass ``length`` bytes at ``offset`` of region ``region`` to ``write`` in chunks
         (each chunk is reused afterwards: ``write`` must consume it)."""
-        fd = self._fds.get(region)
-        if fd is None:
-            fd = self._fds[region] = os.open(self._paths[region], os.O_RDONLY | _O_CLOEXEC)
+        fd = self._fd(region)
         view = self._buffer
         while length:
             n = os.preadv(fd, [view[: min(length, _CHUNK)]], offset)
@@ -191,6 +214,28 @@ class _RegionFiles:
             offset += n
             length -= n
 
+    def send(self, region: int, offset: int, length: int, out_fd: int) -> None:
+        """Copy ``length`` bytes at ``offset`` of region ``region`` to ``out_fd`` in the
+        kernel (``sendfile``), at ``out_fd``'s position."""
+        fd = self._fd(region)
+        while length:
+            n = os.sendfile(out_fd, fd, offset, min(length, _SEND_CHUNK))
+            if n <= 0:
+                raise CimFormatError(
+                    f"region file {self._paths[region].name}",
+                    region=region,
+                    offset=offset,
+                    why="ends before the data it should hold",
+                )
+            offset += n
+            length -= n
+
+    def _fd(self, region: int) -> int:
+        fd = self._fds.get(region)
+        if fd is None:
+            fd = self._fds[region] = os.open(self._paths[region], os.O_RDONLY | _O_CLOEXEC)
+        return fd
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
@@ -202,6 +247,8 @@ class _TarWriter:
 
     def __init__(self, out: BinaryIO, stats: ExportStats, regions: _RegionFiles) -> None:
         self._write = out.write
+        self._flush = out.flush
+        self._direct = _direct_fd(out)
         self.stats = stats
         self._regions = regions
 
@@ -251,7 +298,12 @@ class _TarWriter:
         length = stream.length
         if stream.type is StreamType.DATA and not stream.sparse and length:
             region, offset = split_region_offset(stream.data_offset)
-            self._regions.copy(region, offset, length, self.write)
+            if self._direct is not None:
+                self._flush()
+                self._regions.send(region, offset, length, self._direct)
+                self.stats.tar_bytes += length
+            else:
+                self._regions.copy(region, offset, length, self.write)
         else:
             at = 0
             for run in sorted(runs, key=lambda r: r.start):

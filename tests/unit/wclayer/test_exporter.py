@@ -134,3 +134,28 @@ def test_export_does_not_depend_on_the_hash_seed(built: tuple[Path, list[Generat
         for seed in ("1", "2")
     ]
     assert outputs[0] == outputs[1] == _export(cims, 2)[0]
+
+
+def test_export_to_a_file_or_a_pipe_is_the_same_bytes(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    """A plain binary file or pipe gets the data through the kernel (sendfile); the bytes
+    are those written to any other stream."""
+    cims, _ = built
+    expected = _export(cims, 1)[0]
+    with (tmp_path / "out.tar").open("wb") as f:
+        f.write(b"prefix")
+        export_layer(cims / "layer1.cim", cims / "layer0.cim", f)
+        f.write(b"suffix")
+    assert (tmp_path / "out.tar").read_bytes() == b"prefix" + expected + b"suffix"
+    script = (
+        "import sys; from cimsnap.wclayer.exporter import export_layer; "
+        "sys.stdout.buffer.write(b'>'); "
+        "export_layer(sys.argv[1], sys.argv[2], sys.stdout.buffer)"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-c", script, str(cims / "layer1.cim"), str(cims / "layer0.cim")],
+        check=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    assert piped == b">" + expected
