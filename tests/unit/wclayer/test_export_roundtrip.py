@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cimsnap.cim import read_image_header
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.hive import read_hive
 from cimsnap.wclayer.exporter import export_layer
@@ -110,3 +111,34 @@ def test_export_of_a_base_layer_alone_matches_the_generated_tar_model(
     model = read_cim_model(tmp_path / "cim-layers" / "B.cim")
     assert model_differences(read_cim_model(root / "cim-layers" / "L0.cim"), model) == []
     assert all(p in model.files for p in layers[0].model.files)
+
+
+def _image_bytes(cim: Path) -> tuple[bytes, dict[str, bytes]]:
+    """The .cim and its own region and objectid files, with the region-set GUID masked."""
+    own = read_image_header(cim).region_sets[-1]
+    text = str(own.guid)
+    files = {
+        p.name.replace(text, "GUID"): p.read_bytes() for p in cim.parent.iterdir() if text in p.name
+    }
+    return cim.read_bytes().replace(own.guid.bytes_le, b"G" * 16), files
+
+
+def test_a_reimported_layer_is_byte_identical_but_for_its_region_guid(
+    imported: tuple[Path, list[GeneratedLayer]],
+) -> None:
+    root, _ = imported
+    data = _export(root, 2)
+    images = []
+    for name in ("X", "Y"):
+        parents = [root / "L1", root / "L0"]
+        cim = root / "cim-layers" / f"{name}.cim"
+        import_layer(
+            io.BytesIO(data),
+            root / name,
+            cim,
+            parents,
+            [root / "cim-layers" / f"{p.name}.cim" for p in parents],
+        )
+        images.append(_image_bytes(cim))
+    assert images[0] == images[1]
+    assert len(images[0][1]) == 6  # three regions, three objectid files
