@@ -68,6 +68,7 @@ import io
 import os
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,7 @@ from cimsnap.cim.offsets import split_region_offset
 from cimsnap.cim.records import StreamDescriptor
 from cimsnap.cim.regions import CimImage
 from cimsnap.cim.streams import stream_runs
-from cimsnap.wclayer.errors import LayerFormatError, LayerParentError
+from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
 
 __all__ = ["ExportStats", "export_layer", "filetime_to_pax"]
 
@@ -787,12 +788,14 @@ def export_layer(
     out: BinaryIO,
     *,
     progress: Callable[[int, int], None] | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ExportStats:
     """Write the layer tar of ``cim_path`` over ``parent_cim_path`` (None: a base layer)
     to ``out`` (uncompressed); return what was written. See the module docstring.
 
-    ``progress(tar bytes, entries)`` is called after each entry. Raises LayerFormatError,
-    LayerParentError, or whatever ``out.write`` raises.
+    ``progress(tar bytes, entries)`` is called after each entry; ``cancelled`` is checked
+    before each entry (LayerCancelledError; the tar is then incomplete). Raises
+    LayerFormatError, LayerParentError, LayerCancelledError, or what ``out.write`` raises.
     """
     child_image = _open(Path(cim_path), "layer")
     parent_image: CimImage | None = None
@@ -815,6 +818,11 @@ def export_layer(
             try:
                 tar = _TarWriter(out, stats, regions)
                 for item in planner.items:
+                    if cancelled is not None and cancelled.is_set():
+                        raise LayerCancelledError(
+                            f"export of {Path(cim_path).name} cancelled after "
+                            f"{stats.entries} entries"
+                        )
                     _emit(tar, child, item)
                     if progress is not None:
                         progress(stats.tar_bytes, stats.entries)

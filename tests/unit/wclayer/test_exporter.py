@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
+from cimsnap.wclayer.errors import LayerCancelledError
 from cimsnap.wclayer.exporter import ExportStats, export_layer, filetime_to_pax
 from tests.unit.devtools.tarreplay import model_differences, pax_filetime, replay
 from tests.unit.wclayer.cimreplay import import_plain, read_cim_model
@@ -159,3 +161,23 @@ def test_export_to_a_file_or_a_pipe_is_the_same_bytes(
         stdout=subprocess.PIPE,
     ).stdout
     assert piped == b">" + expected
+
+
+def test_progress_and_cancellation(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    cims, _ = built
+    seen: list[tuple[int, int]] = []
+    stats = export_layer(
+        cims / "layer0.cim", None, io.BytesIO(), progress=lambda b, n: seen.append((b, n))
+    )
+    assert len(seen) == stats.entries - stats.streams
+    assert seen == sorted(seen) and seen[-1][1] == stats.entries
+    stop = threading.Event()
+
+    def cancel_after_ten(_: int, entries: int) -> None:
+        if entries >= 10:
+            stop.set()
+
+    with pytest.raises(LayerCancelledError, match="cancelled"):
+        export_layer(
+            cims / "layer0.cim", None, io.BytesIO(), progress=cancel_after_ten, cancelled=stop
+        )
