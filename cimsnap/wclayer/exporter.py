@@ -67,7 +67,6 @@ import base64
 import io
 import os
 import stat
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,21 +74,42 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from cimsnap.cim import CimError, CimFormatError, CimReader, FileRecord, open_image
-from cimsnap.cim.format import FILE_RECORD_SIZE, FILES_PER_TABLE, StreamType
+from cimsnap.cim.format import (
+    FILE_RECORD,
+    FILE_RECORD_SIZE,
+    FILES_PER_TABLE,
+    IO_REPARSE_TAG_SYMLINK,
+    REPARSE_DATA_HEADER_FAST,
+    STREAM_DESCRIPTOR_FAST,
+    SYMLINK_REPARSE_HEADER,
+    StreamType,
+    derive_fast,
+    field_offsets,
+    unpack_length_and_type,
+)
 from cimsnap.cim.linktable import LinkTable
 from cimsnap.cim.offsets import split_region_offset
 from cimsnap.cim.records import StreamDescriptor
 from cimsnap.cim.regions import CimImage
 from cimsnap.cim.streams import stream_runs
 from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
+from cimsnap.wclayer.tarformat import BLOCK_SIZE, MAGIC_USTAR, USTAR_SPANS
+from cimsnap.wclayer.winmeta import (
+    FILE_FULL_EA_INFORMATION,
+    IO_REPARSE_TAG_MOUNT_POINT,
+    MOUNT_POINT_REPARSE_HEADER,
+    PAX_CREATION_TIME,
+    PAX_EA_PREFIX,
+    PAX_FILE_ATTRIBUTES,
+    PAX_MOUNT_POINT,
+    PAX_RAW_SD,
+)
 
 __all__ = ["ExportStats", "export_layer", "filetime_to_pax"]
 
 _EPOCH_AS_FILETIME: Final = 116_444_736_000_000_000
-_SYMLINK_TAG: Final = 0xA000000C
-_MOUNT_POINT_TAG: Final = 0xA0000003
 _CHUNK: Final = 1 << 20
-_BLOCK: Final = 512
+_BLOCK: Final = BLOCK_SIZE
 _ZEROS: Final = bytes(_CHUNK)
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _SEND_CHUNK: Final = 1 << 30
@@ -134,12 +154,18 @@ def filetime_to_pax(filetime: int) -> str:
 
 # -- tar encoding ------------------------------------------------------------------------
 
+_NAME = slice(*USTAR_SPANS["name"])
+_MODE = slice(*USTAR_SPANS["mode"])
+_SIZE = slice(*USTAR_SPANS["size"])
+_MTIME = slice(*USTAR_SPANS["mtime"])
+_CHKSUM = slice(*USTAR_SPANS["chksum"])
+_TYPEFLAG = slice(*USTAR_SPANS["typeflag"])
+_LINKNAME = slice(*USTAR_SPANS["linkname"])
+_ZERO_OCTAL: Final = b"0000000\0"
 _TEMPLATE: Final = bytearray(_BLOCK)
-_TEMPLATE[108:116] = b"0000000\0"  # uid
-_TEMPLATE[116:124] = b"0000000\0"  # gid
-_TEMPLATE[257:265] = b"ustar\x0000"
-_TEMPLATE[329:337] = b"0000000\0"  # devmajor
-_TEMPLATE[337:345] = b"0000000\0"  # devminor
+for _field in ("uid", "gid", "devmajor", "devminor"):
+    _TEMPLATE[slice(*USTAR_SPANS[_field])] = _ZERO_OCTAL
+_TEMPLATE[USTAR_SPANS["magic"][0] : USTAR_SPANS["version"][1]] = MAGIC_USTAR
 
 
 def _pax_record(key: str, value: str) -> bytes:
@@ -152,14 +178,14 @@ def _pax_record(key: str, value: str) -> bytes:
 
 def _ustar(name: bytes, typeflag: bytes, size: int, mtime: int, mode: int, link: bytes) -> bytes:
     header = bytearray(_TEMPLATE)
-    header[0 : len(name)] = name
-    header[100:108] = b"%07o\0" % mode
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"%011o\0" % mtime
-    header[148:156] = b"        "
-    header[156:157] = typeflag
-    header[157 : 157 + len(link)] = link
-    header[148:156] = b"%06o\0 " % sum(header)
+    header[_NAME.start : _NAME.start + len(name)] = name
+    header[_MODE] = b"%07o\0" % mode
+    header[_SIZE] = b"%011o\0" % size
+    header[_MTIME] = b"%011o\0" % mtime
+    header[_CHKSUM] = b"        "
+    header[_TYPEFLAG] = typeflag
+    header[_LINKNAME.start : _LINKNAME.start + len(link)] = link
+    header[_CHKSUM] = b"%06o\0 " % sum(header)
     return bytes(header)
 
 
@@ -335,18 +361,26 @@ class _TarWriter:
 # -- metadata decoding -------------------------------------------------------------------
 
 
+_EA_HEADER: Final = derive_fast(FILE_FULL_EA_INFORMATION)
+_REPARSE_HEADERS: Final = {
+    IO_REPARSE_TAG_SYMLINK: derive_fast(SYMLINK_REPARSE_HEADER),
+    IO_REPARSE_TAG_MOUNT_POINT: derive_fast(MOUNT_POINT_REPARSE_HEADER),
+}
+
+
 def _ea_records(buffer: bytes, path: str) -> list[bytes]:
     """PAX records of a FILE_FULL_EA_INFORMATION chain, sorted by EA name."""
     out: dict[str, bytes] = {}
     at = 0
     while at < len(buffer):
-        if at + 8 > len(buffer):
+        if at + _EA_HEADER.size > len(buffer):
             raise LayerFormatError(f"EA buffer truncated at byte {at}", entry=path)
-        next_offset, flags, name_length, value_length = struct.unpack_from("<IBBH", buffer, at)
-        end = at + 8 + name_length + 1 + value_length
+        next_offset, flags, name_length, value_length = _EA_HEADER.unpack_from(buffer, at)
+        start = at + _EA_HEADER.size
+        end = start + name_length + 1 + value_length
         if end > len(buffer):
             raise LayerFormatError(f"EA entry at byte {at} runs past the buffer", entry=path)
-        raw_name = buffer[at + 8 : at + 8 + name_length]
+        raw_name = buffer[start : start + name_length]
         if flags:
             raise LayerFormatError(
                 f"EA {raw_name!r} has flags {flags:#x}, which a layer tar cannot carry",
@@ -354,29 +388,32 @@ def _ea_records(buffer: bytes, path: str) -> list[bytes]:
             )
         if not raw_name.isascii() or b"=" in raw_name or b"\0" in raw_name:
             raise LayerFormatError(f"EA name {raw_name!r} cannot be a PAX key", entry=path)
-        out[raw_name.decode("ascii")] = buffer[at + 9 + name_length : end]
+        out[raw_name.decode("ascii")] = buffer[start + name_length + 1 : end]
         if next_offset == 0:
             break
         at += next_offset
     return [
-        _pax_record(f"MSWINDOWS.xattr.{name}", base64.b64encode(value).decode("ascii"))
+        _pax_record(PAX_EA_PREFIX + name, base64.b64encode(value).decode("ascii"))
         for name, value in sorted(out.items())
     ]
 
 
 def _reparse_target(buffer: bytes, path: str) -> tuple[str, bool]:
     """(link name, is junction) of a symlink or mount-point reparse buffer."""
-    if len(buffer) < 16:
+    if len(buffer) < REPARSE_DATA_HEADER_FAST.size:
         raise LayerFormatError(f"reparse buffer of {len(buffer)} bytes", entry=path)
-    (tag,) = struct.unpack_from("<I", buffer)
-    if tag not in (_SYMLINK_TAG, _MOUNT_POINT_TAG):
+    tag = REPARSE_DATA_HEADER_FAST.unpack_from(buffer)[0]
+    if tag not in _REPARSE_HEADERS:
         raise LayerFormatError(
             f"reparse tag {tag:#010x} is neither a symlink nor a mount point; "
             "a layer tar cannot carry it",
             entry=path,
         )
-    sub_off, sub_len, print_off, print_len = struct.unpack_from("<HHHH", buffer, 8)
-    names = 16 if tag == _MOUNT_POINT_TAG else 20
+    header = _REPARSE_HEADERS[tag]
+    if len(buffer) < header.size:
+        raise LayerFormatError(f"reparse buffer of {len(buffer)} bytes", entry=path)
+    _, _, _, sub_off, sub_len, print_off, print_len, *_ = header.unpack_from(buffer)
+    names = header.size
     if print_len:
         raw = buffer[names + print_off : names + print_off + print_len]
         target = raw.decode("utf-16-le", "replace")
@@ -385,7 +422,7 @@ def _reparse_target(buffer: bytes, path: str) -> tuple[str, bool]:
         target = raw.decode("utf-16-le", "replace").removeprefix("\\??\\")
     if len(raw) != (print_len or sub_len) or not target:
         raise LayerFormatError("reparse buffer names no target", entry=path)
-    return target, tag == _MOUNT_POINT_TAG
+    return target, tag == IO_REPARSE_TAG_MOUNT_POINT
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -411,6 +448,20 @@ def _raw_record(reader: CimReader, file_id: int) -> memoryview | None:
         return None
     size = min(entry_size, FILE_RECORD_SIZE)
     return reader.object_at(offset, size, f"file record {file_id}", skip=slot * entry_size)
+
+
+_DEFAULT_STREAM_AT: Final = field_offsets(FILE_RECORD)["default_stream.data_offset"]
+_LINK_TABLE_TYPE: Final = int(StreamType.LINK_TABLE)
+
+
+def _is_directory(reader: CimReader, file_id: int) -> bool:
+    """Whether ``file_id``'s default stream is a link table, from the raw record (the walk
+    asks this of every entry; decoding whole records is several times slower)."""
+    raw = _raw_record(reader, file_id)
+    if raw is None or len(raw) < _DEFAULT_STREAM_AT + STREAM_DESCRIPTOR_FAST.size:
+        return reader.record(file_id).is_directory  # raises the reader's precise error
+    _, length_and_type = STREAM_DESCRIPTOR_FAST.unpack_from(raw, _DEFAULT_STREAM_AT)
+    return bool(unpack_length_and_type(length_and_type)[1] == _LINK_TABLE_TYPE)
 
 
 def _id_limit(reader: CimReader) -> int:
@@ -528,9 +579,10 @@ class _Planner:
                 if not self.unchanged(file_id):
                     changed.add(file_id)
         interesting = self.interesting
+        limit = _id_limit(parent)
         for file_id in changed:
             record = child.record(file_id)
-            if not record.is_directory and file_id <= _id_limit(parent):
+            if not record.is_directory and file_id <= limit:
                 self.changed = None  # a parent file changed in place: walk everything
                 interesting.clear()
                 return
@@ -580,8 +632,8 @@ class _Planner:
             else:
                 old = before.get(order.key(name))
                 kept = old is not None and old == (name, file_id)
-            record = child.record(file_id)
-            if record.is_directory:
+            if _is_directory(child, file_id):
+                record = child.record(file_id)
                 if record.reparse_offset:
                     if child.directory(file_id).count:
                         raise LayerFormatError(
@@ -710,17 +762,17 @@ class _Planner:
 
 
 def _metadata_records(reader: CimReader, record: FileRecord, path: str) -> list[bytes]:
-    records = [_pax_record("MSWINDOWS.fileattr", str(int(record.attributes)))]
+    records = [_pax_record(PAX_FILE_ATTRIBUTES, str(int(record.attributes)))]
     sd = reader.security_descriptor(record)
     if sd:
-        records.append(_pax_record("MSWINDOWS.rawsd", base64.b64encode(sd).decode("ascii")))
+        records.append(_pax_record(PAX_RAW_SD, base64.b64encode(sd).decode("ascii")))
     records.extend(_ea_records(reader.extended_attributes(record), path))
     return records
 
 
 def _time_records(record: FileRecord) -> list[bytes]:
     return [
-        _pax_record("LIBARCHIVE.creationtime", filetime_to_pax(record.creation_time)),
+        _pax_record(PAX_CREATION_TIME, filetime_to_pax(record.creation_time)),
         _pax_record("mtime", filetime_to_pax(record.last_write_time)),
         _pax_record("atime", filetime_to_pax(record.last_access_time)),
         _pax_record("ctime", filetime_to_pax(record.change_time)),
@@ -749,7 +801,7 @@ def _emit(tar: _TarWriter, reader: CimReader, item: _Item) -> None:
     if record.reparse_offset:
         target, junction = _reparse_target(reader.reparse_data(record), item.path)
         if junction:
-            records.append(_pax_record("MSWINDOWS.mountpoint", "1"))
+            records.append(_pax_record(PAX_MOUNT_POINT, "1"))
         records.extend(_time_records(record))
         tar.header(name, b"2", records=records, link=target, mtime=mtime, mode=0o755)
         stats.symlinks += 1
