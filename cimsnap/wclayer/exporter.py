@@ -169,11 +169,13 @@ _TEMPLATE[USTAR_SPANS["magic"][0] : USTAR_SPANS["version"][1]] = MAGIC_USTAR
 
 
 def _pax_record(key: str, value: str) -> bytes:
+    """``"<length> key=value\\n"``, the length counting its own digits."""
     body = f" {key}={value}\n".encode()
-    size = len(body) + 1
-    while len(str(size)) + len(body) != size:
-        size = len(str(size)) + len(body)
-    return str(size).encode() + body
+    digits = len(str(len(body)))
+    size = len(body) + digits
+    if len(str(size)) != digits:  # adding the digits carried into one more digit
+        size += 1
+    return b"%d" % size + body
 
 
 def _ustar(name: bytes, typeflag: bytes, size: int, mtime: int, mode: int, link: bytes) -> bytes:
@@ -276,6 +278,7 @@ class _TarWriter:
         self._write = out.write
         self._flush = out.flush
         self._direct = _direct_fd(out)
+        self.cache = _RecordCache()
         self.stats = stats
         self._regions = regions
 
@@ -301,13 +304,22 @@ class _TarWriter:
             pax.append(_pax_record("size", str(size)))
         if records:
             pax.extend(records)
+        ustar_size = size if size <= _USTAR_MAX else 0
+        header = _ustar(ustar_name, typeflag, ustar_size, mtime, mode, ustar_link)
         if pax:
             body = b"".join(pax)
-            self.write(_ustar(b"././@PaxHeader", b"x", len(body), 0, 0o644, b""))
-            self.write(body)
-            self.pad(len(body))
-        ustar_size = size if size <= _USTAR_MAX else 0
-        self.write(_ustar(ustar_name, typeflag, ustar_size, mtime, mode, ustar_link))
+            self.write(
+                b"".join(
+                    (
+                        _ustar(b"././@PaxHeader", b"x", len(body), 0, 0o644, b""),
+                        body,
+                        _ZEROS[: -len(body) % _BLOCK],
+                        header,
+                    )
+                )
+            )
+        else:
+            self.write(header)
 
     def pad(self, size: int) -> None:
         rest = -size % _BLOCK
@@ -761,13 +773,36 @@ class _Planner:
 # -- emitting ----------------------------------------------------------------------------
 
 
-def _metadata_records(reader: CimReader, record: FileRecord, path: str) -> list[bytes]:
-    records = [_pax_record(PAX_FILE_ATTRIBUTES, str(int(record.attributes)))]
-    sd = reader.security_descriptor(record)
-    if sd:
-        records.append(_pax_record(PAX_RAW_SD, base64.b64encode(sd).decode("ascii")))
-    records.extend(_ea_records(reader.extended_attributes(record), path))
-    return records
+class _RecordCache:
+    """PAX records of attribute values and of stored SDs (a CIM stores each distinct SD
+    once, so its offset identifies it); bounded, since an image may hold many SDs."""
+
+    LIMIT: Final = 4096
+
+    def __init__(self) -> None:
+        self._attributes: dict[int, bytes] = {}
+        self._sds: dict[int, bytes | None] = {}
+
+    def metadata(self, reader: CimReader, record: FileRecord, path: str) -> list[bytes]:
+        attributes = int(record.attributes)
+        first = self._attributes.get(attributes)
+        if first is None:
+            first = self._attributes[attributes] = _pax_record(PAX_FILE_ATTRIBUTES, str(attributes))
+        records = [first]
+        sd_record = self._sds.get(record.sd_offset, b"")
+        if sd_record == b"":
+            sd = reader.security_descriptor(record)
+            sd_record = (
+                _pax_record(PAX_RAW_SD, base64.b64encode(sd).decode("ascii")) if sd else None
+            )
+            if len(self._sds) >= self.LIMIT:
+                self._sds.clear()
+            self._sds[record.sd_offset] = sd_record
+        if sd_record is not None:
+            records.append(sd_record)
+        if record.ea_offset:
+            records.extend(_ea_records(reader.extended_attributes(record), path))
+        return records
 
 
 def _time_records(record: FileRecord) -> list[bytes]:
@@ -796,7 +831,7 @@ def _emit(tar: _TarWriter, reader: CimReader, item: _Item) -> None:
         stats.links += 1
         return
     record = reader.record(item.file_id)
-    records = _metadata_records(reader, record, item.path)
+    records = tar.cache.metadata(reader, record, item.path)
     mtime = _ustar_mtime(record.last_write_time)
     if record.reparse_offset:
         target, junction = _reparse_target(reader.reparse_data(record), item.path)
