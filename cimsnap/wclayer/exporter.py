@@ -890,9 +890,13 @@ def export_layer(
         if parent_cim_path is not None:
             parent_image = _open(Path(parent_cim_path), "parent")
             mine, theirs = child_image.header.region_sets, parent_image.header.region_sets
-            if tuple(mine[: len(theirs)]) != tuple(theirs) or len(mine) == len(theirs):
+            # A fork lists its parent's region sets, then its own (cim.writer): the
+            # immediate parent's sets plus exactly one. An older ancestor is refused, since
+            # a tar over it would lose the hive deltas of the layers in between.
+            if tuple(mine[: len(theirs)]) != tuple(theirs) or len(mine) != len(theirs) + 1:
                 raise LayerParentError(
-                    f"{Path(cim_path).name} is not a fork of {Path(parent_cim_path).name}"
+                    f"{Path(cim_path).name} is not a fork of {Path(parent_cim_path).name} "
+                    "(the CIM it was forked from, its immediate parent)"
                 )
         child = child_image.reader
         parent = parent_image.reader if parent_image is not None else None

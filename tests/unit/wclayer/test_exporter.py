@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
-from cimsnap.wclayer.errors import LayerCancelledError
+from cimsnap.wclayer.errors import LayerCancelledError, LayerParentError
 from cimsnap.wclayer.exporter import ExportStats, export_layer, filetime_to_pax
 from tests.unit.devtools.tarreplay import model_differences, pax_filetime, replay
 from tests.unit.wclayer.cimreplay import import_plain, read_cim_model
@@ -181,3 +181,12 @@ def test_progress_and_cancellation(built: tuple[Path, list[GeneratedLayer]]) -> 
         export_layer(
             cims / "layer0.cim", None, io.BytesIO(), progress=cancel_after_ten, cancelled=stop
         )
+
+
+def test_only_the_immediate_parent_is_accepted(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    """Over an older ancestor the tar would carry only this layer's hive deltas."""
+    cims, _ = built
+    with pytest.raises(LayerParentError, match="immediate parent"):
+        export_layer(cims / "layer2.cim", cims / "layer0.cim", io.BytesIO())
+    with pytest.raises(LayerParentError, match="not a fork"):
+        export_layer(cims / "layer1.cim", cims / "layer2.cim", io.BytesIO())
