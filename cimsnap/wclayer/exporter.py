@@ -706,18 +706,47 @@ class _Planner:
             if target is not None:
                 self._settle(file_id, target)
         if self.unresolved:
-            for path, record in self.child.walk():
-                wanted = record.file_id in self.unresolved and not record.is_directory
-                if wanted and self._kept(path, record.file_id):
-                    self._settle(record.file_id, path)
-                    if not self.unresolved:
-                        break
+            self._search_kept_names()
         for links in self.unresolved.values():
             first, *rest = links
             first.kind = "file"
             for item in rest:
                 item.target = first.path
         self.unresolved.clear()
+
+    def _search_kept_names(self) -> None:
+        """Settle the remaining links by walking the kept part of the image (directories
+        with the same name and ID in both), reading names only where an ID matches."""
+        parent = self.parent
+        assert parent is not None
+        child = self.child
+        stack = [("", child.root_id)]
+        while stack and self.unresolved:
+            path, dir_id = stack.pop()
+            table, before = child.directory(dir_id), parent.directory(dir_id)
+            same = table.buffer[: table.length] == before.buffer[: before.length]
+            for index in range(table.count):
+                file_id = table.file_id_at(index)
+                is_dir = _is_directory(child, file_id)
+                if not is_dir and file_id not in self.unresolved:
+                    continue
+                name = table.name_at(index)
+                if not same:
+                    at = before.find(name, parent.order)
+                    if at is None or (before.name_at(at), before.file_id_at(at)) != (
+                        name,
+                        file_id,
+                    ):
+                        continue
+                sub = f"{path}\\{name}" if path else name
+                if self.skipped(sub):
+                    continue
+                if is_dir:
+                    stack.append((sub, file_id))
+                else:
+                    self._settle(file_id, sub)
+                    if not self.unresolved:
+                        return
 
     def _settle(self, file_id: int, target: str) -> None:
         for item in self.unresolved.pop(file_id):

@@ -333,3 +333,21 @@ def test_parent_problems(tmp_path: Path) -> None:
     (tmp_path / "junk.cim").write_bytes(b"not a cim")
     with pytest.raises(LayerFormatError, match=r"junk\.cim"):
         export_layer(tmp_path / "junk.cim", None, io.BytesIO())
+
+
+def test_link_target_found_when_the_first_parent_name_was_replaced(tmp_path: Path) -> None:
+    def base(w: CimWriter) -> None:
+        _base(w)
+        w.create_file("Files\\z", _dir())
+        w.create_hard_link("Files\\z\\other-name.txt", "Files\\d\\a.txt")
+
+    def child(w: CimWriter) -> None:
+        _put(w, "Files\\d\\a.txt", b"replaced")  # a new object at the first name
+        w.delete_path("Files\\d\\a-link.txt")
+        w.create_hard_link("Files\\new-name.txt", "Files\\z\\other-name.txt")
+
+    data, _, _ = _chain(tmp_path, child, base)
+    members = {m.name: m for m in _members(data)}
+    assert members["Files/new-name.txt"].islnk()
+    assert members["Files/new-name.txt"].linkname == "Files/z/other-name.txt"
+    assert members["Files/d/a.txt"].isreg() and members["Files/d/a.txt"].size == 8
