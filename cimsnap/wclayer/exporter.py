@@ -40,7 +40,8 @@ Representation (what the tar holds):
   ancestors are walked, so a small layer over a large parent exports in time proportional
   to the layer. A link to an unchanged file takes as target a name the layer kept, found
   through the file's ParentFileId chain, else during the walk, else (rarely) by one walk
-  of the whole image; a file with no kept name is emitted whole at its first new name.
+  of the directories the layer kept; a file with no kept name is emitted whole at its first
+  new name.
 * **Hives.** A non-base layer's ``Hives\*_Delta`` files are ordinary content (a layer
   that re-imported a delta has a new object there, so it is emitted), while
   ``Hives\*_BASE`` is never emitted nor whited out: the importer regenerates it by merging
@@ -53,7 +54,9 @@ Refused, with :class:`LayerFormatError` naming the path (the tar dialect cannot 
 them): reparse tags other than symlink and mount point, a reparse directory that has
 entries, EAs with non-zero flags or non-ASCII names, names starting with ``.wh.``, and a
 directory that lost an alternate stream. A damaged child CIM raises LayerFormatError, a
-missing or damaged parent, or a child that is not a fork of it, LayerParentError; on error
+missing or damaged parent, or a child that is not a fork of it (the parent must be the CIM
+it was forked from, not an older ancestor: a tar over that would lose the hive deltas of
+the layers in between), LayerParentError; cancellation LayerCancelledError; on error
 part of the tar may have been written to ``out`` (the caller discards it).
 
 Memory is bounded by the plan of changed entries (no data) plus one directory's entries;
