@@ -32,8 +32,10 @@ precision written as Go does (``secs.fraction`` with trailing zeros trimmed); so
 ``MSWINDOWS.xattr.*`` records (deliberately not in name order). uid/gid 0, empty
 uname/gname, mode 0644/0755.
 
-The base layer carries ``Files/Windows/System32/config/{SYSTEM,SOFTWARE,SAM,SECURITY,
-DEFAULT}`` written by :mod:`cimsnap.hive`; every delta layer carries all five
+No ``UtilityVM`` tree is generated (its import step needs a utility-VM SOFTWARE hive and,
+above build 20348, BCD edits that only Windows can do). The base layer carries
+``Files/Windows/System32/config/{SYSTEM,SOFTWARE,SAM,SECURITY,DEFAULT}`` written by
+:mod:`cimsnap.hive`; every delta layer carries all five
 ``Hives/*_Delta`` differencing hives, each a valid delta over the merge of the previous
 layers' hives (:func:`cimsnap.hive.merge`).
 
