@@ -67,6 +67,8 @@ regions are never faulted in), so ``out.write`` must consume each chunk before r
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import io
 import os
 import stat
@@ -213,7 +215,10 @@ def _direct_fd(out: BinaryIO) -> int | None:
     try:
         fd = out.fileno()
         mode = os.fstat(fd).st_mode
+        append = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
     except (OSError, ValueError):
+        return None
+    if append:  # the kernel refuses to splice into an O_APPEND file
         return None
     return fd if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) else None
 
@@ -246,21 +251,28 @@ class _RegionFiles:
             offset += n
             length -= n
 
-    def send(self, region: int, offset: int, length: int, out_fd: int) -> None:
+    def send(self, region: int, offset: int, length: int, out_fd: int) -> int:
         """Copy ``length`` bytes at ``offset`` of region ``region`` to ``out_fd`` in the
-        kernel (``sendfile``), at ``out_fd``'s position."""
+        kernel (``sendfile``), at ``out_fd``'s position; return the count sent, short only
+        if the kernel refuses this pair of files (EINVAL, ENOSYS, EOPNOTSUPP)."""
         fd = self._fd(region)
-        while length:
-            n = os.sendfile(out_fd, fd, offset, min(length, _SEND_CHUNK))
+        sent = 0
+        while sent < length:
+            try:
+                n = os.sendfile(out_fd, fd, offset + sent, min(length - sent, _SEND_CHUNK))
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return sent
+                raise
             if n <= 0:
                 raise CimFormatError(
                     f"region file {self._paths[region].name}",
                     region=region,
-                    offset=offset,
+                    offset=offset + sent,
                     why="ends before the data it should hold",
                 )
-            offset += n
-            length -= n
+            sent += n
+        return sent
 
     def _fd(self, region: int) -> int:
         fd = self._fds.get(region)
@@ -342,8 +354,11 @@ class _TarWriter:
             region, offset = split_region_offset(stream.data_offset)
             if self._direct is not None:
                 self._flush()
-                self._regions.send(region, offset, length, self._direct)
-                self.stats.tar_bytes += length
+                sent = self._regions.send(region, offset, length, self._direct)
+                self.stats.tar_bytes += sent
+                if sent < length:  # the kernel declined (sendfile unsupported here)
+                    self._direct = None
+                    self._regions.copy(region, offset + sent, length - sent, self.write)
             else:
                 self._regions.copy(region, offset, length, self.write)
         else:

@@ -3,8 +3,10 @@ reproduces the layer; unchanged detection, whiteouts, links, refusals, determini
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -13,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from cimsnap.cim import read_image_header
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
-from cimsnap.wclayer.errors import LayerCancelledError, LayerParentError
+from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
 from cimsnap.wclayer.exporter import ExportStats, export_layer, filetime_to_pax
 from tests.unit.devtools.tarreplay import model_differences, pax_filetime, replay
 from tests.unit.wclayer.cimreplay import import_plain, read_cim_model
@@ -190,3 +193,48 @@ def test_only_the_immediate_parent_is_accepted(built: tuple[Path, list[Generated
         export_layer(cims / "layer2.cim", cims / "layer0.cim", io.BytesIO())
     with pytest.raises(LayerParentError, match="not a fork"):
         export_layer(cims / "layer1.cim", cims / "layer2.cim", io.BytesIO())
+
+
+def test_export_appended_to_a_file(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    """O_APPEND files cannot take sendfile data: the export copies instead, same bytes."""
+    cims, _ = built
+    target = tmp_path / "out.tar"
+    target.write_bytes(b"head")
+    with target.open("ab") as f:
+        export_layer(cims / "layer0.cim", None, f)
+    assert target.read_bytes() == b"head" + _export(cims, 0)[0]
+
+
+def test_damaged_layer_cim_is_a_format_error_naming_it(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    cims, _ = built
+    for f in cims.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    header = read_image_header(tmp_path / "layer0.cim")
+    regions = sorted(tmp_path.glob(f"region_{header.region_sets[-1].guid}_*"))
+    data = max(regions, key=lambda p: p.stat().st_size)  # the data region
+    with data.open("r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.raises(LayerFormatError, match=r"layer0\.cim"):
+        export_layer(tmp_path / "layer0.cim", None, io.BytesIO())
+
+
+def test_sendfile_refused_by_the_kernel_falls_back_to_copying(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault we cannot provoke on this filesystem: sendfile answering EINVAL."""
+    cims, _ = built
+    calls: list[int] = []
+
+    def refuse(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refuse)
+    with (tmp_path / "out.tar").open("wb") as f:
+        export_layer(cims / "layer1.cim", cims / "layer0.cim", f)
+    assert len(calls) == 1  # refused once, then copied for the rest of the export
+    assert (tmp_path / "out.tar").read_bytes() == _export(cims, 1)[0]
