@@ -244,11 +244,11 @@ def filetime_to_pax(filetime: int) -> str:
 
 
 def ea_buffer(eas: Mapping[str, bytes]) -> bytes:
-    """FILE_FULL_EA_INFORMATION chain of ``eas``, sorted by name, every entry padded to 4."""
+    """FILE_FULL_EA_INFORMATION chain of ``eas`` (names as UTF-8, sorted by those bytes),
+    every entry padded to 4."""
     out = bytearray()
-    items = sorted(eas.items())
-    for i, (name, value) in enumerate(items):
-        raw = name.encode("ascii")
+    items = sorted((name.encode("utf-8"), value) for name, value in eas.items())
+    for i, (raw, value) in enumerate(items):
         body = struct.pack("<BBH", 0, len(raw), len(value)) + raw + b"\0" + value
         length = 4 + len(body)
         padded = (length + 3) & ~3
@@ -807,6 +807,7 @@ class _Planner:
             "USER.Z": b"last",
             "$KERNEL.PURGE.ESBCACHE": rng.randbytes(48),
             "A": b"",
+            "ÜNÏCODE.EA": b"\xc3",
         }
         if with_ads:
             ads = self.add_file(special, "with-streams.txt", rng.choice((10, 5000)))
@@ -844,7 +845,7 @@ def _parse_eas(buffer: bytes) -> dict[str, bytes]:
     at = 0
     while at < len(buffer):
         nxt, _, nlen, vlen = struct.unpack_from("<IBBH", buffer, at)
-        name = buffer[at + 8 : at + 8 + nlen].decode("ascii")
+        name = buffer[at + 8 : at + 8 + nlen].decode("utf-8")
         out[name] = buffer[at + 9 + nlen : at + 9 + nlen + vlen]
         if not nxt:
             break

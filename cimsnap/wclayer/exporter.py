@@ -52,7 +52,7 @@ Representation (what the tar holds):
 
 Refused, with :class:`LayerFormatError` naming the path (the tar dialect cannot carry
 them): reparse tags other than symlink and mount point, a reparse directory that has
-entries, EAs with non-zero flags or non-ASCII names, names starting with ``.wh.``, and a
+entries, EAs with non-zero flags or names that are not UTF-8, names starting with ``.wh.``, and a
 directory that lost an alternate stream. A damaged child CIM raises LayerFormatError, a
 missing or damaged parent, or a child that is not a fork of it (the parent must be the CIM
 it was forked from, not an older ancestor: a tar over that would lose the hive deltas of
@@ -416,9 +416,13 @@ def _ea_records(buffer: bytes, path: str) -> list[bytes]:
                 f"EA {raw_name!r} has flags {flags:#x}, which a layer tar cannot carry",
                 entry=path,
             )
-        if not raw_name.isascii() or b"=" in raw_name or b"\0" in raw_name:
+        try:
+            name = raw_name.decode("utf-8")  # as import_layer encodes EA names
+        except UnicodeDecodeError:
+            name = ""
+        if not name or "=" in name or "\0" in name:
             raise LayerFormatError(f"EA name {raw_name!r} cannot be a PAX key", entry=path)
-        out[raw_name.decode("ascii")] = buffer[start + name_length + 1 : end]
+        out[name] = buffer[start + name_length + 1 : end]
         if next_offset == 0:
             break
         at += next_offset

@@ -219,7 +219,7 @@ def test_directory_streams_and_reparse_points(tmp_path: Path) -> None:
 
 def test_times_before_1970_and_eas_round_trip(tmp_path: Path) -> None:
     def child(w: CimWriter) -> None:
-        _put(w, "Files\\old.txt", b"old", t=0, ea=ea_buffer({"Z": b"1", "A": b"22"}))
+        _put(w, "Files\\old.txt", b"old", t=0, ea=ea_buffer({"Z": b"1", "A": b"22", "ÜBER": b"3"}))
 
     data, _, _ = _chain(tmp_path, child)
     (m,) = _members(data)
@@ -227,6 +227,7 @@ def test_times_before_1970_and_eas_round_trip(tmp_path: Path) -> None:
     assert list(k for k in m.pax_headers if k.startswith("MSWINDOWS.xattr.")) == [
         "MSWINDOWS.xattr.A",
         "MSWINDOWS.xattr.Z",
+        "MSWINDOWS.xattr.ÜBER",
     ]
 
 
@@ -303,6 +304,12 @@ def test_delta_layer_never_emits_hive_bases(tmp_path: Path) -> None:
             "flags 0x80",
         ),
         (lambda w: _put(w, "Files\\.wh.x", b""), "whiteout"),
+        (
+            lambda w: _put(
+                w, "Files\\ea2", b"", ea=struct.pack("<IBBH", 0, 0, 1, 1) + b"\xff\0v\0"
+            ),
+            "cannot be a PAX key",
+        ),
     ],
 )
 def test_refusals_name_the_entry(tmp_path: Path, child: Build, message: str) -> None:
