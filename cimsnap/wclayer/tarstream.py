@@ -264,7 +264,8 @@ class TarReader:
         available = len(self._buf) - self._pos
         if available:
             size = min(available, len(view))
-            view[:size] = self._buf[self._pos : self._pos + size]
+            with memoryview(self._buf) as source:  # one copy, straight into the caller's buffer
+                view[:size] = source[self._pos : self._pos + size]
             self._pos += size
             return size
         self._base += self._pos
