@@ -453,3 +453,12 @@ def test_fast_unpacker_matches_the_declaration() -> None:
 def test_layer_format_error_is_the_base() -> None:
     assert issubclass(TarFormatError, LayerFormatError)
     assert issubclass(TarTruncatedError, LayerFormatError)
+
+
+def test_gnu_long_name_bomb_is_refused() -> None:
+    long_ti = tarfile.TarInfo("././@LongLink")
+    long_ti.type = tarfile.GNUTYPE_LONGNAME
+    long_ti.size = 2 << 20
+    with pytest.raises(TarFormatError) as info_:
+        read_all(long_ti.tobuf(tarfile.GNU_FORMAT) + b"a" * 4096)
+    assert "limit" in info_.value.reason
