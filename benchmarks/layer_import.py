@@ -18,8 +18,8 @@ Figures, all against a baseline measured in the same run:
   skipped by both. Target >= 5x.
 * (c) MB/s: import (uncompressed tar bytes / time), ``tar -xzf``, and decompression alone
   (ISA-L, zlib fallback, and ``gzip -dc`` for reference).
-* (d) peak RSS (``ru_maxrss`` of the import child, from ``wait4``). Target < 250 MB, also
-  with ``--size 4GiB`` and ``--entries 250000``.
+* (d) peak RSS of the import child (its own ``VmHWM``). Target < 250 MB, also with
+  ``--size 4GiB`` and ``--entries 250000``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cimsnap.devtools.layergen import generate_chain, parse_size
+from cimsnap.devtools.layergen import parse_size
 from cimsnap.wclayer import compression
 from cimsnap.wclayer.compression import open_decompressed
 from cimsnap.wclayer.tarstream import TarReader
@@ -43,17 +43,37 @@ from cimsnap.wclayer.tarstream import TarReader
 CHUNK = 1 << 20
 
 
-def run_child(argv: list[str]) -> tuple[float, int]:
-    """Run ``argv`` then ``sync``; return (seconds, child's peak RSS in bytes)."""
+#: Runs the cimsnap CLI, then writes the process's own peak RSS (VmHWM, kB) to argv[1].
+#: ``ru_maxrss`` from ``wait4`` is not used: Linux folds the *parent's* peak at fork/exec
+#: time into it, which inflated the figure by the benchmark's own memory.
+_IMPORT_CHILD = (
+    "import sys\n"
+    "from cimsnap.cli import main\n"
+    "code = main(sys.argv[2:])\n"
+    "with open('/proc/self/status') as status:\n"
+    "    hwm = [line.split()[1] for line in status if line.startswith('VmHWM')][0]\n"
+    "with open(sys.argv[1], 'w') as out:\n"
+    "    out.write(hwm)\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_child(argv: list[str]) -> float:
+    """Run ``argv`` then ``sync``; return the seconds taken."""
     start = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    result = subprocess.run(argv, stdout=subprocess.DEVNULL, check=False)
     os.sync()
     elapsed = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed with exit code {child.returncode}")
-    return elapsed, usage.ru_maxrss * 1024
+    if result.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed with exit code {result.returncode}")
+    return elapsed
+
+
+def run_import(layer: Path, layer_dir: Path, hwm_file: Path) -> tuple[float, int]:
+    """``cimsnap layer import`` in a child; return (seconds, its peak RSS in bytes)."""
+    argv = [sys.executable, "-c", _IMPORT_CHILD, str(hwm_file), "layer", "import", str(layer)]
+    seconds = run_child([*argv, "--layer-dir", str(layer_dir)])
+    return seconds, int(hwm_file.read_text()) * 1024
 
 
 def headers_ours(path: Path) -> int:
@@ -108,33 +128,42 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="layer-import-bench-", dir=args.dir))
     try:
         if args.layer is None:
+            # In a child, so this process stays small (the generator keeps its model).
             start = time.perf_counter()
-            (generated,) = generate_chain(
-                work / "gen",
-                layers=1,
-                profile="bench",
-                size=args.size,
-                entries=args.entries,
-                compress=True,
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cimsnap.devtools.layergen",
+                    str(work / "gen"),
+                    "--profile",
+                    "bench",
+                    "--size",
+                    str(args.size),
+                    "--entries",
+                    str(args.entries),
+                    "--gzip",
+                ],
+                stdout=subprocess.DEVNULL,
+                check=True,
             )
-            layer, tar_size, entries = generated.path, generated.tar_size, generated.entries
+            layer = work / "gen" / "layer0.tar.gz"
             print(
-                f"generated {layer.name}: {entries} entries, {tar_size / 1e6:.0f} MB tar, "
-                f"{generated.blob_size / 1e6:.0f} MB gzip in {time.perf_counter() - start:.0f} s"
+                f"generated {layer.name}: {layer.stat().st_size / 1e6:.0f} MB gzip in "
+                f"{time.perf_counter() - start:.0f} s"
             )
         else:
             layer = args.layer
-            tar_size, entries = 0, 0
         plain = work / "layer.tar"
         with layer.open("rb") as f, open_decompressed(f) as stream, plain.open("wb") as out:
             shutil.copyfileobj(stream, out, CHUNK)
-        tar_size = tar_size or plain.stat().st_size
+        tar_size = plain.stat().st_size
 
         # (b) headers only, same uncompressed stream (page cache warm for both)
         headers_ours(plain)
         ours_s, count = best(args.repeat + 1, lambda: headers_ours(plain))
         theirs_s, their_count = best(args.repeat + 1, lambda: headers_tarfile(plain))
-        entries = entries or count
+        entries = count
         print(
             f"(b) headers only: TarReader {count / ours_s:,.0f} entries/s "
             f"({tar_size / ours_s / 1e6:,.0f} MB/s), tarfile {their_count / theirs_s:,.0f} "
@@ -156,20 +185,19 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # (a) + (d): interleaved, each into a fresh directory on the same disk
-        cimsnap = [sys.executable, "-m", "cimsnap", "layer", "import", str(layer)]
         import_times, tar_times, rss = [], [], []
         for round_ in range(args.repeat):
             if not args.no_tar:
                 target = work / f"tar{round_}"
                 target.mkdir()
-                seconds, _ = run_child(
+                seconds = run_child(
                     ["tar", "--warning=no-unknown-keyword", "-xzf", str(layer), "-C", str(target)]
                 )
                 tar_times.append(seconds)
                 shutil.rmtree(target)
             snapshots = work / f"snapshots{round_}"
             snapshots.mkdir()
-            seconds, peak = run_child([*cimsnap, "--layer-dir", str(snapshots / "1")])
+            seconds, peak = run_import(layer, snapshots / "1", work / "hwm")
             import_times.append(seconds)
             rss.append(peak)
             shutil.rmtree(snapshots)
