@@ -39,15 +39,16 @@ Choices where Go differs or the spec is silent (each pinned by a test in
   :class:`TarFormatError`: expanding them is not implemented, and silently yielding the
   sparse map as data would corrupt the file.
 * One trailing ``/`` is removed from names and recorded in :attr:`TarHeader.trailing_slash`.
-* The reader never seeks (a seek past the end of a file cannot detect truncation); skipped
-  data is read and discarded.
+* Skipped data is read and discarded, except that on a seekable source (a regular file) a
+  long skip seeks to the last byte of the skipped range and reads that byte, as Go does:
+  a seek alone past the end of a file succeeds, the read then detects the truncation.
 
 The reader never creates a host path; entry names are data for the caller to validate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -85,6 +86,8 @@ from cimsnap.wclayer.tarformat import (
 
 _READ_SIZE: Final = 1 << 20
 _DIRECT_READ_MIN: Final = 64 * 1024
+#: Skips longer than this seek instead of reading, when the source is seekable.
+_SEEK_MIN: Final = 256 * 1024
 _EMPTY_PAX: Final[Mapping[str, str]] = MappingProxyType({})
 _NAME_END: Final = USTAR_SPANS["name"][1]
 _SIZE_START, _SIZE_END = USTAR_SPANS["size"]
@@ -137,6 +140,18 @@ class TarHeader(NamedTuple):
 
 class _Source(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _seek_of(stream: object) -> Callable[[int, int], int] | None:
+    """The source's ``seek`` if it says it is seekable (regular files), else None."""
+    seekable = getattr(stream, "seekable", None)
+    try:
+        if seekable is None or not seekable():
+            return None
+    except (OSError, ValueError):
+        return None
+    seek: Callable[[int, int], int] | None = getattr(stream, "seek", None)
+    return seek
 
 
 class TarEntry:
@@ -221,6 +236,7 @@ class TarReader:
     def __init__(self, stream: _Source) -> None:
         self._stream = stream
         self._readinto = getattr(stream, "readinto", None)
+        self._seek = _seek_of(stream)
         self._buf = b""
         self._pos = 0
         self._base = 0
@@ -264,7 +280,8 @@ class TarReader:
         available = len(self._buf) - self._pos
         if available:
             size = min(available, len(view))
-            view[:size] = self._buf[self._pos : self._pos + size]
+            with memoryview(self._buf) as source:  # one copy, straight into the caller's buffer
+                view[:size] = source[self._pos : self._pos + size]
             self._pos += size
             return size
         self._base += self._pos
@@ -287,6 +304,12 @@ class TarReader:
         self._base += len(self._buf)
         self._buf = b""
         self._pos = 0
+        if self._seek is not None and size > _SEEK_MIN:
+            # Go's trick: seek to the last byte and read it, so a stream that is too short
+            # still fails here (a seek past the end of a file succeeds silently).
+            self._seek(size - 1, 1)
+            self._base += size - 1
+            size = 1
         scratch = memoryview(bytearray(min(size, _READ_SIZE)))
         while size:
             step = min(size, len(scratch))
