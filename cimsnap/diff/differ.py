@@ -22,9 +22,10 @@ gRPC. Contracts follow containerd's cimfs differ (containerd-integration §3.5, 
 * The blob (:mod:`cimsnap.diff.content`) is decompressed by magic bytes and streamed
   through ``import_layer`` while the uncompressed bytes are hashed; trailing bytes after
   the tar's end are drained into the hash (containerd's differ does the same), then the
-  blob's size (and, read from the content directory, its digest) is checked. A failure after ``import_layer`` committed (trailing
-  damage, digest mismatch, cancellation) destroys the new CIM and what the import put in
-  the layer directory: on any error nothing stays committed.
+  blob's size (and, read from the content directory, its digest) is checked. A failure
+  after ``import_layer`` committed (trailing damage, digest mismatch, cancellation)
+  destroys the new CIM and what the import put in the layer directory: on any error
+  nothing stays committed.
 * Returns ``{application/vnd.oci.image.layer.v1.tar, sha256:<uncompressed>, size}``.
 
 **Compare** (:meth:`Differ.compare`): see its docstring.
@@ -455,7 +456,9 @@ class _ExportPipe:
                 compressor = open_compressed(self, self._kind)
                 stack.callback(compressor.close)
                 tee = _Tee(compressor, self)
-                export_layer(self._cim, self._parent, cast(BinaryIO, tee))
+                export_layer(
+                    self._cim, self._parent, cast(BinaryIO, tee), cancelled=self._cancelled
+                )
             self._flush_pending()
             self._put(None)
         except _Aborted:

@@ -277,8 +277,9 @@ def _unpack_layer(
     """Prepare, Apply, check, Commit one layer; on any failure remove the extract snapshot."""
     key = _extract_key(chain)
     labels = {SNAPSHOT_REF_LABEL: chain}
-    mounts = ctd.prepare_snapshot(snapshotter, key, parent, labels)
     try:
+        # Inside the try: an interrupt during Prepare may land after containerd made it.
+        mounts = ctd.prepare_snapshot(snapshotter, key, parent, labels)
         applied = differ.apply(layer, mounts)
         if applied.digest != diff_id:
             raise errdefs.FailedPrecondition(
