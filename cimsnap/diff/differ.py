@@ -72,6 +72,7 @@ from cimsnap.wclayer.exporter import export_layer
 from cimsnap.wclayer.importer import import_layer
 
 __all__ = [
+    "IMPORT_LOCK_WAIT",
     "UNCOMPRESSED_LABEL",
     "Differ",
     "LayerSnapshots",
@@ -85,6 +86,8 @@ log = logging.getLogger(__name__)
 #: containerd's label on a compressed blob naming its uncompressed digest.
 UNCOMPRESSED_LABEL: Final = "containerd.io/uncompressed"
 _CHUNK: Final = 1024 * 1024
+#: How long an import waits for another import of the same root to finish (seconds).
+IMPORT_LOCK_WAIT: Final = 6 * 3600.0
 #: Compare's pipe between the exporter thread and the Content.Write stream (chunks).
 _PIPE_DEPTH: Final = 8
 
@@ -209,11 +212,19 @@ class Differ:
 
     ``busy_timeout`` is how long an import waits for the CIM directory (passed to
     ``import_layer``). Thread-safe: the server runs up to ``max_concurrent_applies`` calls
-    at once; the snapshotter's claims keep two applies off one snapshot.
+    at once; the snapshotter's claims keep two applies off one snapshot. CimFS allows one
+    writer per directory (all layer CIMs of a root share ``cim-layers``), so imports into
+    one root run one after the other: [choice] an Apply waits for the directory as long as
+    ``IMPORT_LOCK_WAIT`` (cancellable) rather than fail with Unavailable after a minute
+    behind a large layer.
     """
 
     def __init__(
-        self, snapshots: LayerSnapshots, content: ContainerdContent, *, busy_timeout: float = 60.0
+        self,
+        snapshots: LayerSnapshots,
+        content: ContainerdContent,
+        *,
+        busy_timeout: float = IMPORT_LOCK_WAIT,
     ) -> None:
         self._snapshots = snapshots
         self._content = content

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cimsnap import errdefs
@@ -340,3 +341,51 @@ def test_cimsnap_apply_command(env: Env, tmp_path: Path) -> None:
         cwd=REPO_ROOT,
     )
     assert refused.returncode == 1 and "Unimplemented" in refused.stderr
+
+
+def test_max_concurrent_applies_queues_the_rest(env: Env, tmp_path: Path) -> None:
+    [big] = generate_chain(
+        tmp_path, layers=1, seed=35, compress=True, size=192 * 2**20, entries=1500
+    )
+    desc = env.put_blob("default", big.path.read_bytes())
+    sock_dir = short_socket_dir()
+    config = server_config(
+        sock_dir / "one",
+        sock_dir,
+        containerd_address=env.containerd.socket,
+        max_concurrent_applies=1,
+    )
+    finished: list[str] = []
+    with ServerThread(config) as server, SnapshotsClient(server.address) as sn:
+        [mount] = sn.prepare("default/1/extract-q1 sha256:q1")
+        # A CimFS mount of a snapshot this root does not have: refused by the worker (after
+        # the queue), not by the cheap checks before it.
+        stranger = Mount(
+            "CimFS",
+            str(Path(mount.source).with_name("99")),
+            "",
+            ("rw", f"cimpath={Path(mount.options[1][8:]).with_name('99.cim')}"),
+        )
+        cim_dir = Path(parse_cimfs_mount(mount).cim_path).parent
+        idle = set(cim_dir.iterdir())
+        with ContainerdClient(server.address, "default") as differ:
+            calls = []
+            for name, mounts in (("big", [mount]), ("stranger", [stranger])):
+                request = diff_pb2.ApplyRequest(
+                    diff=descriptor_to_pb(desc), mounts=mounts_to_pb(mounts)
+                )
+                call = differ.diff.Apply.future(request, metadata=differ.metadata)
+                call.add_done_callback(lambda _c, name=name: finished.append(name))
+                calls.append(call)
+                if name == "big":  # the big import holds the only slot before the next
+                    while set(cim_dir.iterdir()) == idle:
+                        time.sleep(0.005)
+            # A foreign mount is answered at once, even with every slot busy.
+            overlay = Mount("overlay", "overlay", "", ("lowerdir=/a",))
+            with pytest.raises(errdefs.Unimplemented):
+                differ.apply(desc, [overlay])
+            assert calls[0].result(timeout=300).applied.digest == big.diff_id
+            assert calls[1].exception(timeout=300).code() == grpc.StatusCode.FAILED_PRECONDITION
+    shutil.rmtree(sock_dir, ignore_errors=True)
+    # With one slot, the refusal waited for the import to finish.
+    assert finished == ["big", "stranger"]
