@@ -16,6 +16,8 @@ Durability protocol (cim-format.md §2, §3; the commit contract of :class:`Imag
 A crash therefore never leaves a ``.cim`` pointing at incomplete regions. ``discard`` (abort,
 or close without commit) removes every file this object created, the temp ``.cim`` included.
 
+Files are created ``0600`` (owner only) whatever the umask.
+
 One writer per directory: Windows opens the containing directory without write sharing
 (§12). We mirror it with an exclusive, non-blocking ``flock`` on the directory itself, held
 until commit or discard, so no lock file is left behind.
@@ -40,6 +42,11 @@ from cimsnap.cim.headers import (
 )
 
 __all__ = ["ImageFiles", "RegionSink", "fsync_directory", "reclaim_unreferenced"]
+
+#: Mode of every file the writer creates [choice]: owner only, whatever the umask. Layer
+#: content may be private (containerd's root is 0700 too); a user who wants to share an
+#: image changes its mode afterwards.
+_FILE_MODE: Final = 0o600
 
 #: Bytes buffered per region before one ``write`` syscall. Small objects (records, names,
 #: small file data) are batched; payloads at least this large bypass the buffer.
@@ -90,7 +97,9 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
     the CimFS magic) is read as one; other files are left alone.
 
     Fails closed: an image that cannot be read may reference any region set, so its
-    error (CimFormatError or OSError) is raised and nothing is deleted. Takes the writer
+    error (CimFormatError or OSError) is raised and nothing is deleted. An image that
+    vanishes while being read (deleted by someone outside the writer lock) references
+    nothing and is skipped; a candidate deleted meanwhile counts as reclaimed. Takes the writer
     lock, so it raises CimSharingViolationError instead of racing a live writer.
     """
     fd = _lock_directory(directory)
@@ -107,12 +116,17 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
                     candidates.append((Path(entry.path), "" if guid is None else guid))
                     continue
                 path = Path(entry.path)
-                if _may_be_image(path):
-                    header = read_image_header(path)
-                    referenced.update(str(region_set.guid) for region_set in header.region_sets)
-        removed = [path for path, guid in candidates if guid not in referenced]
-        for path in removed:
-            path.unlink()
+                try:
+                    if _may_be_image(path):
+                        header = read_image_header(path)
+                        referenced.update(str(rs.guid) for rs in header.region_sets)
+                except FileNotFoundError:
+                    continue  # removed meanwhile (outside the lock): it references nothing
+        removed = []
+        for path, guid in candidates:
+            if guid not in referenced:
+                path.unlink(missing_ok=True)  # gone already counts as reclaimed
+                removed.append(path)
         if removed:
             os.fsync(fd)
         return removed
@@ -141,7 +155,7 @@ class RegionSink:
     def __init__(self, path: Path, header: bytes) -> None:
         """Create ``path`` exclusively and append ``header``. Raises OSError (incl. exists)."""
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         self._flushed = 0
         self._buffer = bytearray(header)
 
@@ -246,7 +260,7 @@ class ImageFiles:
         self._write_new(path, data)
 
     def _write_new(self, path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         self._created.append(path)
         try:
             _write_all(fd, data)
