@@ -145,7 +145,7 @@ def _check_rows(root: Path, kinds: Mapping[int, Kind], report: FsckReport, verif
             mode = 0
         if not stat.S_ISDIR(mode):
             pending = (snapshots / f"{REMOVAL_PREFIX}{sid}").is_dir()
-            why = f"{kind.value} snapshot without its directory"
+            why = f"{kind.name.lower()} snapshot without its directory"
             if pending:
                 why += f" (rm-{sid} holds it: the next start restores it)"
             if mode != 0:
