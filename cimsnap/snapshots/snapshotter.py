@@ -452,8 +452,11 @@ class Snapshotter:
             return None
         if entry_mode(fd, target) is not None:
             # Stale leftover of an earlier interrupted removal of this ID (IDs are never
-            # reused, so nothing else can own the name); rename() cannot replace it.
-            remove_entry(fd, target)
+            # reused, so nothing else can own the name); rename() cannot replace it. Set
+            # aside (cheap) and reclaimed with the rest, never deleted under the lock.
+            stale = retire_entry(fd, target, str(snapshot_id))
+            if stale is not None:
+                self._reaper.submit(lambda: remove_entry(fd, stale))
         try:
             os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
         except FileNotFoundError:

@@ -39,6 +39,7 @@ def outside_intact(victim: Path) -> bool:
 @pytest.fixture
 def sn(tmp_path: Path) -> Iterator[Snapshotter]:
     with Snapshotter(tmp_path / "root") as s:
+        assert s.wait_reclaimed(60)  # the start-up cleanup must not race the planted entries
         yield s
 
 
