@@ -30,11 +30,12 @@ def cim_layer_files(cim_path: Path) -> list[Path]:
 def cim_layer_size(cim_path: Path) -> int:
     """Apparent bytes of the layer's own files (containerd ``cimfs.GetCimUsage``).
 
-    0 if there is no ``.cim``; only the ``.cim`` itself if its header is unreadable
-    (logged). Files of parent region sets never count.
+    0 if there is no ``.cim`` (or something other than a regular file is in its place);
+    only the ``.cim`` itself if its header is unreadable (logged). Files of parent region
+    sets never count; links are never followed.
     """
     try:
-        paths = cim_layer_files(cim_path)
+        paths = cim_layer_files(cim_path) if _is_regular(cim_path) else []
     except FileNotFoundError:
         return 0
     except (CimFormatError, OSError) as e:
@@ -43,9 +44,11 @@ def cim_layer_size(cim_path: Path) -> int:
     total = 0
     for path in paths:
         try:
-            total += path.stat().st_size
+            st = os.lstat(path)  # a link in a layer file's place counts nothing
         except FileNotFoundError:
             continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
     return total
 
 
