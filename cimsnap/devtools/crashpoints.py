@@ -16,6 +16,8 @@ How (the order under test is written in :mod:`cimsnap.snapshots.durability`):
    :func:`cimsnap.snapshots.fsck.check_root`: no problem may remain (reclaimable leftovers
    are allowed only before the start-up cleanup; after it, none is expected either).
 
+``python -m cimsnap.devtools.crashpoints`` runs it and prints one JSON line.
+
 Children are forked from the calling process (no interpreter start per point), so the
 caller must have no other snapshotter open. Linux only. :func:`run_crash_suite` returns a
 :class:`CrashSuiteResult` whose ``kill_points`` / ``survived`` figures the reliability
@@ -330,3 +332,21 @@ def run_crash_suite(
             if progress is not None:
                 progress(done, len(targets))
     return result
+
+
+def main() -> int:
+    """``python -m cimsnap.devtools.crashpoints``: run the suite, print one JSON summary
+    line (``kill_points``, ``survived``, ``lost``) and the failures; exit 1 on any."""
+    import json
+    import sys
+
+    result = run_crash_suite()
+    summary = {"kill_points": result.kill_points, "survived": result.survived, "lost": result.lost}
+    print(json.dumps(summary))
+    for failure in result.failures:
+        print(failure, file=sys.stderr)
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,9 +66,9 @@ _DB_FILES: Final = ("metadata.db", "metadata.db-wal", "metadata.db-shm")
 
 def _refuse(path: Path, why: str) -> FailedPrecondition:
     return FailedPrecondition(
-        f"snapshotter root: {path} {why}; the root's own directories must be real "
-        "directories owned by the daemon: move the entry aside (and find out who made it), "
-        "then start again: failed precondition"
+        f"snapshotter root: {path} {why}; cimsnap never follows links in its root and its "
+        "own directories must be real directories: move the entry aside (and find out who "
+        "made it), then start again: failed precondition"
     )
 
 
@@ -164,9 +164,8 @@ class RootDirs:
         fds: list[int] = []
         try:
             fds.append(_open_own(None, root, root))
-            for name in ("snapshots", "cim-layers"):
-                path = root / "snapshots" / name if name == "cim-layers" else root / name
-                fds.append(_open_own(fds[-1], Path(name), path))
+            fds.append(_open_own(fds[0], Path("snapshots"), root / "snapshots"))
+            fds.append(_open_own(fds[1], Path("cim-layers"), root / "snapshots" / "cim-layers"))
             for name in ("lock", *_DB_FILES):
                 mode = entry_mode(fds[0], name)
                 if mode is not None and not stat.S_ISREG(mode):
