@@ -1,5 +1,7 @@
-"""The crash suite: SIGKILL at every durable step of Prepare, View, Commit, Remove and
-Cleanup, then restart, compare with what was acknowledged, and ``fsck``.
+"""The crash suite: SIGKILL at every durable step of Prepare, View, Commit (a scratch
+tree, and an ``extract`` snapshot whose layer an Apply wrote), the layer write itself,
+Remove (with its background file work) and Cleanup (of planted crash leftovers), then
+restart, compare with what was acknowledged, and ``fsck``.
 
 How (the order under test is written in :mod:`cimsnap.snapshots.durability`):
 
@@ -31,11 +33,13 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cimsnap.cim import build_from_directory
 from cimsnap.cim.regions import open_image
 from cimsnap.errdefs import NotFound
 from cimsnap.snapshots.durability import DURABLE_CALLS
@@ -55,7 +59,9 @@ class Step:
     """One client call of the scenario and its effect once acknowledged.
 
     ``creates``: key -> kind it then has; ``deletes``: keys then gone; ``content``:
-    committed name -> (file name, bytes) its layer must hold.
+    committed name -> (file name, bytes) its layer must hold; ``scratch``: files written
+    into the new active's ``scratch/`` after the call; ``layer``: for ``apply``, the files
+    of the layer written at the snapshot's ``cimpath`` the way the Diff service does.
     """
 
     op: str
@@ -64,6 +70,7 @@ class Step:
     deletes: tuple[str, ...] = ()
     content: tuple[tuple[str, str, bytes], ...] = ()
     scratch: tuple[tuple[str, bytes], ...] = ()
+    layer: tuple[tuple[str, bytes], ...] = ()
 
 
 def scenario() -> tuple[Step, ...]:
@@ -76,6 +83,15 @@ def scenario() -> tuple[Step, ...]:
             creates=(("A", Kind.COMMITTED),),
             deletes=("a",),
             content=(("A", "f", b"one"),),
+        ),
+        Step("prepare", ("x/extract-e", "A"), creates=(("x/extract-e", Kind.ACTIVE),)),
+        Step("apply", ("x/extract-e",), layer=(("e", b"three"),)),
+        Step(
+            "commit",
+            ("E", "x/extract-e"),
+            creates=(("E", Kind.COMMITTED),),
+            deletes=("x/extract-e",),
+            content=(("E", "e", b"three"), ("E", "f", b"one")),
         ),
         Step("prepare", ("b", "A"), creates=(("b", Kind.ACTIVE),), scratch=(("g", b"two"),)),
         Step(
@@ -90,6 +106,7 @@ def scenario() -> tuple[Step, ...]:
         Step("prepare", ("c", "B"), creates=(("c", Kind.ACTIVE),), scratch=(("h", b"x"),)),
         Step("remove", ("c",), deletes=("c",)),
         Step("remove", ("B",), deletes=("B",)),
+        Step("remove", ("E",), deletes=("E",)),
         Step("cleanup", ()),
     )
 
@@ -164,13 +181,21 @@ def _child(root: Path, target: int, pipe: int) -> None:
     injector = _Injector(target, report)
     sn = Snapshotter(root)
     sn.wait_reclaimed()
-    (root / "snapshots" / "rm-99").mkdir()  # a leftover for Cleanup to reclaim
+    # Leftovers of earlier crashes for Cleanup to reclaim: a removal, an orphan directory,
+    # an orphan region file.
+    (root / "snapshots" / "rm-99").mkdir()
+    (root / "snapshots" / "98").mkdir()
+    (root / "snapshots" / "98" / "old").write_bytes(b"old")
+    orphan = f"region_{uuid.UUID(int=98)}_0"
+    (root / "snapshots" / "cim-layers" / orphan).write_bytes(b"orphan")
     with injector.armed():
         for index, step in enumerate(scenario()):
             injector.op = f"{step.op}({','.join(step.args)})"
             report(f"start {index}")
             if step.op == "cleanup":
                 sn.cleanup()
+            elif step.op == "apply":
+                _apply(sn, _layer_source(root) / str(index), step)
             else:
                 result = getattr(sn, step.op)(*step.args)
                 if step.scratch:
@@ -181,6 +206,24 @@ def _child(root: Path, target: int, pipe: int) -> None:
             sn.wait_reclaimed()  # Remove's file work is part of this step's kill points
     sn.close()
     report("labels " + "|".join(injector.labels))
+
+
+def _apply(sn: Snapshotter, source: Path, step: Step) -> None:
+    """Write the layer of ``step`` at the snapshot's ``cimpath``, forked from its parent,
+    with the CIM writer's own durability protocol (what the Diff service's Apply does)."""
+    options = sn.mounts(step.args[0])[0].options
+    cim = Path(next(o for o in options if o.startswith("cimpath=")).removeprefix("cimpath="))
+    parents = [o for o in options if o.startswith("parentCimPaths=")]
+    parent = Path(parents[0].split('"')[1]) if parents else None
+    source.mkdir(parents=True)
+    for name, data in step.layer:
+        (source / name).write_bytes(data)
+    build_from_directory(source, cim, parent=parent)
+
+
+def _layer_source(root: Path) -> Path:
+    """Where the scenario's ``apply`` steps stage their files (outside the root)."""
+    return root.parent / f"{root.name}.layers"
 
 
 def _run_child(root: Path, target: int) -> tuple[list[str], int]:
@@ -294,12 +337,15 @@ def run_crash_suite(
     workdir: Path | None = None,
     *,
     stride: int = 1,
+    select: Callable[[str], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CrashSuiteResult:
     """Kill the scenario at every ``stride``-th durable step; see the module docstring.
 
     ``workdir`` holds the scratch roots (a temporary directory by default; each root is
-    deleted after its check). ``progress(done, total)`` is called after each point.
+    deleted after its check). ``select`` keeps only the points whose label (``op(args):
+    call``, e.g. ``remove(c):before-commit``) it accepts. ``progress(done, total)`` is
+    called after each point.
     """
     result = CrashSuiteResult()
     with contextlib.ExitStack() as stack:
@@ -315,7 +361,12 @@ def run_crash_suite(
         if wrong:
             result.failures.extend(f"no crash: {w}" for w in wrong)
         shutil.rmtree(dry)
-        targets = range(1, len(result.labels) + 1, stride)
+        shutil.rmtree(_layer_source(dry), ignore_errors=True)
+        targets = [
+            n
+            for n in range(1, len(result.labels) + 1, stride)
+            if select is None or select(result.labels[n - 1])
+        ]
         for done, target in enumerate(targets, 1):
             root = base / f"kill-{target}"
             lines, status = _run_child(root, target)
@@ -329,6 +380,7 @@ def run_crash_suite(
             else:
                 result.survived += 1
             shutil.rmtree(root)
+            shutil.rmtree(_layer_source(root), ignore_errors=True)
             if progress is not None:
                 progress(done, len(targets))
     return result
