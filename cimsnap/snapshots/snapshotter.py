@@ -541,4 +541,5 @@ def _lock_root(dirs: RootDirs) -> int:
     except BlockingIOError:
         os.close(fd)
         raise Unavailable(f"{dirs.root} is in use by another snapshotter: unavailable") from None
+    os.fchmod(fd, 0o600)  # a lock file made by an older version may be 0644
     return fd

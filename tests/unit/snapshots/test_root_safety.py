@@ -372,10 +372,12 @@ def test_an_existing_open_root_is_tightened(tmp_path: Path) -> None:
     (root / "snapshots" / "cim-layers").mkdir(parents=True)
     for path in (root, root / "snapshots", root / "snapshots" / "cim-layers"):
         path.chmod(0o755)
-    (root / "metadata.db").touch(mode=0o644)
-    (root / "metadata.db").chmod(0o644)
+    for name in ("metadata.db", "lock"):
+        (root / name).touch()
+        (root / name).chmod(0o644)
     with Snapshotter(root):
         pass
+    assert stat.S_IMODE((root / "lock").stat().st_mode) == 0o600
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "snapshots" / "cim-layers").stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "metadata.db").stat().st_mode) == 0o600
