@@ -266,9 +266,10 @@ def test_startup_replaces_a_live_snapshot_directory_that_is_a_file(tmp_path: Pat
 
 
 def test_200_cleanups_racing_removes(sn: Snapshotter) -> None:
-    commit_layer(sn, "base", a="1")
+    base = commit_layer(sn, "base", a="1")
     unexpected: list[BaseException] = []
     skipped: list[int] = []
+    removed: list[int] = []
     done = threading.Event()
 
     def churn() -> None:
@@ -278,11 +279,15 @@ def test_200_cleanups_racing_removes(sn: Snapshotter) -> None:
             try:
                 mounts = sn.prepare(key, "base")
                 (snapshot_dir(mounts) / "scratch" / "f").write_text(str(n))
-                sn.commit(f"c{n}", key)
-                sn.remove(f"c{n}")
+                if n % 2:  # a committed layer: Remove's reaper destroys a CIM
+                    sn.commit(f"c{n}", key)
+                    sn.remove(f"c{n}")
+                else:
+                    sn.remove(key)
             except BaseException as e:  # collected and asserted below
                 unexpected.append(e)
                 return
+            removed.append(n)
             n += 1
 
     worker = threading.Thread(target=churn)
@@ -299,6 +304,16 @@ def test_200_cleanups_racing_removes(sn: Snapshotter) -> None:
         worker.join()
     assert unexpected == []
     assert skipped == []
+    assert len(removed) >= 10, removed  # the removes really raced the cleanups
+    assert sn.wait_reclaimed(60)
+    sn.cleanup()  # nothing but the base layer is left
+    assert sorted(p.name for p in sn.snapshots_dir.iterdir()) == [
+        snapshot_dir(base).name,
+        "cim-layers",
+    ]
+    assert sorted(p.name for p in sn.cim_dir.iterdir()) == sorted(
+        p.name for p in cim_layer_files(cim_path(base))
+    )
 
 
 # -- Remove answers without the file work ------------------------------------------------------
