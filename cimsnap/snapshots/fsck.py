@@ -212,7 +212,10 @@ def _check_layer_entries(layers: Path, kinds: Mapping[int, Kind], report: FsckRe
     for entry in others:
         where = f"snapshots/cim-layers/{entry.name}"
         if entry.is_dir(follow_symlinks=False):
-            report.add(Level.NOTE, where, "a directory; left alone")
+            if entry.name.startswith(REMOVAL_PREFIX) or entry.name.endswith(".cim"):
+                report.add(Level.RECLAIMABLE, where, "a directory named like an image")
+            else:
+                report.add(Level.NOTE, where, "a directory; left alone")
             continue
         if not entry.is_file(follow_symlinks=False):
             report.add(Level.RECLAIMABLE, where, "not a regular file (cleanup unlinks it)")

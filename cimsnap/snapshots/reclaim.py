@@ -10,8 +10,10 @@ Two phases, so the metastore's write lock is held only for cheap renames (§8.3,
    ``<id>.cim``) are retired the same way whether or not the ID is live, and a live ID
    gets a fresh empty directory (its old one is gone: the layout, :mod:`rootdir`, is never
    followed). Links and special files in ``cim-layers`` are unlinked at once (cheap, and
-   never followed). Existing ``rm-*`` entries (interrupted removals, Remove's pending
-   work) and ``.cim`` files with foreign names are collected too. A snapshot created
+   never followed). Directories in ``cim-layers`` named like images (``*.cim``) or
+   retired (``rm-*``) are retired and deleted too. Existing ``rm-*`` entries
+   (interrupted removals, Remove's pending work) and ``.cim`` files with foreign names are
+   collected too. A snapshot created
    afterwards may get the same fresh ID (after a crash rolled the sequence back), and
    then finds the name free.
 2. :func:`destroy_retired`, outside the metastore lock: unlink the retired images, then
@@ -20,8 +22,8 @@ Two phases, so the metastore's write lock is held only for cheap renames (§8.3,
    and delete the retired entries.
 
 Both phases are idempotent, and an entry that vanished meanwhile (a concurrent Remove or
-the :class:`Reaper` got there first) counts as reclaimed. Directories in ``cim-layers``
-and names in ``snapshots/`` that look like nothing of ours are left alone.
+the :class:`Reaper` got there first) counts as reclaimed. Other directories in
+``cim-layers`` and names in ``snapshots/`` that look like nothing of ours are left alone.
 """
 
 from __future__ import annotations
@@ -63,11 +65,13 @@ _LAYERS_DIR = "cim-layers"
 @dataclass(frozen=True, slots=True)
 class Retired:
     """Entries set aside by :func:`retire_orphans`: names in ``snapshots/`` to delete,
-    names in ``cim-layers/`` to unlink, and how many strays were unlinked at once."""
+    names in ``cim-layers/`` to unlink, how many strays were unlinked at once, and
+    directories in ``cim-layers/`` named like images (or retired) to delete."""
 
     directories: tuple[str, ...]
     images: tuple[str, ...]
     unlinked: int = 0
+    layer_directories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +122,19 @@ def retire_orphans(dirs: RootDirs, live_ids: Set[int]) -> Retired:
                 )
                 os.mkdir(name, DIR_MODE, dir_fd=dirs.snapshots_fd)
     images: list[str] = []
+    layer_directories: list[str] = []
     unlinked = 0
     with os.scandir(dirs.cim_fd) as entries:
         for entry in entries:
             name = entry.name
             if not entry.is_file(follow_symlinks=False):
                 if entry.is_dir(follow_symlinks=False):
+                    if name.startswith(REMOVAL_PREFIX):
+                        layer_directories.append(name)
+                    elif name.endswith(_CIM_SUFFIX):
+                        retired = retire_entry(dirs.cim_fd, name, name[: -len(_CIM_SUFFIX)])
+                        if retired is not None:
+                            layer_directories.append(retired)
                     continue
                 _log.warning("cleanup: unlinking cim-layers/%s: not a regular file", name)
                 with contextlib.suppress(FileNotFoundError):
@@ -140,7 +151,12 @@ def retire_orphans(dirs: RootDirs, live_ids: Set[int]) -> Retired:
                 retired = retire_entry(dirs.cim_fd, name, stem, _CIM_SUFFIX)
                 if retired is not None:
                     images.append(retired)
-    return Retired(tuple(sorted(directories)), tuple(sorted(images)), unlinked)
+    return Retired(
+        tuple(sorted(directories)),
+        tuple(sorted(images)),
+        unlinked,
+        tuple(sorted(layer_directories)),
+    )
 
 
 def destroy_retired(dirs: RootDirs, retired: Retired) -> CleanupReport:
@@ -162,8 +178,13 @@ def destroy_retired(dirs: RootDirs, retired: Retired) -> CleanupReport:
         _log.info("cleanup: removed unreferenced %s", path.name)
     for name in retired.directories:
         remove_entry(dirs.snapshots_fd, name)
+    for name in retired.layer_directories:
+        remove_entry(dirs.cim_fd, name)
     return CleanupReport(
-        reclaimed=len(retired.directories) + len(retired.images) + retired.unlinked,
+        reclaimed=len(retired.directories)
+        + len(retired.images)
+        + retired.unlinked
+        + len(retired.layer_directories),
         swept=sweep.ran,
         regions_removed=len(sweep.removed),
     )

@@ -62,6 +62,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -274,6 +275,13 @@ class Snapshotter:
             retired = retire_entry(fd, name, name)
             if retired is not None:
                 self._reaper.submit(lambda: remove_entry(fd, retired))
+        image = f"{name}.cim"
+        image_mode = entry_mode(self._dirs.cim_fd, image)
+        if image_mode is not None and stat.S_ISDIR(image_mode):
+            _log.warning("retiring the directory cim-layers/%s", image)
+            retired_image = retire_entry(self._dirs.cim_fd, image, name, ".cim")
+            if retired_image is not None:
+                self._reaper.submit(lambda: remove_entry(self._dirs.cim_fd, retired_image))
         destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
         os.mkdir(name, DIR_MODE, dir_fd=fd)
         if scratch:

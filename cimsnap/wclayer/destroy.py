@@ -68,7 +68,7 @@ def destroy_cim_layer(
 
     * No ``.cim`` at ``cim_path``: nothing to do (hcsshim's safety check); returns. A
       ``cim_path`` that is not a regular file (a symbolic link, ...) is unlinked as itself,
-      never read: nothing else is removed.
+      never read: nothing else is removed; a directory there is left alone (logged).
     * The ``.cim`` is unlinked first, so a crash never leaves an image whose regions are
       gone; its own region set's files follow unless another image references that set.
       Parents' files are never touched.
@@ -86,6 +86,9 @@ def destroy_cim_layer(
     try:
         mode = os.lstat(cim_path).st_mode
     except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        _log.warning("%s is a directory, not an image; left for cleanup", cim_path)
         return
     if not stat.S_ISREG(mode):
         # Never read through a link: its target could name any region set. The entry

@@ -206,6 +206,22 @@ def test_prepare_ignores_a_symlinked_cim_named_after_the_next_id(
     assert not (snapshots(tmp_path) / "cim-layers" / "1.cim").is_symlink()
 
 
+def test_prepare_and_commit_pass_a_directory_named_after_the_next_image(
+    sn: Snapshotter, tmp_path: Path
+) -> None:
+    stray = snapshots(tmp_path) / "cim-layers" / "1.cim"
+    stray.mkdir()
+    (stray / "inside").write_text("x")
+    mounts = sn.prepare("k")
+    sn.commit("c", "k")
+    assert cim_path(mounts) == stray and stray.is_file()
+    assert sn.wait_reclaimed(30)
+    sn.cleanup()
+    assert sorted(p.name for p in stray.parent.iterdir()) == sorted(
+        p.name for p in cim_layer_files(stray)
+    )
+
+
 def test_cleanup_reclaims_stray_links_and_files_never_following_them(
     sn: Snapshotter, tmp_path: Path, outside: Path
 ) -> None:
@@ -218,10 +234,13 @@ def test_cleanup_reclaims_stray_links_and_files_never_following_them(
     os.symlink(outside / "keep", base / "cim-layers" / "11.cim")
     os.symlink(outside / "keep", base / "cim-layers" / "region_stray")
     os.mkfifo(base / "cim-layers" / "fifo")
+    (base / "cim-layers" / "12.cim").mkdir()
+    (base / "cim-layers" / "12.cim" / "x").write_text("x")
+    (base / "cim-layers" / "staging").mkdir()  # not named like ours: left alone
     (base / "lost+found").mkdir()  # not named like ours: left alone
     report = sn.reclaim()
     assert report.swept
-    assert report.reclaimed == 7
+    assert report.reclaimed == 8
     assert outside_intact(outside)
     assert sorted(p.name for p in base.iterdir()) == [
         snapshot_dir(live).name,
@@ -229,7 +248,7 @@ def test_cleanup_reclaims_stray_links_and_files_never_following_them(
         "lost+found",
     ]
     assert sorted(p.name for p in (base / "cim-layers").iterdir()) == sorted(
-        p.name for p in cim_layer_files(cim_path(live))
+        [*(p.name for p in cim_layer_files(cim_path(live))), "staging"]
     )
 
 
