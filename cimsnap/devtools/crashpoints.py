@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,9 @@ from cimsnap.snapshots.snapshotter import Kind, Snapshotter
 from cimsnap.store import Store
 
 __all__ = ["MIN_KILL_POINTS", "CrashSuiteResult", "Step", "run_crash_suite", "scenario"]
+
+#: Seconds a child may take for the whole scenario before it counts as hung.
+CHILD_TIMEOUT: Final = 300.0
 
 #: Kill points the full scenario reaches at least (a guard against an injector that
 #: silently stopped seeing the calls).
@@ -241,9 +246,21 @@ def _run_child(root: Path, target: int) -> tuple[list[str], int]:
             os._exit(code)
     os.close(write_end)
     chunks = []
-    with os.fdopen(read_end, "rb") as reader:
-        while chunk := reader.read(65536):
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([read_end], [], [], max(remaining, 0))
+            if not ready:  # hung (a deadlock would otherwise stall the suite forever)
+                os.kill(pid, signal.SIGKILL)
+                chunks.append(b"\nhung\n")
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
             chunks.append(chunk)
+    finally:
+        os.close(read_end)
     _, status = os.waitpid(pid, 0)
     return b"".join(chunks).decode().splitlines(), status
 
@@ -373,6 +390,8 @@ def run_crash_suite(
             label = result.labels[target - 1]
             killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
             wrong = [] if killed else [f"was not killed (wait status {status})"]
+            if "hung" in lines:
+                wrong.append(f"hung for {CHILD_TIMEOUT:.0f} s before its kill point")
             wrong.extend(_check(root, lines))
             result.kill_points += 1
             if wrong:
