@@ -11,11 +11,13 @@
 #
 # User: the image runs as the unprivileged user cimsnap (uid/gid 10001). containerd runs
 # as root and can use the socket whoever owns it, and a server that only writes its own
-# files (layers imported through the Diff service) needs no privilege. Give the host
-# directories to that uid once:  install -d -o 10001 -g 10001 /run/cimsnap /var/lib/cimsnap
-# Run as root instead (docker run --user 0 ...) only if cimsnap must read files it did not
-# write: snapshots written through their scratch/ directory by other users, or
-# containerd's content directory as a fast path for layer blobs.
+# files needs no privilege. Give the host directories to that uid once:
+#   install -d -o 10001 -g 10001 /run/cimsnap /var/lib/cimsnap
+# The trade-off: the Diff service reads layer blobs through containerd's socket, which is
+# root-only. Mount /run/containerd and either run as root (docker run --user 0 ...) or have
+# containerd create its socket with gid 10001 ([grpc] gid = 10001); both give the power of
+# root on the host. Root is also needed to read files cimsnap did not write (snapshots
+# written through scratch/ by other users, containerd's content directory as a fast path).
 
 # Pinned: a rebuild gets the same Python. Bump deliberately (both stages use it).
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
