@@ -9,8 +9,11 @@ Durability protocol (cim-format.md §2, §3; the commit contract of :class:`Imag
    (``region_<guid>_<n>``, ``objectid_<guid>_<n>``). No ``.cim`` references a fresh GUID,
    so until step 4 they are invisible to every reader, and a crash leaves only orphans that
    :func:`reclaim_unreferenced` removes (nothing references them).
-2. ``commit`` flushes and fsyncs every one of them, then fsyncs the directory (their names).
-3. The ``.cim`` is written to a temporary name (``.<name>.<guid>.tmp``) and fsynced.
+2. ``commit`` flushes them, writes the ``.cim`` to a temporary name (``.<name>.<guid>.tmp``),
+   fsyncs all of these files (concurrently: independent fsyncs share the filesystem's
+   journal commits, several times faster than one after another), and only then fsyncs
+   the directory (their names).
+3. (The temporary ``.cim`` is durable at this point, like the regions.)
 4. It is renamed onto its final name, and the directory is fsynced again.
 
 A crash therefore never leaves a ``.cim`` pointing at incomplete regions. ``discard`` (abort,
@@ -27,6 +30,8 @@ import contextlib
 import fcntl
 import os
 import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -39,7 +44,7 @@ from cimsnap.cim.headers import (
     region_file_name,
 )
 
-__all__ = ["ImageFiles", "RegionSink", "fsync_directory", "reclaim_unreferenced"]
+__all__ = ["ImageFiles", "RegionSink", "fsync_all", "fsync_directory", "reclaim_unreferenced"]
 
 #: Bytes buffered per region before one ``write`` syscall. Small objects (records, names,
 #: small file data) are batched; payloads at least this large bypass the buffer.
@@ -53,6 +58,30 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_all(fds: Sequence[int], paths: Sequence[Path]) -> None:
+    """fsync the open descriptors ``fds`` and the files ``paths``, concurrently.
+
+    Returns once every one is durable; raises the first OSError otherwise (the caller then
+    treats none as durable). Descriptors in ``fds`` stay open; ``paths`` are opened
+    read-only for the call and closed.
+    """
+    opened: list[int] = []
+    try:
+        for path in paths:
+            opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        every = [*fds, *opened]
+        if len(every) <= 1:
+            for fd in every:
+                os.fsync(fd)
+            return
+        with ThreadPoolExecutor(max_workers=min(8, len(every))) as pool:
+            for _ in pool.map(os.fsync, every):
+                pass
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -203,6 +232,10 @@ class RegionSink:
         os.lseek(self._fd, size, os.SEEK_SET)
         self._flushed = size
 
+    def fileno(self) -> int:
+        """The open descriptor (for :func:`fsync_all` after :meth:`flush`)."""
+        return self._fd
+
     def sync(self) -> None:
         """Flush and fsync the file."""
         self.flush()
@@ -229,6 +262,7 @@ class ImageFiles:
         self.image_name = image_name
         self.region_set = region_set
         self._created: list[Path] = []
+        self._unsynced: list[Path] = []
         self._sinks: list[RegionSink] = []
         self._lock_fd = _lock_directory(directory)
 
@@ -241,16 +275,17 @@ class ImageFiles:
         return sink
 
     def write_objectid(self, index: int, data: bytes) -> None:
-        """Create ``objectid_<guid>_<index>`` holding ``data``, and fsync it."""
+        """Create ``objectid_<guid>_<index>`` holding ``data`` (fsynced by :meth:`commit`)."""
         path = self.directory / objectid_file_name(self.region_set, index)
         self._write_new(path, data)
 
     def _write_new(self, path: Path, data: bytes) -> None:
+        """Create ``path`` exclusively with ``data``; :meth:`commit` fsyncs it."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._created.append(path)
+        self._unsynced.append(path)
         try:
             _write_all(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -261,10 +296,12 @@ class ImageFiles:
         points at the new regions, and :meth:`discard` still removes every created file.
         """
         for sink in self._sinks:
-            sink.sync()
-        fsync_directory(self.directory)
+            sink.flush()
         temporary = self.directory / f".{self.image_name}.{self.region_set.guid}.tmp"
         self._write_new(temporary, image_bytes)
+        fsync_all([sink.fileno() for sink in self._sinks], self._unsynced)
+        self._unsynced = []
+        fsync_directory(self.directory)
         final = self.directory / self.image_name
         os.rename(temporary, final)
         self._created.remove(temporary)
@@ -287,6 +324,7 @@ class ImageFiles:
             sink.close()
         self._sinks = []
         self._created = []
+        self._unsynced = []
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
