@@ -18,7 +18,14 @@ TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".service", ".proto", ".sh", ".c
 def project_files() -> list[Path]:
     files = []
     for top, dirs, names in os.walk(REPO_ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        # Caches and tool state (.hypothesis, .venv, ...) are not project files; .ci is.
+        dirs[:] = [
+            d
+            for d in dirs
+            if d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and (not d.startswith(".") or d == ".ci")
+        ]
         for name in names:
             if name == ".git":  # a worktree's pointer to its repository, not project text
                 continue
