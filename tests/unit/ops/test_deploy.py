@@ -52,8 +52,8 @@ RULES: dict[str, dict[str, Any]] = {
     "config-1.7.toml": {
         "version": 2,
         "types": {"snapshot", "content", "diff"},
-        # platform/exports need 1.7.16+; the file targets 1.7.4+, so it may not rely on them.
-        "keys": {"type", "address"},
+        # platform and exports take effect from 1.7.16 (earlier 1.7 releases ignore them).
+        "keys": {"type", "address", "platform", "exports"},
         "plugins": {DIFF_SERVICE, TRANSFER},
     },
     "config-2.x.toml": {
