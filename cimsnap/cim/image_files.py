@@ -60,28 +60,19 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def fsync_all(fds: Sequence[int], paths: Sequence[Path]) -> None:
-    """fsync the open descriptors ``fds`` and the files ``paths``, concurrently.
+def fsync_all(fds: Sequence[int]) -> None:
+    """fsync the open descriptors ``fds`` concurrently (they stay open).
 
     Returns once every one is durable; raises the first OSError otherwise (the caller then
-    treats none as durable). Descriptors in ``fds`` stay open; ``paths`` are opened
-    read-only for the call and closed.
+    treats none as durable).
     """
-    opened: list[int] = []
-    try:
-        for path in paths:
-            opened.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        every = [*fds, *opened]
-        if len(every) <= 1:
-            for fd in every:
-                os.fsync(fd)
-            return
-        with ThreadPoolExecutor(max_workers=min(8, len(every))) as pool:
-            for _ in pool.map(os.fsync, every):
-                pass
-    finally:
-        for fd in opened:
-            os.close(fd)
+    if len(fds) <= 1:
+        for fd in fds:
+            os.fsync(fd)
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(fds))) as pool:
+        for _ in pool.map(os.fsync, fds):
+            pass
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
@@ -262,7 +253,7 @@ class ImageFiles:
         self.image_name = image_name
         self.region_set = region_set
         self._created: list[Path] = []
-        self._unsynced: list[Path] = []
+        self._unsynced: list[int] = []  # open descriptors of written, not yet synced files
         self._sinks: list[RegionSink] = []
         self._lock_fd = _lock_directory(directory)
 
@@ -280,14 +271,12 @@ class ImageFiles:
         self._write_new(path, data)
 
     def _write_new(self, path: Path, data: bytes) -> None:
-        """Create ``path`` exclusively with ``data``; :meth:`commit` fsyncs it."""
+        """Create ``path`` exclusively with ``data``; it stays open until :meth:`commit`
+        fsyncs it (by descriptor: no later rename or unlink can make it miss the file)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._created.append(path)
-        self._unsynced.append(path)
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+        self._unsynced.append(fd)
+        _write_all(fd, data)
 
     def commit(self, image_bytes: bytes) -> Path:
         """Make the image durable and visible; return the ``.cim`` path.
@@ -299,8 +288,8 @@ class ImageFiles:
             sink.flush()
         temporary = self.directory / f".{self.image_name}.{self.region_set.guid}.tmp"
         self._write_new(temporary, image_bytes)
-        fsync_all([sink.fileno() for sink in self._sinks], self._unsynced)
-        self._unsynced = []
+        fsync_all([sink.fileno() for sink in self._sinks] + self._unsynced)
+        self._close_unsynced()
         fsync_directory(self.directory)
         final = self.directory / self.image_name
         os.rename(temporary, final)
@@ -309,10 +298,16 @@ class ImageFiles:
         self._finish()
         return final
 
+    def _close_unsynced(self) -> None:
+        for fd in self._unsynced:
+            os.close(fd)
+        self._unsynced = []
+
     def discard(self) -> None:
         """Close and remove every file created so far (idempotent); release the lock."""
         for sink in self._sinks:
             sink.close()
+        self._close_unsynced()
         for path in self._created:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -324,7 +319,7 @@ class ImageFiles:
             sink.close()
         self._sinks = []
         self._created = []
-        self._unsynced = []
+        self._close_unsynced()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
