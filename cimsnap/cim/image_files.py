@@ -9,12 +9,13 @@ Durability protocol (cim-format.md §2, §3; the commit contract of :class:`Imag
    (``region_<guid>_<n>``, ``objectid_<guid>_<n>``). No ``.cim`` references a fresh GUID,
    so until step 4 they are invisible to every reader, and a crash leaves only orphans that
    :func:`reclaim_unreferenced` removes (nothing references them).
-2. ``commit`` flushes them, writes the ``.cim`` to a temporary name (``.<name>.<guid>.tmp``),
-   fsyncs all of these files (concurrently: independent fsyncs share the filesystem's
-   journal commits, several times faster than one after another), and only then fsyncs
-   the directory (their names).
-3. (The temporary ``.cim`` is durable at this point, like the regions.)
-4. It is renamed onto its final name, and the directory is fsynced again.
+2. ``commit`` flushes them and writes the ``.cim`` to a temporary name
+   (``.<name>.<guid>.tmp``).
+3. It fsyncs all of these files and the directory (their names), concurrently: the
+   rename in step 4 only needs all of them durable, not in any order among themselves,
+   and independent fsyncs share the filesystem's journal commits (several times faster
+   than one after another).
+4. The ``.cim`` is renamed onto its final name, and the directory is fsynced again.
 
 A crash therefore never leaves a ``.cim`` pointing at incomplete regions. ``discard`` (abort,
 or close without commit) removes every file this object created, the temp ``.cim`` included.
@@ -288,9 +289,9 @@ class ImageFiles:
             sink.flush()
         temporary = self.directory / f".{self.image_name}.{self.region_set.guid}.tmp"
         self._write_new(temporary, image_bytes)
-        fsync_all([sink.fileno() for sink in self._sinks] + self._unsynced)
+        # The directory descriptor that holds the writer lock fsyncs the names.
+        fsync_all([sink.fileno() for sink in self._sinks] + self._unsynced + [self._lock_fd])
         self._close_unsynced()
-        fsync_directory(self.directory)
         final = self.directory / self.image_name
         os.rename(temporary, final)
         self._created.remove(temporary)
