@@ -32,6 +32,7 @@ Prints p50/p99 per call for both, the cimsnap/native ratio of the p50s and its t
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -151,6 +152,12 @@ def main() -> int:
     parser.add_argument("--ls-count", type=int, default=1000)
     parser.add_argument("--dir", type=Path, default=None, help="scratch directory (short path)")
     args = parser.parse_args()
+    missing = [tool for tool in ("containerd", "ctr") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        raise SystemExit(
+            f"benchmarks.ops_containerd needs root and Debian's containerd package "
+            f"(missing: {', '.join(missing) or 'root'}; scripts/system-deps.sh installs it)"
+        )
     base = Path(tempfile.mkdtemp(prefix="cs-ops-", dir=args.dir or "/tmp"))
     try:
         with (
