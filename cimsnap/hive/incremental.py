@@ -1,0 +1,463 @@
+"""ORMergeHives in O(delta): edit a copy of the base hive in place (§4.4, §4.5).
+
+Section numbers refer to windows-layer-import.md. The rules and every undocumented
+choice come from :mod:`cimsnap.hive.rules`, the functions the whole-tree
+:func:`cimsnap.hive.merge.merge` calls too; the result, read back as a tree, equals that
+merge's (``tests/unit/hive/test_incremental.py``). :func:`merge_into` works on buffers;
+:func:`cimsnap.hive.mergefiles.merge_files` is the file edge.
+
+**What is touched.** The delta is decoded whole (it is small); the base is read through
+:class:`~cimsnap.hive.image.HiveImage`, cell by cell, only where the delta leads: the keys
+at the delta's paths, the child lists of those keys, and the subtrees a tombstone or a
+SupersedeTree removes (their cells are freed, so that walk is proportional to what is
+removed). Everything else keeps its bytes and offsets:
+
+* a key present on both sides keeps its nk cell, patched in place (its name keeps the
+  base's casing, so the cell size never changes): timestamp, flags, access bits, counts,
+  list offsets, sk, class, the max-length fields;
+* a changed value list, subkey list or class gets a new cell and the old one is freed;
+  values the merge keeps keep their vk and data cells; a changed or added value gets new
+  ones (:func:`~cimsnap.hive.writer.write_value`), a dropped one is freed with its data;
+* a new key (rule 3, and every child of a SupersedeTree node) is written as a fresh
+  subtree by the writer's :func:`~cimsnap.hive.writer.write_subtree`;
+* subkey lists are rebuilt as the writer builds them (lh leaves of at most 512 sorted
+  entries under an ri), keeping the base's lh hashes and computing those lf/li lack;
+* sk reference counts and the circular list: :class:`~cimsnap.hive.skring.SecurityRing`;
+* the base block is rewritten (:func:`~cimsnap.hive.writer.pack_base_block`): both
+  sequence numbers = the base's primary + 1, minor version 6, flags 0, the bins' new
+  length, FILETIME and file name per the decision table, checksum.
+
+**Space.** Freed cells (with the free cells already in their bins, coalesced) are reused
+first (best fit); the rest goes to new bins appended at the end. So the output is at most
+the base plus the cells this merge writes, rounded up to bins; cells that a later merge
+of a chain frees in the same bins are reused, which keeps a chain of deltas touching the
+same keys from growing by more than its new data (``test_incremental`` pins the bound).
+
+**Trust.** The base is validated where it is read (base block, bin chain, and every cell
+the merge touches, each bounds-checked; a cell freed twice is an error). An untouched
+damaged subtree is copied as it is, as in-place editors do; ``check_hive`` finds it. The
+merge finds a base child by binary search over its sorted subkey list, as Windows does,
+so it relies on the order §4.1 requires. A base whose base block declares layered keys
+(0x2) is scanned whole for layer marks first (:class:`HiveMergeError`, as the whole-tree
+merge does); a base without the flag has none by definition (its marks read as zero).
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+from cimsnap.hive import cells as C
+from cimsnap.hive.bins import AppendAllocator, put_offsets
+from cimsnap.hive.errors import HiveFormatError, HiveModelError
+from cimsnap.hive.image import HiveImage, NodeRecord
+from cimsnap.hive.rules import (
+    OUTPUT_MINOR_VERSION,
+    HiveMergeError,
+    inherits_class,
+    merge_subtree,
+    merged_class,
+    merged_security,
+    merged_timestamp,
+    plan_values,
+    subkeys_from_lower,
+    values_from_lower,
+)
+from cimsnap.hive.skring import SecurityRing
+from cimsnap.hive.tree import Hive, Key, LayerSemantics, name_key
+from cimsnap.hive.view import HiveReader
+from cimsnap.hive.writer import (
+    pack_base_block,
+    put_subkey_list,
+    write_subtree,
+    write_value,
+)
+
+__all__ = ["MergeStats", "merge_into"]
+
+_B: Final = C.BASE_BLOCK_SIZE
+_NK = C.NK_HEADER_FAST.struct
+_CELL = C.CELL_HEADER_FAST.struct
+_NO_CELL: Final = C.NO_CELL
+_TOMBSTONE: Final = LayerSemantics.TOMBSTONE
+_KEY_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
+_DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
+_ROOT_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE)
+# Positions in the unpacked NK_HEADER tuple (checked by require_order in writer.py).
+_F_FLAGS, _F_TIME, _F_ACCESS, _F_LAYER = 1, 2, 3, 4
+_F_SUBKEY_COUNT, _F_SUBKEY_LIST, _F_VALUE_COUNT, _F_VALUE_LIST = 7, 9, 11, 12
+_F_SECURITY, _F_CLASS, _F_MAX_NAME, _F_MAX_CLASS = 13, 14, 15, 16
+_F_MAX_VALUE_NAME, _F_MAX_VALUE_DATA, _F_NAME_LENGTH, _F_CLASS_LENGTH = 17, 18, 20, 21
+
+
+@dataclass(frozen=True, slots=True)
+class MergeStats:
+    """What an incremental merge did: output size, keys patched in place and written new,
+    and bytes of cells freed, reused from free cells, and appended in new bins."""
+
+    output_size: int
+    keys_patched: int
+    keys_written: int
+    bytes_freed: int
+    bytes_appended: int
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A base key present in the delta, patched once its children are done."""
+
+    off: int
+    rec: NodeRecord
+    header: list[int | bytes]
+    delta: Key
+    path: str
+    depth: int
+    parent: _Pending | None
+    entries: list[tuple[int, int]] | None = None  # new subkey entries, None = unchanged
+    child_classes_changed: bool = False
+    children: list[tuple[int, Key]] = field(default_factory=list)
+
+
+def merge_into(base: bytes | mmap.mmap | memoryview, delta: Hive, out: mmap.mmap) -> MergeStats:
+    """Turn ``out``, a byte copy of the regf image ``base``, into the merge of ``delta`` onto it.
+
+    ``out`` must be a writable shared ``mmap`` of the output file holding exactly the bytes
+    of ``base``; it is resized to the merged hive's length. ``base`` is only read, and must
+    stay unchanged during the call. Raises :class:`HiveFormatError` for a malformed base
+    (naming the cell), :class:`HiveMergeError` as the whole-tree merge does, and
+    :class:`~cimsnap.hive.errors.HiveModelError` for a delta key the format cannot hold;
+    ``out`` is then garbage (the file edge deletes it).
+    """
+    return _Merge(base, delta, out).run()
+
+
+class _Merge:
+    def __init__(self, base: bytes | mmap.mmap | memoryview, delta: Hive, out: mmap.mmap) -> None:
+        self.image = HiveImage(base, walk_bins=False)
+        self.delta = delta
+        self.out = out
+        self.cells = AppendAllocator(out, _B + self.image.end)
+        self.scanned_bins: set[int] = set()
+        self.freed: set[int] = set()
+        self.bytes_freed = 0
+        self.keys_patched = self.keys_written = 0
+        self.sort_keys: dict[int, bytes] = {}
+        root = self.image.node(self.image.base.root_cell_offset)
+        self.security = SecurityRing(self.image, root.security)
+
+    def run(self) -> MergeStats:
+        image, delta = self.image, self.delta
+        if image.layered:
+            _require_normal(image.data)
+        if delta.root.semantics == _TOMBSTONE:
+            raise HiveMergeError("", "the delta hive's root is a tombstone")
+        appended_from = self.cells.bin_end
+        root_off = image.base.root_cell_offset
+        stack: list[_Pending | tuple[int, Key, str, int, _Pending | None]] = [
+            (root_off, delta.root, "", 0, None)
+        ]
+        while stack:
+            task = stack.pop()
+            if isinstance(task, _Pending):
+                self._finish_key(task)
+                continue
+            pending = self._open_key(*task)
+            stack.append(pending)
+            for child_off, child in pending.children:
+                stack.append(
+                    (child_off, child, pending.path + "\\" + child.name, pending.depth + 1, pending)
+                )
+            pending.children = []
+        self.security.finish(self.out, self._free)
+        end = self.cells.finish()
+        base = image.base
+        primary = int.from_bytes(image.data[4:8], "little")
+        pack_base_block(
+            self.out,
+            sequence=(primary + 1) & 0xFFFFFFFF,
+            last_written=max(base.last_written, delta.last_written),
+            minor_version=OUTPUT_MINOR_VERSION,
+            root_offset=root_off,
+            hive_bins_size=end - _B,
+            file_name=base.file_name,
+            flags=0,
+        )
+        return MergeStats(
+            output_size=end,
+            keys_patched=self.keys_patched,
+            keys_written=self.keys_written,
+            bytes_freed=self.bytes_freed,
+            bytes_appended=end - appended_from,
+        )
+
+    # --- one key present on both sides ------------------------------------------------
+
+    def _open_key(
+        self, off: int, d: Key, path: str, depth: int, parent: _Pending | None
+    ) -> _Pending:
+        """Apply ``d`` to the base key at ``off``: values, class, sk, children resolved."""
+        image = self.image
+        rec = image.node(off)
+        pos, _n = image.cell(off, "nk cell")
+        header: list[int | bytes] = list(_NK.unpack_from(image.data, pos))
+        task = _Pending(off, rec, header, d, path, depth, parent)
+        header[_F_TIME] = merged_timestamp(rec.last_written, d)
+        flags = rec.flags if parent is None else d.flags
+        flags &= ~_DERIVED_KEY_FLAGS
+        if parent is None:
+            flags |= _ROOT_FLAGS
+        header[_F_FLAGS] = (flags | (rec.flags & _KEY_COMP_NAME)) & 0xFFFF
+        header[_F_ACCESS] = (rec.access_bits if parent is None else d.access_bits) & 0xFF
+        header[_F_LAYER] = 0
+        self._class(task)
+        sd = merged_security(b"", d)
+        if sd and sd != self.security.descriptor(rec.security):
+            header[_F_SECURITY] = self.security.use(self.cells, sd)
+            self.security.release(rec.security)
+        self._values(task)
+        self._children(task)
+        self.keys_patched += 1
+        return task
+
+    def _class(self, task: _Pending) -> None:
+        rec, header = task.rec, task.header
+        if inherits_class(task.delta):
+            return  # the base key's class cell stays
+        chosen = merged_class(None, task.delta)
+        old = self.image.class_name(rec, task.off)
+        if (chosen or None) == old:
+            return
+        if rec.class_offset != _NO_CELL:
+            self._free(rec.class_offset)
+        class_off, class_len = _NO_CELL, 0
+        if chosen:
+            data = chosen.encode("utf-16-le", "surrogatepass")
+            if len(chosen) > 0x7FFF:
+                raise HiveModelError(task.path, "class name longer than 32767 units")
+            class_off = self.cells.alloc(len(data))
+            start = _B + class_off + 4
+            self.out[start : start + len(data)] = data
+            class_len = len(data)
+        header[_F_CLASS], header[_F_CLASS_LENGTH] = class_off, class_len
+        if task.parent is not None:
+            task.parent.child_classes_changed = True
+
+    def _values(self, task: _Pending) -> None:
+        image, rec, d, header = self.image, task.rec, task.delta, task.header
+        from_lower = values_from_lower(d)
+        if from_lower and not d.values:
+            return
+        base_vks = (
+            image.offsets(rec.value_list, rec.value_count, "value list") if rec.value_count else ()
+        )
+        start = base_vks if from_lower else ()
+        heads = [image.value_head(vk) for vk in start]
+        plan = plan_values([h.name for h in heads], d.values)
+        out_vks: list[int] = []
+        kept: set[int] = set()
+        max_name = max_data = 0
+        for item in plan:
+            if isinstance(item, int):
+                out_vks.append(start[item])
+                kept.add(start[item])
+                max_name = max(max_name, heads[item].name_size)
+                max_data = max(max_data, heads[item].data_size)
+            else:
+                stored = write_value(self.cells, item, task.path, False)
+                out_vks.append(stored.offset)
+                max_name = max(max_name, stored.name_size)
+                max_data = max(max_data, stored.data_size)
+        if out_vks == list(base_vks):
+            return
+        for vk in base_vks:
+            if vk not in kept:
+                for cell in image.value_cells(vk):
+                    self._free(cell)
+                self._free(vk)
+        if rec.value_count:
+            self._free(rec.value_list)
+        header[_F_VALUE_COUNT] = len(out_vks)
+        header[_F_VALUE_LIST] = put_offsets(self.cells, out_vks) if out_vks else _NO_CELL
+        header[_F_MAX_VALUE_NAME], header[_F_MAX_VALUE_DATA] = max_name, max_data
+
+    def _children(self, task: _Pending) -> None:
+        """Resolve the delta's children: tombstones free, matches recurse, new ones written."""
+        image, rec, d = self.image, task.rec, task.delta
+        visible = subkeys_from_lower(d)
+        if not d.subkeys and visible:
+            return
+        entries: list[tuple[int, int | None]] = image.subkey_entries(
+            task.off, rec.subkey_count, rec.subkey_list
+        )
+        changed = False
+        if not visible:
+            for child_off, _hash in entries:
+                self._free_subtree(child_off)
+            changed = bool(entries)
+            entries = []
+        removed: set[int] = set()
+        inserted: list[tuple[int, bytes, int, int]] = []  # (position, sort key, nk, hash)
+        for child in d.subkeys.values():
+            folded = name_key(child.name)
+            sort_key = folded.encode("utf-16-be", "surrogatepass")
+            at, found = self._find(entries, sort_key) if visible else (0, False)
+            if child.semantics == _TOMBSTONE:
+                if found:
+                    self._free_subtree(entries[at][0])
+                    removed.add(at)
+                continue
+            if found:
+                task.children.append((entries[at][0], child))
+                continue
+            out = merge_subtree(None, child)
+            nk = write_subtree(
+                self.cells,
+                self.security,
+                out,
+                parent_offset=task.off,
+                path=task.path + "\\" + out.name,
+                depth=task.depth + 1,
+                differencing=False,
+            )
+            self.keys_written += _count_keys(out)
+            inserted.append((at, sort_key, nk, C.lh_hash_folded(folded)))
+        if not (changed or removed or inserted):
+            return
+        inserted.sort()
+        result: list[tuple[int, int]] = []
+        j = 0
+        for i, (child_off, lh) in enumerate(entries):
+            while j < len(inserted) and inserted[j][0] == i:
+                result.append(inserted[j][2:])
+                j += 1
+            if i not in removed:
+                result.append((child_off, lh if lh is not None else self._hash(child_off)))
+        result.extend(entry[2:] for entry in inserted[j:])
+        task.entries = result
+        if rec.subkey_count:
+            for cell in image.subkey_list_cells(rec.subkey_list):
+                self._free(cell)
+
+    def _find(self, entries: list[tuple[int, int | None]], sort_key: bytes) -> tuple[int, bool]:
+        """Binary search of a sorted subkey list: (insertion position, found)."""
+        lo, hi = 0, len(entries)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            have = self._sort_key(entries[mid][0])
+            if have == sort_key:
+                return mid, True
+            if have < sort_key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo, False
+
+    def _sort_key(self, off: int) -> bytes:
+        key = self.sort_keys.get(off)
+        if key is None:
+            key = name_key(self.image.node(off).name).encode("utf-16-be", "surrogatepass")
+            self.sort_keys[off] = key
+        return key
+
+    def _hash(self, off: int) -> int:
+        return C.lh_hash_folded(name_key(self.image.node(off).name))
+
+    def _finish_key(self, task: _Pending) -> None:
+        """Write the key's subkey list and max-length fields, then its nk header."""
+        header, out = task.header, self.out
+        if task.entries is not None:
+            header[_F_SUBKEY_COUNT] = len(task.entries)
+            header[_F_SUBKEY_LIST] = put_subkey_list(self.cells, task.entries, task.path)
+        if task.entries is not None or task.child_classes_changed:
+            if task.entries is None:
+                offsets = [
+                    o
+                    for o, _h in self.image.subkey_entries(
+                        task.off, task.rec.subkey_count, task.rec.subkey_list
+                    )
+                ]
+            else:
+                offsets = [o for o, _h in task.entries]
+            max_name = max_class = 0
+            for child in offsets:
+                f = _NK.unpack_from(out, _B + child + 4)
+                name_len = f[_F_NAME_LENGTH]
+                max_name = max(max_name, 2 * name_len if f[_F_FLAGS] & _KEY_COMP_NAME else name_len)
+                max_class = max(max_class, f[_F_CLASS_LENGTH])
+            old = cast(int, header[_F_MAX_NAME])
+            header[_F_MAX_NAME] = (old & ~0xFFFF) | (max_name & 0xFFFF)
+            header[_F_MAX_CLASS] = max_class
+        _NK.pack_into(out, _B + task.off + 4, *header)
+
+    # --- freeing ----------------------------------------------------------------------
+
+    def _free(self, off: int) -> None:
+        """Mark the base cell at ``off`` free and pool it (with its bin's free cells)."""
+        if off in self.freed:
+            raise HiveFormatError("cell", off, "referenced twice (shared or cyclic cells)")
+        _pos, size = self.image.cell(off, "cell")
+        self.freed.add(off)
+        self.bytes_freed += size + 4
+        self._adopt_bin(off)
+        self.cells.free.add(off, size + 4)
+
+    def _adopt_bin(self, off: int) -> None:
+        """Pool the free cells of the base bin holding ``off`` (once per bin).
+
+        Must run before ``off`` itself is pooled. Cells that are free in the output were
+        free in the base, or freed by this merge (and then already pooled).
+        """
+        found = self.image.bin_of(off)
+        if found is None or found[0] in self.scanned_bins:
+            return  # an unrecognisable bin only loses the reuse of its other free cells
+        start, size = found
+        self.scanned_bins.add(start)
+        pos, end = start + C.HBIN_HEADER_SIZE, start + size
+        out, free = self.out, self.cells.free
+        while pos < end:
+            (raw,) = _CELL.unpack_from(out, _B + pos)
+            length = abs(raw)
+            if length < 8 or length & 7 or pos + length > end:
+                raise HiveFormatError("cell", pos, f"size {raw} breaks the bin at {start:#x}")
+            if raw > 0:
+                free.add(pos, length)
+            pos += length
+
+    def _free_subtree(self, top: int) -> None:
+        """Free every cell of the base subtree at ``top`` and drop its sk uses."""
+        image = self.image
+        stack = [top]
+        while stack:
+            off = stack.pop()
+            rec = image.node(off)
+            self.security.release(rec.security)
+            if rec.class_offset != _NO_CELL:
+                self._free(rec.class_offset)
+            if rec.value_count:
+                for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
+                    for cell in image.value_cells(vk):
+                        self._free(cell)
+                    self._free(vk)
+                self._free(rec.value_list)
+            if rec.subkey_count:
+                stack.extend(image.subkey_offsets(off, rec.subkey_count, rec.subkey_list))
+                for cell in image.subkey_list_cells(rec.subkey_list):
+                    self._free(cell)
+            self._free(off)
+
+
+def _count_keys(key: Key) -> int:
+    count, stack = 0, [key]
+    while stack:
+        count += 1
+        stack.extend(stack.pop().subkeys.values())
+    return count
+
+
+def _require_normal(data: bytes | mmap.mmap | memoryview) -> None:
+    """Refuse a base with layer marks anywhere (a whole walk; only for bases flagged 0x2)."""
+    reader = HiveReader(data)
+    for path, key in reader.walk():
+        if key.semantics or key.inherit_class or any(v.tombstone for v in key.values()):
+            raise HiveMergeError(path, "the base hive has layer marks; it must be a normal hive")
