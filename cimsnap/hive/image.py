@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import ChecksumMismatchError, DirtyHiveError, HiveFormatError
 
-__all__ = ["BaseBlock", "HiveImage", "NodeRecord", "ValueHead", "ValueRecord"]
+__all__ = ["BaseBlock", "HiveImage", "LazyImage", "NodeRecord", "ValueHead", "ValueRecord"]
 
 _NK = C.NK_HEADER_FAST.struct
 _VK = C.VK_HEADER_FAST.struct
@@ -37,6 +37,8 @@ _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
 _VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _LEAF_SIGNATURES: Final = (b"lh", b"lf", b"li")
 _PAIR_LISTS: Final = (b"lh", b"lf")
+_PAGE: Final = 4096
+_PAGE_SHIFT: Final = 12
 
 
 class BaseBlock(NamedTuple):
@@ -222,6 +224,7 @@ class HiveImage:
         header, land exactly on ``off``. None when no boundary passes (a damaged base)."""
         start = off & ~(C.HBIN_ALIGN - 1)
         while start >= 0:
+            self._need(_B + start, C.HBIN_HEADER_SIZE)
             sig, own, size = _HBIN.unpack_from(self.data, _B + start)[:3]
             if sig == b"hbin" and own == start:
                 if size < C.HBIN_ALIGN or size % C.HBIN_ALIGN or start + size > self.end:
@@ -229,6 +232,7 @@ class HiveImage:
                 if start + size <= off:
                     return None
                 pos = start + C.HBIN_HEADER_SIZE
+                self._need(_B + pos, off + 4 - pos)
                 while pos < off:
                     (raw,) = _CELL.unpack_from(self.data, _B + pos)
                     if abs(raw) < 8 or abs(raw) & 7:
@@ -237,6 +241,25 @@ class HiveImage:
                 return (start, size) if pos == off else None
             start -= C.HBIN_ALIGN
         return None
+
+    def free_cells(self, start: int, size: int) -> list[tuple[int, int]]:
+        """(offset, size) of the free cells in the bin at ``start`` of ``size`` bytes;
+        raises HiveFormatError when its cells do not tile it."""
+        self._need(_B + start, size)
+        found = []
+        pos, end = start + C.HBIN_HEADER_SIZE, start + size
+        while pos < end:
+            (raw,) = _CELL.unpack_from(self.data, _B + pos)
+            length = abs(raw)
+            if length < 8 or length & 7 or pos + length > end:
+                raise HiveFormatError("cell", pos, f"size {raw} breaks the bin at {start:#x}")
+            if raw > 0:
+                found.append((pos, length))
+            pos += length
+        return found
+
+    def _need(self, pos: int, size: int) -> None:
+        """Hook: ``data[pos : pos + size]`` is about to be read (see :class:`LazyImage`)."""
 
     def cell(self, off: int, what: str) -> tuple[int, int]:
         """Return (file position of the cell data, data size) of the allocated cell ``off``."""
@@ -474,3 +497,68 @@ def _decode_utf16(raw: bytes | memoryview, what: str, off: int) -> str:
         raise HiveFormatError(what, off, "UTF-16 name of odd length")
     # surrogatepass: unpaired surrogates are legal in registry names and must round-trip.
     return bytes(raw).decode("utf-16-le", "surrogatepass")
+
+
+class LazyImage(HiveImage):
+    """A :class:`HiveImage` over a file read on demand, never mapped.
+
+    ``read_at(offset, size)`` returns file bytes (short only at the end of the file);
+    ``file_size`` is the file's length. Bytes are copied into a private anonymous map of
+    the file's size only when a cell (or a bin header looked up by :meth:`bin_of`) is
+    read, 4 KiB page by page, so memory follows the cells read rather than the file.
+    (Mapping the file instead would let the kernel map whole page-cache folios around
+    every touched byte: a few thousand scattered reads then count ~100 MB of RSS.) The
+    bin chain is not walked (see ``walk_bins``). Call :meth:`close` when done.
+    """
+
+    __slots__ = ("_loaded", "_read_at", "_size")
+
+    def __init__(self, read_at: Callable[[int, int], bytes], file_size: int) -> None:
+        self._read_at = read_at
+        self._size = file_size
+        self._loaded = bytearray((file_size >> _PAGE_SHIFT) + 1)
+        buf = mmap.mmap(-1, max(file_size, 1), flags=mmap.MAP_PRIVATE)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            buf.madvise(mmap.MADV_NOHUGEPAGE)
+        self.data = buf
+        self._need(0, min(file_size, _B))
+        try:
+            super().__init__(buf if file_size else b"", walk_bins=False)
+        except BaseException:
+            buf.close()
+            raise
+
+    def close(self) -> None:
+        """Release the page copies (the image is unusable afterwards)."""
+        if isinstance(self.data, mmap.mmap):
+            self.data.close()
+
+    def _need(self, pos: int, size: int) -> None:
+        end = min(pos + size, self._size)
+        first, last = pos >> _PAGE_SHIFT, (end - 1) >> _PAGE_SHIFT
+        loaded = self._loaded
+        if last - first <= 1 and loaded[first] and loaded[last]:
+            return
+        page = first
+        while page <= last:
+            if loaded[page]:
+                page += 1
+                continue
+            run = page
+            while run <= last and not loaded[run]:
+                loaded[run] = 1
+                run += 1
+            start = page << _PAGE_SHIFT
+            chunk = self._read_at(start, min(run << _PAGE_SHIFT, self._size) - start)
+            self.data[start : start + len(chunk)] = chunk  # type: ignore[index]
+            page = run
+
+    def cell(self, off: int, what: str) -> tuple[int, int]:
+        if not off & 7 and C.HBIN_HEADER_SIZE <= off <= self.end - 8:
+            pos = _B + off
+            if not self._loaded[pos >> _PAGE_SHIFT]:
+                self._need(pos, 4)
+            (size,) = _CELL.unpack_from(self.data, pos)
+            if size < 0:
+                self._need(pos, min(-size, self.end - off))
+        return super().cell(off, what)

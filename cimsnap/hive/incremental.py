@@ -45,13 +45,14 @@ merge does); a base without the flag has none by definition (its marks read as z
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
 from cimsnap.hive import cells as C
 from cimsnap.hive.bins import AppendAllocator, put_offsets
 from cimsnap.hive.errors import HiveFormatError, HiveModelError
-from cimsnap.hive.image import HiveImage, NodeRecord
+from cimsnap.hive.image import LazyImage, NodeRecord
 from cimsnap.hive.rules import (
     OUTPUT_MINOR_VERSION,
     HiveMergeError,
@@ -66,7 +67,6 @@ from cimsnap.hive.rules import (
 )
 from cimsnap.hive.skring import SecurityRing
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, name_key
-from cimsnap.hive.view import HiveReader
 from cimsnap.hive.writer import (
     pack_base_block,
     put_subkey_list,
@@ -84,6 +84,9 @@ _TOMBSTONE: Final = LayerSemantics.TOMBSTONE
 _KEY_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
 _DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 _ROOT_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.NO_DELETE)
+#: Keys opened or finished and cells freed between two unmappings of the output's written
+#: pages (see ``_unmap``): each may map a page-cache folio of up to a few hundred KiB.
+_UNMAP_EVERY: Final = 1024
 # Positions in the unpacked NK_HEADER tuple (checked by require_order in writer.py).
 _F_FLAGS, _F_TIME, _F_ACCESS, _F_LAYER = 1, 2, 3, 4
 _F_SUBKEY_COUNT, _F_SUBKEY_LIST, _F_VALUE_COUNT, _F_VALUE_LIST = 7, 9, 11, 12
@@ -116,40 +119,55 @@ class _Pending:
     parent: _Pending | None
     entries: list[tuple[int, int]] | None = None  # new subkey entries, None = unchanged
     child_classes_changed: bool = False
+    only_added: bool = False  # entries differ from the base's by insertions alone
+    added: list[int] = field(default_factory=list)  # nk offsets of the inserted children
     children: list[tuple[int, Key]] = field(default_factory=list)
 
 
-def merge_into(base: bytes | mmap.mmap | memoryview, delta: Hive, out: mmap.mmap) -> MergeStats:
-    """Turn ``out``, a byte copy of the regf image ``base``, into the merge of ``delta`` onto it.
+def merge_into(
+    read_at: Callable[[int, int], bytes], base_size: int, delta: Hive, out: mmap.mmap
+) -> MergeStats:
+    """Turn ``out``, a byte copy of a base hive, into the merge of ``delta`` onto it.
 
-    ``out`` must be a writable shared ``mmap`` of the output file holding exactly the bytes
-    of ``base``; it is resized to the merged hive's length. ``base`` is only read, and must
-    stay unchanged during the call. Raises :class:`HiveFormatError` for a malformed base
-    (naming the cell), :class:`HiveMergeError` as the whole-tree merge does, and
+    ``read_at(offset, size)`` reads the base file (``base_size`` bytes), which must stay
+    unchanged during the call; it is read only where the merge leads (a
+    :class:`~cimsnap.hive.image.LazyImage`). ``out`` must be a writable shared ``mmap`` of
+    the output file holding exactly the base's bytes; it is only written, never read (a
+    read would map whole page-cache folios), and is resized to the merged hive's length.
+
+    Raises :class:`HiveFormatError` for a malformed base (naming the cell),
+    :class:`HiveMergeError` as the whole-tree merge does, and
     :class:`~cimsnap.hive.errors.HiveModelError` for a delta key the format cannot hold;
     ``out`` is then garbage (the file edge deletes it).
     """
-    return _Merge(base, delta, out).run()
+    image = LazyImage(read_at, base_size)
+    try:
+        return _Merge(image, delta, out).run()
+    finally:
+        image.close()
 
 
 class _Merge:
-    def __init__(self, base: bytes | mmap.mmap | memoryview, delta: Hive, out: mmap.mmap) -> None:
-        self.image = HiveImage(base, walk_bins=False)
+    def __init__(self, image: LazyImage, delta: Hive, out: mmap.mmap) -> None:
+        self.image = image
         self.delta = delta
         self.out = out
         self.cells = AppendAllocator(out, _B + self.image.end)
-        self.scanned_bins: set[int] = set()
+        self.bin_pages: set[int] = set()  # 4 KiB pages of the bins already scanned
         self.freed: set[int] = set()
         self.bytes_freed = 0
-        self.keys_patched = self.keys_written = 0
+        self.keys_patched = self.keys_written = self.steps = 0
         self.sort_keys: dict[int, bytes] = {}
+        # (name size, class length) of each child a parent's max fields must count, for
+        # keys this merge wrote or patched (the rest are read from the base).
+        self.sizes: dict[int, tuple[int, int]] = {}
         root = self.image.node(self.image.base.root_cell_offset)
         self.security = SecurityRing(self.image, root.security)
 
     def run(self) -> MergeStats:
         image, delta = self.image, self.delta
         if image.layered:
-            _require_normal(image.data)
+            _require_normal(image)
         if delta.root.semantics == _TOMBSTONE:
             raise HiveMergeError("", "the delta hive's root is a tombstone")
         appended_from = self.cells.bin_end
@@ -218,6 +236,7 @@ class _Merge:
         self._values(task)
         self._children(task)
         self.keys_patched += 1
+        self._step()
         return task
 
     def _class(self, task: _Pending) -> None:
@@ -321,6 +340,8 @@ class _Merge:
                 differencing=False,
             )
             self.keys_written += _count_keys(out)
+            # Just written, so reading it back maps no new page.
+            self.sizes[nk] = _size_fields(_NK.unpack_from(self.out, _B + nk + 4))
             inserted.append((at, sort_key, nk, C.lh_hash_folded(folded)))
         if not (changed or removed or inserted):
             return
@@ -335,6 +356,8 @@ class _Merge:
                 result.append((child_off, lh if lh is not None else self._hash(child_off)))
         result.extend(entry[2:] for entry in inserted[j:])
         task.entries = result
+        task.only_added = not (changed or removed)
+        task.added = [entry[2] for entry in inserted]
         if rec.subkey_count:
             for cell in image.subkey_list_cells(rec.subkey_list):
                 self._free(cell)
@@ -370,25 +393,39 @@ class _Merge:
             header[_F_SUBKEY_COUNT] = len(task.entries)
             header[_F_SUBKEY_LIST] = put_subkey_list(self.cells, task.entries, task.path)
         if task.entries is not None or task.child_classes_changed:
+            old_max = cast(int, header[_F_MAX_NAME])
+            max_name = max_class = 0
             if task.entries is None:
-                offsets = [
-                    o
-                    for o, _h in self.image.subkey_entries(
-                        task.off, task.rec.subkey_count, task.rec.subkey_list
-                    )
-                ]
+                rec = task.rec
+                entries = self.image.subkey_entries(task.off, rec.subkey_count, rec.subkey_list)
+                offsets = [o for o, _h in entries]
+            elif task.only_added and not task.child_classes_changed:
+                # Nothing left or changed class: the stored maxima still hold for the rest.
+                offsets = task.added
+                max_name, max_class = old_max & 0xFFFF, cast(int, header[_F_MAX_CLASS])
             else:
                 offsets = [o for o, _h in task.entries]
-            max_name = max_class = 0
             for child in offsets:
-                f = _NK.unpack_from(out, _B + child + 4)
-                name_len = f[_F_NAME_LENGTH]
-                max_name = max(max_name, 2 * name_len if f[_F_FLAGS] & _KEY_COMP_NAME else name_len)
-                max_class = max(max_class, f[_F_CLASS_LENGTH])
-            old = cast(int, header[_F_MAX_NAME])
-            header[_F_MAX_NAME] = (old & ~0xFFFF) | (max_name & 0xFFFF)
+                name_size, class_len = self.sizes.get(child) or self._sizes(child)
+                max_name = max(max_name, name_size)
+                max_class = max(max_class, class_len)
+            header[_F_MAX_NAME] = (old_max & ~0xFFFF) | (max_name & 0xFFFF)
             header[_F_MAX_CLASS] = max_class
         _NK.pack_into(out, _B + task.off + 4, *header)
+        self.sizes[task.off] = _size_fields(header)
+        self._step()
+
+    def _step(self) -> None:
+        """Count a key opened or finished or a cell freed; unmap the output's pages every
+        :data:`_UNMAP_EVERY` of them."""
+        self.steps += 1
+        if self.steps % _UNMAP_EVERY == 0:
+            _unmap(self.out)
+
+    def _sizes(self, off: int) -> tuple[int, int]:
+        """(name size, class length) of the base nk at ``off``."""
+        pos, _n = self.image.cell(off, "nk cell")
+        return _size_fields(_NK.unpack_from(self.image.data, pos))
 
     # --- freeing ----------------------------------------------------------------------
 
@@ -399,30 +436,26 @@ class _Merge:
         _pos, size = self.image.cell(off, "cell")
         self.freed.add(off)
         self.bytes_freed += size + 4
+        self._step()
         self._adopt_bin(off)
         self.cells.free.add(off, size + 4)
 
     def _adopt_bin(self, off: int) -> None:
         """Pool the free cells of the base bin holding ``off`` (once per bin).
 
-        Must run before ``off`` itself is pooled. Cells that are free in the output were
-        free in the base, or freed by this merge (and then already pooled).
+        Must run before any cell of that bin is pooled: until then the bin's cell sizes in
+        the output are the base's, so the base is what is scanned.
         """
+        page = off // C.HBIN_ALIGN
+        if page in self.bin_pages:
+            return
         found = self.image.bin_of(off)
-        if found is None or found[0] in self.scanned_bins:
+        if found is None:
             return  # an unrecognisable bin only loses the reuse of its other free cells
         start, size = found
-        self.scanned_bins.add(start)
-        pos, end = start + C.HBIN_HEADER_SIZE, start + size
-        out, free = self.out, self.cells.free
-        while pos < end:
-            (raw,) = _CELL.unpack_from(out, _B + pos)
-            length = abs(raw)
-            if length < 8 or length & 7 or pos + length > end:
-                raise HiveFormatError("cell", pos, f"size {raw} breaks the bin at {start:#x}")
-            if raw > 0:
-                free.add(pos, length)
-            pos += length
+        self.bin_pages.update(range(start // C.HBIN_ALIGN, (start + size) // C.HBIN_ALIGN))
+        for cell, cell_size in self.image.free_cells(start, size):
+            self.cells.free.add(cell, cell_size)
 
     def _free_subtree(self, top: int) -> None:
         """Free every cell of the base subtree at ``top`` and drop its sk uses."""
@@ -447,6 +480,27 @@ class _Merge:
             self._free(off)
 
 
+def _size_fields(header: Sequence[int | bytes]) -> tuple[int, int]:
+    """(name size in UTF-16 bytes, class length) from an unpacked nk header."""
+    name_len, flags, class_len = header[_F_NAME_LENGTH], header[_F_FLAGS], header[_F_CLASS_LENGTH]
+    if not (isinstance(name_len, int) and isinstance(flags, int) and isinstance(class_len, int)):
+        raise TypeError("nk header fields out of order")
+    return (2 * name_len if flags & _KEY_COMP_NAME else name_len), class_len
+
+
+def _unmap(out: mmap.mmap) -> None:
+    """Drop the output map's page mappings; the data stays in the page cache (dirty pages
+    included, written back as usual), so nothing is lost.
+
+    Every written byte maps a whole page-cache folio of the output file, up to hundreds of
+    KiB on filesystems with large folios, and mapped pages count as the process's RSS;
+    unmapping now and then bounds the merge's RSS by the work between two calls instead
+    of by all the places it wrote.
+    """
+    if hasattr(mmap, "MADV_DONTNEED"):
+        out.madvise(mmap.MADV_DONTNEED)
+
+
 def _count_keys(key: Key) -> int:
     count, stack = 0, [key]
     while stack:
@@ -455,9 +509,26 @@ def _count_keys(key: Key) -> int:
     return count
 
 
-def _require_normal(data: bytes | mmap.mmap | memoryview) -> None:
-    """Refuse a base with layer marks anywhere (a whole walk; only for bases flagged 0x2)."""
-    reader = HiveReader(data)
-    for path, key in reader.walk():
-        if key.semantics or key.inherit_class or any(v.tombstone for v in key.values()):
+def _require_normal(image: LazyImage) -> None:
+    """Refuse a base with layer marks anywhere: a whole walk (so memory follows the base),
+    done only for a base whose base block declares layered keys."""
+    root = image.base.root_cell_offset
+    stack: list[tuple[int, str, int]] = [(root, "", 0)]
+    seen = {root}
+    while stack:
+        off, path, depth = stack.pop()
+        rec = image.node(off)
+        marked = rec.layer & (C.LAYER_SEMANTICS_MASK | C.INHERIT_CLASS)
+        if rec.value_count and not marked:
+            vks = image.offsets(rec.value_list, rec.value_count, "value list")
+            marked = any(image.value_head(vk).tombstone for vk in vks)
+        if marked:
             raise HiveMergeError(path, "the base hive has layer marks; it must be a normal hive")
+        if depth >= C.MAX_KEY_DEPTH and rec.subkey_count:
+            raise HiveFormatError("nk cell", off, f"keys nested deeper than {C.MAX_KEY_DEPTH}")
+        for child in image.subkey_offsets(off, rec.subkey_count, rec.subkey_list):
+            if child in seen:
+                raise HiveFormatError("nk cell", child, "key reached twice (cycle)")
+            seen.add(child)
+            name = image.node(child).name
+            stack.append((child, f"{path}\\{name}" if path else name, depth + 1))

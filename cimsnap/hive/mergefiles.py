@@ -12,7 +12,7 @@ import errno
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cimsnap.errdefs import AlreadyExists, NotFound
@@ -60,13 +60,15 @@ def merge_files(
     directory = os.path.dirname(os.path.abspath(out))
     with gc_paused():
         delta = _read_delta(delta_path)
-        with _mapped(base_path) as (base_fd, base):
+        base_fd = _open_base(base_path)
+        try:
+            base_size = os.fstat(base_fd).st_size
             fd, tmp = tempfile.mkstemp(prefix=".hive-merge-", dir=directory)
             try:
-                _copy(base_fd, fd, len(base))
+                _copy(base_fd, fd, base_size)
                 try:
-                    with _writable_map(fd, len(base)) as target:
-                        stats = merge_into(base, delta, target)
+                    with _writable_map(fd, base_size) as target:
+                        stats = merge_into(_reader(base_fd), base_size, delta, target)
                         target.flush()
                 except HiveFormatError as e:
                     e.add_note(f"in the base hive {os.fspath(base_path)!r}")
@@ -79,6 +81,8 @@ def merge_files(
             finally:
                 os.close(fd)
                 os.unlink(tmp)
+        finally:
+            os.close(base_fd)
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -100,22 +104,20 @@ def _read_delta(path: str | os.PathLike[str]) -> Hive:
         raise
 
 
-@contextmanager
-def _mapped(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes | mmap.mmap]]:
-    """Open the base read-only: yield (fd, its bytes mapped; ``b""`` for an empty file)."""
+def _reader(fd: int) -> Callable[[int, int], bytes]:
+    """``read_at(offset, size)`` over the file descriptor ``fd``."""
+
+    def read_at(offset: int, size: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    return read_at
+
+
+def _open_base(path: str | os.PathLike[str]) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY)
     except FileNotFoundError as e:
         raise NotFound(f"base hive {os.fspath(path)!r}: not found") from e
-    try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            yield fd, b""
-            return
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
-            yield fd, data
-    finally:
-        os.close(fd)
 
 
 @contextmanager
