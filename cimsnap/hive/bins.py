@@ -158,7 +158,7 @@ class AppendAllocator(CellAllocator):
     buffer export (``memoryview``) of ``buf`` may be alive while cells are allocated.
     """
 
-    __slots__ = ("free", "grow_step")
+    __slots__ = ("bins_opened", "bytes_reused", "bytes_written", "free", "grow_step")
 
     def __init__(self, buf: mmap.mmap, end: int, *, grow_step: int = 1 << 20) -> None:
         super().__init__(0)
@@ -166,16 +166,25 @@ class AppendAllocator(CellAllocator):
         self.pos = self.bin_end = end
         self.free = FreeCells(buf)
         self.grow_step = grow_step
+        self.bytes_written = 0  # cell bytes allocated, header included
+        self.bytes_reused = 0  # of which in reused free cells
+        self.bins_opened = 0
 
     def alloc(self, data_size: int) -> int:
         """Reserve an allocated cell for ``data_size`` bytes; return its cell offset."""
-        off = self.free.take((data_size + 4 + 7) & ~7)
-        return super().alloc(data_size) if off is None else off
+        size = (data_size + 4 + 7) & ~7
+        self.bytes_written += size
+        off = self.free.take(size)
+        if off is None:
+            return super().alloc(data_size)
+        self.bytes_reused += size
+        return off
 
     def _grow(self, start: int, size: int) -> None:
         buf = self.buf
         if not isinstance(buf, mmap.mmap):
             raise TypeError("AppendAllocator edits an mmap")
+        self.bins_opened += 1
         if len(buf) < start + size:
             buf.resize(max(start + size, len(buf) + self.grow_step))
         buf[start : start + size] = bytes(size)

@@ -96,14 +96,18 @@ _F_MAX_VALUE_NAME, _F_MAX_VALUE_DATA, _F_NAME_LENGTH, _F_CLASS_LENGTH = 17, 18, 
 
 @dataclass(frozen=True, slots=True)
 class MergeStats:
-    """What an incremental merge did: output size, keys patched in place and written new,
-    and bytes of cells freed, reused from free cells, and appended in new bins."""
+    """What an incremental merge did: the output's size; keys patched in place and keys
+    written new; bytes of cells freed, of cells written (``bytes_reused`` of them in free
+    cells), and of new bins appended (``bins_appended`` bins)."""
 
     output_size: int
     keys_patched: int
     keys_written: int
     bytes_freed: int
+    bytes_written: int
+    bytes_reused: int
     bytes_appended: int
+    bins_appended: int
 
 
 @dataclass(slots=True)
@@ -206,7 +210,10 @@ class _Merge:
             keys_patched=self.keys_patched,
             keys_written=self.keys_written,
             bytes_freed=self.bytes_freed,
+            bytes_written=self.cells.bytes_written,
+            bytes_reused=self.cells.bytes_reused,
             bytes_appended=end - appended_from,
+            bins_appended=self.cells.bins_opened,
         )
 
     # --- one key present on both sides ------------------------------------------------
@@ -273,22 +280,10 @@ class _Merge:
         start = base_vks if from_lower else ()
         heads = [image.value_head(vk) for vk in start]
         plan = plan_values([h.name for h in heads], d.values)
-        out_vks: list[int] = []
-        kept: set[int] = set()
-        max_name = max_data = 0
-        for item in plan:
-            if isinstance(item, int):
-                out_vks.append(start[item])
-                kept.add(start[item])
-                max_name = max(max_name, heads[item].name_size)
-                max_data = max(max_data, heads[item].data_size)
-            else:
-                stored = write_value(self.cells, item, task.path, False)
-                out_vks.append(stored.offset)
-                max_name = max(max_name, stored.name_size)
-                max_data = max(max_data, stored.data_size)
-        if out_vks == list(base_vks):
-            return
+        if len(plan) == len(base_vks) and all(p == i for i, p in enumerate(plan)):
+            return  # every value kept in place (e.g. tombstones of values that do not exist)
+        # Free before writing, so that the new cells can take the old ones' places.
+        kept = {start[p] for p in plan if isinstance(p, int)}
         for vk in base_vks:
             if vk not in kept:
                 for cell in image.value_cells(vk):
@@ -296,6 +291,18 @@ class _Merge:
                 self._free(vk)
         if rec.value_count:
             self._free(rec.value_list)
+        out_vks: list[int] = []
+        max_name = max_data = 0
+        for item in plan:
+            if isinstance(item, int):
+                out_vks.append(start[item])
+                max_name = max(max_name, heads[item].name_size)
+                max_data = max(max_data, heads[item].data_size)
+            else:
+                stored = write_value(self.cells, item, task.path, False)
+                out_vks.append(stored.offset)
+                max_name = max(max_name, stored.name_size)
+                max_data = max(max_data, stored.data_size)
         header[_F_VALUE_COUNT] = len(out_vks)
         header[_F_VALUE_LIST] = put_offsets(self.cells, out_vks) if out_vks else _NO_CELL
         header[_F_MAX_VALUE_NAME], header[_F_MAX_VALUE_DATA] = max_name, max_data
@@ -316,7 +323,7 @@ class _Merge:
             changed = bool(entries)
             entries = []
         removed: set[int] = set()
-        inserted: list[tuple[int, bytes, int, int]] = []  # (position, sort key, nk, hash)
+        new: list[tuple[int, bytes, str, Key]] = []  # (position, sort key, folded, delta key)
         for child in d.subkeys.values():
             folded = name_key(child.name)
             sort_key = folded.encode("utf-16-be", "surrogatepass")
@@ -325,10 +332,18 @@ class _Merge:
                 if found:
                     self._free_subtree(entries[at][0])
                     removed.add(at)
-                continue
-            if found:
+            elif found:
                 task.children.append((entries[at][0], child))
-                continue
+            else:
+                new.append((at, sort_key, folded, child))
+        if not (changed or removed or new):
+            return
+        # Free before writing, so that the new cells can take the old ones' places.
+        if rec.subkey_count:
+            for cell in image.subkey_list_cells(rec.subkey_list):
+                self._free(cell)
+        inserted: list[tuple[int, bytes, int, int]] = []  # (position, sort key, nk, hash)
+        for at, sort_key, folded, child in new:
             out = merge_subtree(None, child)
             nk = write_subtree(
                 self.cells,
@@ -343,8 +358,6 @@ class _Merge:
             # Just written, so reading it back maps no new page.
             self.sizes[nk] = _size_fields(_NK.unpack_from(self.out, _B + nk + 4))
             inserted.append((at, sort_key, nk, C.lh_hash_folded(folded)))
-        if not (changed or removed or inserted):
-            return
         inserted.sort()
         result: list[tuple[int, int]] = []
         j = 0
@@ -358,9 +371,6 @@ class _Merge:
         task.entries = result
         task.only_added = not (changed or removed)
         task.added = [entry[2] for entry in inserted]
-        if rec.subkey_count:
-            for cell in image.subkey_list_cells(rec.subkey_list):
-                self._free(cell)
 
     def _find(self, entries: list[tuple[int, int | None]], sort_key: bytes) -> tuple[int, bool]:
         """Binary search of a sorted subkey list: (insertion position, found)."""

@@ -1,0 +1,354 @@
+"""The incremental merge (``merge_files`` -> ``cimsnap.hive.incremental``) against the
+whole-tree merge (``cimsnap.hive.merge.merge``, the oracle), through real files.
+
+"Equal" means: the incremental output, read back by our reader, equals the oracle's result
+written by the writer and read back (``Hive`` equality: every key, name, class, value in
+order, timestamp, flags, SD, plus the base-block fields), and ``check_hive`` finds nothing
+at all (no warnings either: exact max lengths, exact sk counts, no leaked cells), except
+the warning about the random trees' fake security descriptors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cimsnap.devtools.synthetic_hive import software_base, software_delta
+from cimsnap.hive import HiveFormatError, HiveReader, check_hive, read_hive, write_hive
+from cimsnap.hive import cells as C
+from cimsnap.hive.image import HiveImage
+from cimsnap.hive.incremental import MergeStats
+from cimsnap.hive.merge import HiveMergeError, merge, merge_files
+from cimsnap.hive.tree import REG_SZ, Hive, Key, LayerSemantics, Value
+from tests.unit.hive.external import hivex_dump, model_dump, regipy_dump, regipy_expected
+from tests.unit.hive.forge import field_pos, patch_u32
+from tests.unit.hive.layer_strategies import deltas_over, normal_hives
+
+SEM = LayerSemantics
+_B = C.BASE_BLOCK_SIZE
+EQUIV = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def oracle(base: bytes, delta: bytes) -> Hive:
+    """The whole-tree merge of two hive images, as written and read back."""
+    return read_hive(write_hive(merge(read_hive(base), read_hive(delta))))
+
+
+def incremental(
+    tmp: Path, base: bytes, delta: bytes, name: str = "out"
+) -> tuple[bytes, MergeStats]:
+    (tmp / f"{name}.base").write_bytes(base)
+    (tmp / f"{name}.delta").write_bytes(delta)
+    stats = merge_files(tmp / f"{name}.base", tmp / f"{name}.delta", tmp / name)
+    return (tmp / name).read_bytes(), stats
+
+
+def problems(data: bytes) -> list[str]:
+    """check_hive's findings, warnings included, except the strategies' fake descriptors
+    (``b"\\x01\\x00\\x04\\x80sd-one"`` is not a valid SD; the whole-tree output has the
+    same warning)."""
+    return [str(p) for p in check_hive(data) if "invalid security descriptor" not in p.why]
+
+
+def assert_equivalent(tmp: Path, base: bytes, delta: bytes) -> bytes:
+    out, stats = incremental(tmp, base, delta)
+    assert problems(out) == []
+    assert read_hive(out) == oracle(base, delta)
+    assert stats.output_size == len(out)
+    return out
+
+
+@st.composite
+def base_and_delta(draw: st.DrawFn) -> tuple[Hive, Hive]:
+    base = draw(normal_hives())
+    delta = draw(deltas_over(base))
+    delta.last_written = draw(st.integers(0, 3))
+    return base, delta
+
+
+@EQUIV
+@given(base_and_delta())
+def test_random_merges_equal_the_whole_tree_merge(
+    tmp_path_factory: pytest.TempPathFactory, pair: tuple[Hive, Hive]
+) -> None:
+    """All layer semantics (tombstones, SupersedeLocal/Tree, InheritClass, tombstone values,
+    Windows-case name matches) on random trees."""
+    base, delta = pair
+    assert_equivalent(tmp_path_factory.mktemp("eq"), write_hive(base), write_hive(delta))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_two_deltas_in_a_row_equal_two_whole_tree_merges(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    tmp = tmp_path_factory.mktemp("seq")
+    base = data.draw(normal_hives())
+    d1 = data.draw(deltas_over(base))
+    d2 = data.draw(deltas_over(base))
+    once, _ = incremental(tmp, write_hive(base), write_hive(d1), "one")
+    twice, _ = incremental(tmp, once, write_hive(d2), "two")
+    assert problems(twice) == []
+    expected = oracle(write_hive(oracle(write_hive(base), write_hive(d1))), write_hive(d2))
+    assert read_hive(twice) == expected
+
+
+def _big_pair() -> tuple[bytes, bytes]:
+    base = software_base(0.02)
+    delta, _plan = software_delta(base, 0.02)
+    return write_hive(base), write_hive(delta)
+
+
+def test_a_software_like_merge_is_read_alike_by_hivex_and_regipy(tmp_path: Path) -> None:
+    base, delta = _big_pair()
+    out = assert_equivalent(tmp_path, base, delta)
+    merged = read_hive(out)
+    assert hivex_dump(tmp_path / "out") == model_dump(merged)
+    assert regipy_dump(tmp_path / "out") == regipy_expected(merged)
+
+
+def _cells_of_subtree(image: HiveImage, top: int) -> list[int]:
+    """Every cell of the base subtree at ``top`` (nk, lists, values, data, class)."""
+    found, stack = [], [top]
+    while stack:
+        off = stack.pop()
+        rec = image.node(off)
+        found.append(off)
+        if rec.class_offset != C.NO_CELL:
+            found.append(rec.class_offset)
+        if rec.value_count:
+            found.append(rec.value_list)
+            for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
+                found += [vk, *image.value_cells(vk)]
+        if rec.subkey_count:
+            found += image.subkey_list_cells(rec.subkey_list)
+            stack.extend(image.subkey_offsets(off, rec.subkey_count, rec.subkey_list))
+    return found
+
+
+def test_untouched_subtrees_keep_their_bytes_and_touched_keys_their_offsets(
+    tmp_path: Path,
+) -> None:
+    base, delta = _big_pair()
+    out, _stats = incremental(tmp_path, base, delta)
+    base_reader, out_reader = HiveReader(base), HiveReader(out)
+    delta_tree = read_hive(delta)
+    untouched: list[int] = []
+    same_place = 0
+    for path, key in base_reader.walk():
+        parts = [p for p in path.split("\\") if p]
+        node: Key | None = delta_tree.root
+        hidden = False
+        for part in parts:
+            assert node is not None
+            if node.semantics in (SEM.TOMBSTONE, SEM.SUPERSEDE_TREE):
+                hidden = True
+                break
+            node = node.subkey(part)
+            if node is None:
+                break
+        if hidden:
+            continue
+        if node is None:
+            if parts and delta_tree.root.find("\\".join(parts[:-1])) is not None:
+                untouched.append(key.offset)  # the top of an untouched subtree
+        elif node.semantics != SEM.TOMBSTONE:
+            kept = out_reader.find_key(path)
+            assert kept is not None and kept.offset == key.offset  # patched in place
+            same_place += 1
+    assert len(untouched) > 1000 and same_place > 50
+    cells = [c for top in untouched for c in _cells_of_subtree(base_reader.image, top)]
+    for cell in cells[:: max(1, len(cells) // 5000)]:
+        size = -int.from_bytes(base[_B + cell : _B + cell + 4], "little", signed=True)
+        assert out[_B + cell : _B + cell + size] == base[_B + cell : _B + cell + size]
+
+
+def _same_keys_delta(round_: int) -> Hive:
+    """A delta that edits the same keys every time: a value, a tombstone, a new subkey."""
+    root = Key("ROOT", inherit_class=True)
+    cv = root.add_subkey(Key("Microsoft", inherit_class=True))
+    cv = cv.add_subkey(Key("Windows NT", inherit_class=True))
+    cv = cv.add_subkey(Key("CurrentVersion", inherit_class=True, last_written=round_))
+    cv.values = [
+        Value("CurrentBuild", REG_SZ, f"{20348 + round_}\0".encode("utf-16-le")),
+        Value("Patch", REG_SZ, ("x" * (10 + 97 * round_ % 300) + "\0").encode("utf-16-le")),
+    ]
+    cv.add_subkey(Key(f"Gen{round_ - 1}", semantics=SEM.TOMBSTONE))
+    cv.add_subkey(Key(f"Gen{round_}", class_name="g" * round_)).values = [
+        Value("n", REG_SZ, bytes(40 * round_))
+    ]
+    return Hive(root=root, minor_version=6, flags=0x2)
+
+
+def test_a_chain_of_ten_deltas_stays_valid_and_its_growth_is_bounded(tmp_path: Path) -> None:
+    """Ten software-like deltas one after another: each output equals the whole-tree
+    chain and checks clean. Bound (documented in cimsnap.hive.incremental): a merge grows
+    the file by no more than the cells it writes, rounded up to whole bins; and deltas that
+    rewrite the same keys reuse the cells freed by the previous one, so after the first
+    round such a chain does not grow at all."""
+    base_bytes, _delta = _big_pair()
+    current, tree = base_bytes, read_hive(base_bytes)
+    for i in range(10):
+        delta, _plan = software_delta(tree, 0.02, seed=100 + i)
+        delta_bytes = write_hive(delta)
+        out, stats = incremental(tmp_path, current, delta_bytes, f"chain{i}")
+        assert check_hive(out) == []
+        tree = read_hive(write_hive(merge(tree, read_hive(delta_bytes))))
+        assert read_hive(out) == tree
+        assert len(out) - len(current) <= stats.bytes_appended
+        assert stats.bytes_appended <= stats.bytes_written + stats.bins_appended * C.HBIN_ALIGN
+        current = out
+    sizes = []
+    for i in range(1, 11):
+        current, stats = incremental(tmp_path, current, write_hive(_same_keys_delta(i)), f"same{i}")
+        assert check_hive(current) == []
+        sizes.append(len(current))
+    assert read_hive(current).root.find(r"Microsoft\Windows NT\CurrentVersion\Gen10") is not None
+    assert max(sizes[1:]) == sizes[0], sizes
+    assert hivex_dump(tmp_path / "same10") == model_dump(read_hive(current))
+
+
+def test_the_base_is_read_only_where_the_delta_leads(tmp_path: Path) -> None:
+    """Bytes read from the base stay a small part of it, and damage where the delta does
+    not lead is copied, not read (the documented trust rule): a vk signature broken in an
+    untouched key makes the whole-tree reader fail but not the incremental merge."""
+    base, delta = _big_pair()
+    reader = HiveReader(base)
+    victim = reader.open_key(r"Microsoft\Windows NT\CurrentVersion").offset  # touched
+    untouched = next(
+        key for path, key in reader.walk() if path.startswith("Vendors\\") and key.values()
+    )
+    vk = untouched.values()[0].offset
+    broken = bytearray(base)
+    broken[_B + vk + 4 : _B + vk + 6] = b"XX"
+    with pytest.raises(HiveFormatError):
+        read_hive(bytes(broken))
+    out, _stats = incremental(tmp_path, bytes(broken), delta)
+    assert out[_B + vk + 4 : _B + vk + 6] == b"XX"
+    assert HiveReader(out).open_key(r"Microsoft\Windows NT\CurrentVersion").offset == victim
+
+    from cimsnap.hive import incremental as inc
+
+    read = 0
+
+    def read_at(offset: int, size: int) -> bytes:
+        nonlocal read
+        read += size
+        return base[offset : offset + size]
+
+    import mmap
+
+    (tmp_path / "copy").write_bytes(base)
+    with open(tmp_path / "copy", "r+b") as f, mmap.mmap(f.fileno(), len(base)) as target:
+        inc.merge_into(read_at, len(base), read_hive(delta), target)
+    assert read < len(base) // 3, (read, len(base))
+
+
+def _forged(tmp: Path, base: bytes, delta: Hive) -> HiveFormatError:
+    (tmp / "b").write_bytes(base)
+    (tmp / "d").write_bytes(write_hive(delta))
+    with pytest.raises(HiveFormatError) as exc:
+        merge_files(tmp / "b", tmp / "d", tmp / "out")
+    assert sorted(os.listdir(tmp)) == ["b", "d"]
+    assert any("base" in note for note in exc.value.__notes__)
+    return exc.value
+
+
+def _two_keys() -> bytes:
+    root = Key("ROOT")
+    for name in ("one", "two"):
+        root.add_subkey(Key(name)).values = [Value("v", REG_SZ, b"a\0b\0c\0")]
+    return write_hive(Hive(root=root))
+
+
+def _tombstones(*names: str) -> Hive:
+    root = Key("ROOT", inherit_class=True)
+    for name in names:
+        root.add_subkey(Key(name, semantics=SEM.TOMBSTONE))
+    return Hive(root=root, minor_version=6, flags=0x2)
+
+
+def test_a_damaged_key_on_the_deltas_path_is_a_format_error_naming_it(tmp_path: Path) -> None:
+    base = _two_keys()
+    one = HiveReader(base).open_key("one").offset
+    broken = bytearray(base)
+    broken[_B + one + 4 : _B + one + 6] = b"kn"
+    delta = Hive(root=Key("ROOT", inherit_class=True), minor_version=6, flags=0x2)
+    delta.root.add_subkey(Key("ONE", inherit_class=True)).values = [Value("x", REG_SZ, b"")]
+    error = _forged(tmp_path, bytes(broken), delta)
+    assert (error.what, error.offset) == ("nk cell", one)
+
+
+def test_a_cell_shared_by_two_keys_is_refused_when_both_are_freed(tmp_path: Path) -> None:
+    base = _two_keys()
+    reader = HiveReader(base)
+    one, two = reader.open_key("one").offset, reader.open_key("two").offset
+    shared = reader.image.node(one).value_list
+    vks = reader.image.offsets(shared, 1, "value list")
+    data_cells = [c for vk in vks for c in reader.image.value_cells(vk)]
+    forged = patch_u32(base, two, C.NK_HEADER, "value_list", shared)
+    error = _forged(tmp_path, forged, _tombstones("one", "two"))
+    assert error.what == "cell" and error.offset in {shared, *vks, *data_cells}
+
+
+def test_an_sk_count_below_its_users_is_a_format_error(tmp_path: Path) -> None:
+    base = _two_keys()
+    sk = HiveReader(base).image.node(HiveReader(base).open_key("one").offset).security
+    forged = patch_u32(base, sk, C.SK_HEADER, "reference_count", 1)
+    error = _forged(tmp_path, forged, _tombstones("one", "two"))
+    assert (error.what, error.offset) == ("sk cell", sk)
+
+
+def test_a_base_flagged_layered_is_scanned_for_marks(tmp_path: Path) -> None:
+    """Flag 0x2 on the base: marks anywhere are refused, as by the whole-tree merge; a
+    flagged base without marks merges (and the output is a normal hive)."""
+    root = Key("ROOT")
+    root.add_subkey(Key("clean"))
+    deep = root.add_subkey(Key("far")).add_subkey(Key("away"))
+    flagged = write_hive(Hive(root=root, minor_version=6, flags=0x2))
+    delta = Hive(root=Key("ROOT", inherit_class=True), minor_version=6, flags=0x2)
+    delta.root.add_subkey(Key("clean", inherit_class=True))
+    out = assert_equivalent(tmp_path, flagged, write_hive(delta))
+    assert not read_hive(out).is_differencing
+    deep.inherit_class = True
+    marked = write_hive(Hive(root=root, minor_version=6, flags=0x2))
+    (tmp_path / "m").write_bytes(marked)
+    (tmp_path / "d").write_bytes(write_hive(delta))
+    with pytest.raises(HiveMergeError) as exc:
+        merge_files(tmp_path / "m", tmp_path / "d", tmp_path / "out2")
+    assert exc.value.path == "far\\away"
+    assert not (tmp_path / "out2").exists()
+
+
+def test_without_copy_file_range_the_copy_falls_back_to_read_and_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault we cannot produce on this filesystem: copy_file_range refused (EXDEV)."""
+    base, delta = _big_pair()
+    reference, _ = incremental(tmp_path, base, delta, "ref")
+
+    def refuse(*_args: object) -> int:
+        raise OSError(errno.EXDEV, "cross-device")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    copied, _ = incremental(tmp_path, base, delta, "fallback")
+    assert copied == reference
+
+
+def test_the_base_block_is_rewritten(tmp_path: Path) -> None:
+    base, delta = _big_pair()
+    out, _ = incremental(tmp_path, base, delta)
+    fields = C.BASE_BLOCK_FAST.unpack_named(out)
+    before = C.BASE_BLOCK_FAST.unpack_named(base)
+    assert fields["primary_sequence"] == fields["secondary_sequence"]
+    assert fields["primary_sequence"] == before["primary_sequence"] + 1
+    assert fields["hive_bins_data_size"] == len(out) - _B
+    assert (fields["minor_version"], fields["flags"]) == (6, 0)
+    assert fields["checksum"] == C.base_block_checksum(out)
+    assert fields["root_cell_offset"] == before["root_cell_offset"]
+    assert field_pos(C.BASE_BLOCK, "checksum") == C.CHECKSUM_OFFSET
