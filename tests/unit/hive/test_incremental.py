@@ -352,3 +352,37 @@ def test_the_base_block_is_rewritten(tmp_path: Path) -> None:
     assert fields["checksum"] == C.base_block_checksum(out)
     assert fields["root_cell_offset"] == before["root_cell_offset"]
     assert field_pos(C.BASE_BLOCK, "checksum") == C.CHECKSUM_OFFSET
+
+
+def test_large_subkey_lists_are_rebuilt_as_ri_of_lh_leaves(tmp_path: Path) -> None:
+    """A key with 1,100 children gains and loses some: the new list is an ri of lh leaves
+    of at most 512 entries, sorted, hashed; a key dropping to 400 gets one lh list."""
+    root = Key("ROOT")
+    wide = root.add_subkey(Key("Wide"))
+    shrink = root.add_subkey(Key("Shrink"))
+    for i in range(1100):
+        wide.add_subkey(Key(f"k{i:05d}", class_name="c" * (i % 7)))
+        shrink.add_subkey(Key(f"s{i:05d}"))
+    base = write_hive(Hive(root=root))
+    droot = Key("ROOT", inherit_class=True)
+    dwide = droot.add_subkey(Key("WIDE", inherit_class=True))
+    for name in ("k00000", "k00513", "k01099"):
+        dwide.add_subkey(Key(name, semantics=SEM.TOMBSTONE))
+    for name in ("a-first", "k00512x", "zz-last-and-longest-name"):
+        dwide.add_subkey(Key(name, class_name="a much longer class name"))
+    dshrink = droot.add_subkey(Key("shrink", inherit_class=True))
+    for i in range(700):
+        dshrink.add_subkey(Key(f"S{i:05d}", semantics=SEM.TOMBSTONE))
+    out = assert_equivalent(
+        tmp_path, base, write_hive(Hive(root=droot, minor_version=6, flags=0x2))
+    )
+    image = HiveReader(out).image
+    for path, count in (("Wide", 1100), ("Shrink", 400)):
+        rec = image.node(HiveReader(out).open_key(path).offset)
+        assert rec.subkey_count == count
+        sig, leaves = image.list_leaf(rec.subkey_list, leaf_only=False)
+        if count > 512:
+            assert sig == b"ri"
+            assert all(len(image.list_leaf(leaf, leaf_only=True)[1]) <= 512 for leaf in leaves)
+        else:
+            assert sig == b"lh"
