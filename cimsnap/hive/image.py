@@ -181,7 +181,7 @@ class HiveImage:
     subclasses) from the constructor when the base block or bin chain is bad.
     """
 
-    __slots__ = ("base", "bins", "consumed", "data", "end", "layered", "used")
+    __slots__ = ("base", "bins", "consumed", "data", "end", "layered", "loaded", "used")
 
     def __init__(
         self,
@@ -191,6 +191,8 @@ class HiveImage:
         walk_bins: bool = True,
     ) -> None:
         self.data = data
+        # Pages of ``data`` already filled, for the lazy subclass; None: all of them.
+        self.loaded: bytearray | None = getattr(self, "loaded", None)
         self.base = _parse_base_block(data)
         self.end = self.base.hive_bins_data_size  # cell offsets must stay below this
         self.layered = bool(self.base.flags & C.BaseBlockFlags.LAYERED_KEYS)
@@ -217,46 +219,41 @@ class HiveImage:
             off += size
         return bins
 
-    def bin_of(self, off: int) -> tuple[int, int] | None:
-        """The (start, size) of the hive bin holding cell ``off``, found without the bin
-        chain: the nearest 4 KiB boundary at or below ``off`` whose ``hbin`` header claims
-        that offset and a size reaching past ``off``, and whose cells, walked from the
-        header, land exactly on ``off``. None when no boundary passes (a damaged base)."""
+    def bin_holding(self, off: int) -> tuple[int, int, list[tuple[int, int]]] | None:
+        """The hive bin holding cell ``off``, found without walking the bin chain: (start,
+        size, the (offset, size) of its free cells).
+
+        The bin is the nearest 4 KiB boundary at or below ``off`` whose ``hbin`` header
+        claims that offset and a size reaching past ``off``, and whose cells, walked from
+        the header, tile it and land exactly on ``off``. None when no boundary passes (a
+        damaged base, or ``off`` not a cell start)."""
         start = off & ~(C.HBIN_ALIGN - 1)
         while start >= 0:
             self._need(_B + start, C.HBIN_HEADER_SIZE)
             sig, own, size = _HBIN.unpack_from(self.data, _B + start)[:3]
             if sig == b"hbin" and own == start:
-                if size < C.HBIN_ALIGN or size % C.HBIN_ALIGN or start + size > self.end:
-                    return None
-                if start + size <= off:
-                    return None
-                pos = start + C.HBIN_HEADER_SIZE
-                self._need(_B + pos, off + 4 - pos)
-                while pos < off:
-                    (raw,) = _CELL.unpack_from(self.data, _B + pos)
-                    if abs(raw) < 8 or abs(raw) & 7:
-                        return None
-                    pos += abs(raw)
-                return (start, size) if pos == off else None
+                break
             start -= C.HBIN_ALIGN
-        return None
-
-    def free_cells(self, start: int, size: int) -> list[tuple[int, int]]:
-        """(offset, size) of the free cells in the bin at ``start`` of ``size`` bytes;
-        raises HiveFormatError when its cells do not tile it."""
+        else:
+            return None
+        end = start + size
+        if size < C.HBIN_ALIGN or size % C.HBIN_ALIGN or end > self.end or end <= off:
+            return None
         self._need(_B + start, size)
-        found = []
-        pos, end = start + C.HBIN_HEADER_SIZE, start + size
+        free = []
+        hit = False
+        pos = start + C.HBIN_HEADER_SIZE
+        data = self.data
         while pos < end:
-            (raw,) = _CELL.unpack_from(self.data, _B + pos)
-            length = abs(raw)
+            (raw,) = _CELL.unpack_from(data, _B + pos)
+            length = raw if raw > 0 else -raw
             if length < 8 or length & 7 or pos + length > end:
-                raise HiveFormatError("cell", pos, f"size {raw} breaks the bin at {start:#x}")
+                return None
             if raw > 0:
-                found.append((pos, length))
+                free.append((pos, length))
+            hit = hit or pos == off
             pos += length
-        return found
+        return (start, size, free) if hit else None
 
     def _need(self, pos: int, size: int) -> None:
         """Hook: ``data[pos : pos + size]`` is about to be read (see :class:`LazyImage`)."""
@@ -265,12 +262,20 @@ class HiveImage:
         """Return (file position of the cell data, data size) of the allocated cell ``off``."""
         if off & 7 or not C.HBIN_HEADER_SIZE <= off <= self.end - 8:
             raise HiveFormatError(what, off, "cell offset out of range or misaligned")
-        (size,) = _CELL.unpack_from(self.data, _B + off)
+        loaded = self.loaded
+        pos = _B + off
+        if loaded is not None and not loaded[pos >> _PAGE_SHIFT]:
+            self._need(pos, 4)
+        (size,) = _CELL.unpack_from(self.data, pos)
         if size >= 0:
             raise HiveFormatError(what, off, "refers to a free cell")
         size = -size
         if size < 8 or off + size > self.end:
             raise HiveFormatError(what, off, f"cell size {size} runs past the hive bins")
+        if loaded is not None:
+            last = (pos + size - 1) >> _PAGE_SHIFT
+            if last - (pos >> _PAGE_SHIFT) > 1 or not loaded[last]:
+                self._need(pos, size)
         used = self.used
         if used is not None:
             slot = off >> 3
@@ -504,19 +509,19 @@ class LazyImage(HiveImage):
 
     ``read_at(offset, size)`` returns file bytes (short only at the end of the file);
     ``file_size`` is the file's length. Bytes are copied into a private anonymous map of
-    the file's size only when a cell (or a bin header looked up by :meth:`bin_of`) is
+    the file's size only when a cell (or a bin looked up by :meth:`bin_holding`) is
     read, 4 KiB page by page, so memory follows the cells read rather than the file.
     (Mapping the file instead would let the kernel map whole page-cache folios around
     every touched byte: a few thousand scattered reads then count ~100 MB of RSS.) The
     bin chain is not walked (see ``walk_bins``). Call :meth:`close` when done.
     """
 
-    __slots__ = ("_loaded", "_read_at", "_size")
+    __slots__ = ("_read_at", "_size")
 
     def __init__(self, read_at: Callable[[int, int], bytes], file_size: int) -> None:
         self._read_at = read_at
         self._size = file_size
-        self._loaded = bytearray((file_size >> _PAGE_SHIFT) + 1)
+        self.loaded = bytearray((file_size >> _PAGE_SHIFT) + 1)
         buf = mmap.mmap(-1, max(file_size, 1), flags=mmap.MAP_PRIVATE)
         if hasattr(mmap, "MADV_NOHUGEPAGE"):
             buf.madvise(mmap.MADV_NOHUGEPAGE)
@@ -536,8 +541,8 @@ class LazyImage(HiveImage):
     def _need(self, pos: int, size: int) -> None:
         end = min(pos + size, self._size)
         first, last = pos >> _PAGE_SHIFT, (end - 1) >> _PAGE_SHIFT
-        loaded = self._loaded
-        if last - first <= 1 and loaded[first] and loaded[last]:
+        loaded = self.loaded
+        if loaded is None or (last - first <= 1 and loaded[first] and loaded[last]):
             return
         page = first
         while page <= last:
@@ -552,13 +557,3 @@ class LazyImage(HiveImage):
             chunk = self._read_at(start, min(run << _PAGE_SHIFT, self._size) - start)
             self.data[start : start + len(chunk)] = chunk  # type: ignore[index]
             page = run
-
-    def cell(self, off: int, what: str) -> tuple[int, int]:
-        if not off & 7 and C.HBIN_HEADER_SIZE <= off <= self.end - 8:
-            pos = _B + off
-            if not self._loaded[pos >> _PAGE_SHIFT]:
-                self._need(pos, 4)
-            (size,) = _CELL.unpack_from(self.data, pos)
-            if size < 0:
-                self._need(pos, min(-size, self.end - off))
-        return super().cell(off, what)

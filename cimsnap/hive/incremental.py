@@ -459,12 +459,12 @@ class _Merge:
         page = off // C.HBIN_ALIGN
         if page in self.bin_pages:
             return
-        found = self.image.bin_of(off)
+        found = self.image.bin_holding(off)
         if found is None:
             return  # an unrecognisable bin only loses the reuse of its other free cells
-        start, size = found
+        start, size, free_cells = found
         self.bin_pages.update(range(start // C.HBIN_ALIGN, (start + size) // C.HBIN_ALIGN))
-        for cell, cell_size in self.image.free_cells(start, size):
+        for cell, cell_size in free_cells:
             self.cells.free.add(cell, cell_size)
 
     def _free_subtree(self, top: int) -> None:
