@@ -50,6 +50,7 @@ class BaseBlock(NamedTuple):
     root_cell_offset: int
     hive_bins_data_size: int
     file_name: str
+    sequence: int  # the primary sequence number (equal to the secondary: a clean hive)
 
 
 class NodeRecord(NamedTuple):
@@ -165,7 +166,9 @@ def _parse_base_block(data: bytes | memoryview | mmap.mmap) -> BaseBlock:
             offset_kind="file",
         )
     file_name = f["file_name"].decode("utf-16-le", "surrogatepass").split("\0", 1)[0]
-    return BaseBlock(minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name)
+    return BaseBlock(
+        minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name, seq1
+    )
 
 
 class HiveImage:

@@ -129,7 +129,12 @@ class _Pending:
 
 
 def merge_into(
-    read_at: Callable[[int, int], bytes], base_size: int, delta: Hive, out: mmap.mmap
+    read_at: Callable[[int, int], bytes],
+    base_size: int,
+    delta: Hive,
+    out: mmap.mmap,
+    *,
+    page_budget: int = 2048,
 ) -> MergeStats:
     """Turn ``out``, a byte copy of a base hive, into the merge of ``delta`` onto it.
 
@@ -138,13 +143,15 @@ def merge_into(
     :class:`~cimsnap.hive.image.LazyImage`). ``out`` must be a writable shared ``mmap`` of
     the output file holding exactly the base's bytes; it is only written, never read (a
     read would map whole page-cache folios), and is resized to the merged hive's length.
+    ``page_budget`` bounds the 4 KiB pages of the base held in memory at once (8 MiB by
+    default; past it they are dropped and read again).
 
     Raises :class:`HiveFormatError` for a malformed base (naming the cell),
     :class:`HiveMergeError` as the whole-tree merge does, and
     :class:`~cimsnap.hive.errors.HiveModelError` for a delta key the format cannot hold;
     ``out`` is then garbage (the file edge deletes it).
     """
-    image = LazyImage(read_at, base_size)
+    image = LazyImage(read_at, base_size, max_pages=page_budget)
     try:
         return _Merge(image, delta, out).run()
     finally:
@@ -194,10 +201,9 @@ class _Merge:
         self.security.finish(self.out, self._free)
         end = self.cells.finish()
         base = image.base
-        primary = int.from_bytes(image.data[4:8], "little")
         pack_base_block(
             self.out,
-            sequence=(primary + 1) & 0xFFFFFFFF,
+            sequence=(base.sequence + 1) & 0xFFFFFFFF,
             last_written=max(base.last_written, delta.last_written),
             minor_version=OUTPUT_MINOR_VERSION,
             root_offset=root_off,

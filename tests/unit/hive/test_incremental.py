@@ -11,6 +11,7 @@ the warning about the random trees' fake security descriptors.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cimsnap.devtools.synthetic_hive import software_base, software_delta
 from cimsnap.hive import HiveFormatError, HiveReader, check_hive, read_hive, write_hive
 from cimsnap.hive import cells as C
 from cimsnap.hive.image import HiveImage
-from cimsnap.hive.incremental import MergeStats
+from cimsnap.hive.incremental import MergeStats, merge_into
 from cimsnap.hive.merge import HiveMergeError, merge, merge_files
 from cimsnap.hive.tree import REG_SZ, Hive, Key, LayerSemantics, Value
 from tests.unit.hive.external import hivex_dump, model_dump, regipy_dump, regipy_expected
@@ -232,8 +233,6 @@ def test_the_base_is_read_only_where_the_delta_leads(tmp_path: Path) -> None:
     assert out[_B + vk + 4 : _B + vk + 6] == b"XX"
     assert HiveReader(out).open_key(r"Microsoft\Windows NT\CurrentVersion").offset == victim
 
-    from cimsnap.hive import incremental as inc
-
     read = 0
 
     def read_at(offset: int, size: int) -> bytes:
@@ -241,12 +240,20 @@ def test_the_base_is_read_only_where_the_delta_leads(tmp_path: Path) -> None:
         read += size
         return base[offset : offset + size]
 
-    import mmap
-
     (tmp_path / "copy").write_bytes(base)
     with open(tmp_path / "copy", "r+b") as f, mmap.mmap(f.fileno(), len(base)) as target:
-        inc.merge_into(read_at, len(base), read_hive(delta), target)
+        merge_into(read_at, len(base), read_hive(delta), target)
     assert read < len(base) // 3, (read, len(base))
+
+
+def test_a_tiny_page_budget_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Dropping the base's page copies (here after every 3 pages) never loses a read."""
+    base, delta = _big_pair()
+    reference, _ = incremental(tmp_path, base, delta)
+    (tmp_path / "copy").write_bytes(base)
+    with open(tmp_path / "copy", "r+b") as f, mmap.mmap(f.fileno(), len(base)) as target:
+        merge_into(lambda o, n: base[o : o + n], len(base), read_hive(delta), target, page_budget=3)
+    assert (tmp_path / "copy").read_bytes() == reference
 
 
 def _forged(tmp: Path, base: bytes, delta: Hive) -> HiveFormatError:
