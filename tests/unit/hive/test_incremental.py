@@ -25,7 +25,7 @@ from cimsnap.hive import cells as C
 from cimsnap.hive.image import HiveImage
 from cimsnap.hive.incremental import MergeStats, merge_into
 from cimsnap.hive.merge import HiveMergeError, merge, merge_files
-from cimsnap.hive.tree import REG_SZ, Hive, Key, LayerSemantics, Value
+from cimsnap.hive.tree import REG_BINARY, REG_NONE, REG_SZ, Hive, Key, LayerSemantics, Value
 from tests.unit.hive.external import hivex_dump, model_dump, regipy_dump, regipy_expected
 from tests.unit.hive.forge import field_pos, patch_u32
 from tests.unit.hive.layer_strategies import deltas_over, normal_hives
@@ -393,3 +393,34 @@ def test_large_subkey_lists_are_rebuilt_as_ri_of_lh_leaves(tmp_path: Path) -> No
             assert all(len(image.list_leaf(leaf, leaf_only=True)[1]) <= 512 for leaf in leaves)
         else:
             assert sig == b"lh"
+
+
+def test_big_data_values_are_freed_and_written_as_db_records(tmp_path: Path) -> None:
+    """Values above 16,344 bytes (db records with segment lists): replaced, tombstoned,
+    and dropped with their key; check_hive's leak check proves every segment was freed."""
+    root = Key("ROOT")
+    big = root.add_subkey(Key("Big"))
+    big.values = [
+        Value("keep", REG_BINARY, bytes(range(256)) * 100),
+        Value("replace", REG_BINARY, b"\x01" * 40_000),
+        Value("drop", REG_BINARY, b"\x02" * 50_000),
+    ]
+    root.add_subkey(Key("Gone")).values = [Value("huge", REG_BINARY, b"\x03" * 70_000)]
+    base = write_hive(Hive(root=root))
+    droot = Key("ROOT", inherit_class=True)
+    dbig = droot.add_subkey(Key("big", inherit_class=True))
+    dbig.values = [
+        Value("REPLACE", REG_BINARY, b"\x04" * 33_000),
+        Value("drop", REG_NONE, b"", tombstone=True),
+        Value("new", REG_BINARY, b"\x05" * 17_000),
+    ]
+    droot.add_subkey(Key("gone", semantics=SEM.TOMBSTONE))
+    out = assert_equivalent(tmp_path, base, write_hive(Hive(droot, minor_version=6, flags=0x2)))
+    merged = read_hive(out).root.subkey("big")
+    assert merged is not None
+    assert [(v.name, len(v.data)) for v in merged.values] == [
+        ("keep", 25_600),
+        ("replace", 33_000),
+        ("new", 17_000),
+    ]
+    assert hivex_dump(tmp_path / "out") == model_dump(read_hive(out))
