@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import ChecksumMismatchError, DirtyHiveError, HiveFormatError
 
-__all__ = ["BaseBlock", "HiveImage", "LazyImage", "NodeRecord", "ValueHead", "ValueRecord"]
+__all__ = ["BaseBlock", "HiveImage", "NodeRecord", "ValueHead", "ValueRecord"]
 
 _NK = C.NK_HEADER_FAST.struct
 _VK = C.VK_HEADER_FAST.struct
@@ -37,8 +37,8 @@ _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
 _VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _LEAF_SIGNATURES: Final = (b"lh", b"lf", b"li")
 _PAIR_LISTS: Final = (b"lh", b"lf")
-_PAGE: Final = 4096
-_PAGE_SHIFT: Final = 12
+#: log2 of the page size of :attr:`HiveImage.loaded` (4 KiB pages).
+PAGE_SHIFT: Final = 12
 
 
 class BaseBlock(NamedTuple):
@@ -259,7 +259,8 @@ class HiveImage:
         return (start, size, free) if hit else None
 
     def _need(self, pos: int, size: int) -> None:
-        """Hook: ``data[pos : pos + size]`` is about to be read (see :class:`LazyImage`)."""
+        """Hook: ``data[pos : pos + size]`` is about to be read (see
+        :class:`~cimsnap.hive.lazyimage.LazyImage`)."""
 
     def cell(self, off: int, what: str) -> tuple[int, int]:
         """Return (file position of the cell data, data size) of the allocated cell ``off``."""
@@ -267,7 +268,7 @@ class HiveImage:
             raise HiveFormatError(what, off, "cell offset out of range or misaligned")
         loaded = self.loaded
         pos = _B + off
-        if loaded is not None and not loaded[pos >> _PAGE_SHIFT]:
+        if loaded is not None and not loaded[pos >> PAGE_SHIFT]:
             self._need(pos, 4)
         (size,) = _CELL.unpack_from(self.data, pos)
         if size >= 0:
@@ -276,8 +277,8 @@ class HiveImage:
         if size < 8 or off + size > self.end:
             raise HiveFormatError(what, off, f"cell size {size} runs past the hive bins")
         if loaded is not None:
-            last = (pos + size - 1) >> _PAGE_SHIFT
-            if last - (pos >> _PAGE_SHIFT) > 1 or not loaded[last]:
+            last = (pos + size - 1) >> PAGE_SHIFT
+            if last - (pos >> PAGE_SHIFT) > 1 or not loaded[last]:
                 self._need(pos, size)
         used = self.used
         if used is not None:
@@ -505,81 +506,3 @@ def _decode_utf16(raw: bytes | memoryview, what: str, off: int) -> str:
         raise HiveFormatError(what, off, "UTF-16 name of odd length")
     # surrogatepass: unpaired surrogates are legal in registry names and must round-trip.
     return bytes(raw).decode("utf-16-le", "surrogatepass")
-
-
-class LazyImage(HiveImage):
-    """A :class:`HiveImage` over a file read on demand, never mapped.
-
-    ``read_at(offset, size)`` returns file bytes (short only at the end of the file);
-    ``file_size`` is the file's length. Bytes are copied into a private anonymous map of
-    the file's size only when a cell (or a bin looked up by :meth:`bin_holding`) is
-    read, 4 KiB page by page, so memory follows the cells read rather than the file; past
-    ``max_pages`` pages the copies are dropped and read again when needed, which bounds
-    the memory whatever the file's size.
-    (Mapping the file instead would let the kernel map whole page-cache folios around
-    every touched byte: a few thousand scattered reads then count ~100 MB of RSS.) The
-    bin chain is not walked (see ``walk_bins``). Call :meth:`close` when done.
-    """
-
-    __slots__ = ("_budget", "_count", "_read_at", "_size")
-
-    def __init__(
-        self, read_at: Callable[[int, int], bytes], file_size: int, *, max_pages: int = 2048
-    ) -> None:
-        self._read_at = read_at
-        self._size = file_size
-        self._budget = max_pages
-        self._count = 0
-        self.loaded = bytearray((file_size >> _PAGE_SHIFT) + 1)
-        buf = mmap.mmap(-1, max(file_size, 1), flags=mmap.MAP_PRIVATE)
-        if hasattr(mmap, "MADV_NOHUGEPAGE"):
-            buf.madvise(mmap.MADV_NOHUGEPAGE)
-        self.data = buf
-        self._need(0, min(file_size, _B))
-        try:
-            super().__init__(buf if file_size else b"", walk_bins=False)
-        except BaseException:
-            buf.close()
-            raise
-
-    def _drop(self) -> None:
-        """Forget every page copy (zeroed by the kernel, reloaded when read again).
-
-        Called only at the start of :meth:`_need`, before its pages are loaded: every
-        method reads a cell's bytes right after its own :meth:`cell` call, never after
-        another one, so no reader is left holding a position into a dropped page.
-        """
-        if isinstance(self.data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-            self.data.madvise(mmap.MADV_DONTNEED)
-            loaded = self.loaded
-            if loaded is not None:
-                loaded[:] = bytes(len(loaded))
-            self._count = 0
-
-    def close(self) -> None:
-        """Release the page copies (the image is unusable afterwards)."""
-        if isinstance(self.data, mmap.mmap):
-            self.data.close()
-
-    def _need(self, pos: int, size: int) -> None:
-        end = min(pos + size, self._size)
-        first, last = pos >> _PAGE_SHIFT, (end - 1) >> _PAGE_SHIFT
-        loaded = self.loaded
-        if loaded is None or (last - first <= 1 and loaded[first] and loaded[last]):
-            return
-        if self._count + last - first + 1 > self._budget:
-            self._drop()
-        page = first
-        while page <= last:
-            if loaded[page]:
-                page += 1
-                continue
-            run = page
-            while run <= last and not loaded[run]:
-                loaded[run] = 1
-                run += 1
-            self._count += run - page
-            start = page << _PAGE_SHIFT
-            chunk = self._read_at(start, min(run << _PAGE_SHIFT, self._size) - start)
-            self.data[start : start + len(chunk)] = chunk  # type: ignore[index]
-            page = run

@@ -52,7 +52,9 @@ from typing import Final, cast
 from cimsnap.hive import cells as C
 from cimsnap.hive.bins import AppendAllocator, put_offsets
 from cimsnap.hive.errors import HiveFormatError, HiveModelError
-from cimsnap.hive.image import LazyImage, NodeRecord
+from cimsnap.hive.image import NodeRecord
+from cimsnap.hive.lazyimage import LazyImage
+from cimsnap.hive.release import CellRelease
 from cimsnap.hive.rules import (
     OUTPUT_MINOR_VERSION,
     HiveMergeError,
@@ -78,7 +80,6 @@ __all__ = ["MergeStats", "merge_into"]
 
 _B: Final = C.BASE_BLOCK_SIZE
 _NK = C.NK_HEADER_FAST.struct
-_CELL = C.CELL_HEADER_FAST.struct
 _NO_CELL: Final = C.NO_CELL
 _TOMBSTONE: Final = LayerSemantics.TOMBSTONE
 _KEY_COMP_NAME: Final = int(C.KeyFlags.COMP_NAME)
@@ -140,7 +141,7 @@ def merge_into(
 
     ``read_at(offset, size)`` reads the base file (``base_size`` bytes), which must stay
     unchanged during the call; it is read only where the merge leads (a
-    :class:`~cimsnap.hive.image.LazyImage`). ``out`` must be a writable shared ``mmap`` of
+    :class:`~cimsnap.hive.lazyimage.LazyImage`). ``out`` must be a writable shared ``mmap`` of
     the output file holding exactly the base's bytes; it is only written, never read (a
     read would map whole page-cache folios), and is resized to the merged hive's length.
     ``page_budget`` bounds the 4 KiB pages of the base held in memory at once (8 MiB by
@@ -164,16 +165,15 @@ class _Merge:
         self.delta = delta
         self.out = out
         self.cells = AppendAllocator(out, _B + self.image.end)
-        self.bin_pages: set[int] = set()  # 4 KiB pages of the bins already scanned
-        self.freed: set[int] = set()
-        self.bytes_freed = 0
         self.keys_patched = self.keys_written = self.steps = 0
         self.sort_keys: dict[int, bytes] = {}
         # (name size, class length) of each child a parent's max fields must count, for
         # keys this merge wrote or patched (the rest are read from the base).
         self.sizes: dict[int, tuple[int, int]] = {}
         root = self.image.node(self.image.base.root_cell_offset)
+        self.root_name = root.name
         self.security = SecurityRing(self.image, root.security)
+        self.release = CellRelease(self.image, self.cells.free, self.security, self._step)
 
     def run(self) -> MergeStats:
         image, delta = self.image, self.delta
@@ -184,7 +184,7 @@ class _Merge:
         appended_from = self.cells.bin_end
         root_off = image.base.root_cell_offset
         stack: list[_Pending | tuple[int, Key, str, int, _Pending | None]] = [
-            (root_off, delta.root, "", 0, None)
+            (root_off, delta.root, self.root_name, 0, None)
         ]
         while stack:
             task = stack.pop()
@@ -198,7 +198,7 @@ class _Merge:
                     (child_off, child, pending.path + "\\" + child.name, pending.depth + 1, pending)
                 )
             pending.children = []
-        self.security.finish(self.out, self._free)
+        self.security.finish(self.out, self.release.cell)
         end = self.cells.finish()
         base = image.base
         pack_base_block(
@@ -215,7 +215,7 @@ class _Merge:
             output_size=end,
             keys_patched=self.keys_patched,
             keys_written=self.keys_written,
-            bytes_freed=self.bytes_freed,
+            bytes_freed=self.release.bytes_freed,
             bytes_written=self.cells.bytes_written,
             bytes_reused=self.cells.bytes_reused,
             bytes_appended=end - appended_from,
@@ -261,7 +261,7 @@ class _Merge:
         if (chosen or None) == old:
             return
         if rec.class_offset != _NO_CELL:
-            self._free(rec.class_offset)
+            self.release.cell(rec.class_offset)
         class_off, class_len = _NO_CELL, 0
         if chosen:
             data = chosen.encode("utf-16-le", "surrogatepass")
@@ -292,11 +292,9 @@ class _Merge:
         kept = {start[p] for p in plan if isinstance(p, int)}
         for vk in base_vks:
             if vk not in kept:
-                for cell in image.value_cells(vk):
-                    self._free(cell)
-                self._free(vk)
+                self.release.value(vk)
         if rec.value_count:
-            self._free(rec.value_list)
+            self.release.cell(rec.value_list)
         out_vks: list[int] = []
         max_name = max_data = 0
         for item in plan:
@@ -325,7 +323,7 @@ class _Merge:
         changed = False
         if not visible:
             for child_off, _hash in entries:
-                self._free_subtree(child_off)
+                self.release.subtree(child_off)
             changed = bool(entries)
             entries = []
         removed: set[int] = set()
@@ -336,7 +334,7 @@ class _Merge:
             at, found = self._find(entries, sort_key) if visible else (0, False)
             if child.semantics == _TOMBSTONE:
                 if found:
-                    self._free_subtree(entries[at][0])
+                    self.release.subtree(entries[at][0])
                     removed.add(at)
             elif found:
                 task.children.append((entries[at][0], child))
@@ -346,8 +344,7 @@ class _Merge:
             return
         # Free before writing, so that the new cells can take the old ones' places.
         if rec.subkey_count:
-            for cell in image.subkey_list_cells(rec.subkey_list):
-                self._free(cell)
+            self.release.subkey_list(rec.subkey_list)
         inserted: list[tuple[int, bytes, int, int]] = []  # (position, sort key, nk, hash)
         for at, sort_key, folded, child in new:
             out = merge_subtree(None, child)
@@ -442,58 +439,6 @@ class _Merge:
         """(name size, class length) of the base nk at ``off``."""
         pos, _n = self.image.cell(off, "nk cell")
         return _size_fields(_NK.unpack_from(self.image.data, pos))
-
-    # --- freeing ----------------------------------------------------------------------
-
-    def _free(self, off: int) -> None:
-        """Mark the base cell at ``off`` free and pool it (with its bin's free cells)."""
-        if off in self.freed:
-            raise HiveFormatError("cell", off, "referenced twice (shared or cyclic cells)")
-        _pos, size = self.image.cell(off, "cell")
-        self.freed.add(off)
-        self.bytes_freed += size + 4
-        self._step()
-        self._adopt_bin(off)
-        self.cells.free.add(off, size + 4)
-
-    def _adopt_bin(self, off: int) -> None:
-        """Pool the free cells of the base bin holding ``off`` (once per bin).
-
-        Must run before any cell of that bin is pooled: until then the bin's cell sizes in
-        the output are the base's, so the base is what is scanned.
-        """
-        page = off // C.HBIN_ALIGN
-        if page in self.bin_pages:
-            return
-        found = self.image.bin_holding(off)
-        if found is None:
-            return  # an unrecognisable bin only loses the reuse of its other free cells
-        start, size, free_cells = found
-        self.bin_pages.update(range(start // C.HBIN_ALIGN, (start + size) // C.HBIN_ALIGN))
-        for cell, cell_size in free_cells:
-            self.cells.free.add(cell, cell_size)
-
-    def _free_subtree(self, top: int) -> None:
-        """Free every cell of the base subtree at ``top`` and drop its sk uses."""
-        image = self.image
-        stack = [top]
-        while stack:
-            off = stack.pop()
-            rec = image.node(off)
-            self.security.release(rec.security)
-            if rec.class_offset != _NO_CELL:
-                self._free(rec.class_offset)
-            if rec.value_count:
-                for vk in image.offsets(rec.value_list, rec.value_count, "value list"):
-                    for cell in image.value_cells(vk):
-                        self._free(cell)
-                    self._free(vk)
-                self._free(rec.value_list)
-            if rec.subkey_count:
-                stack.extend(image.subkey_offsets(off, rec.subkey_count, rec.subkey_list))
-                for cell in image.subkey_list_cells(rec.subkey_list):
-                    self._free(cell)
-            self._free(off)
 
 
 def _size_fields(header: Sequence[int | bytes]) -> tuple[int, int]:
