@@ -28,10 +28,12 @@ removed). Everything else keeps its bytes and offsets:
   length, FILETIME and file name per the decision table, checksum.
 
 **Space.** Freed cells (with the free cells already in their bins, coalesced) are reused
-first (best fit); the rest goes to new bins appended at the end. So the output is at most
-the base plus the cells this merge writes, rounded up to bins; cells that a later merge
-of a chain frees in the same bins are reused, which keeps a chain of deltas touching the
-same keys from growing by more than its new data (``test_incremental`` pins the bound).
+first (best fit); the rest goes to new bins appended at the end. With ``N`` the bytes of
+new cells that found no free cell, a merge grows the file by at most ``2 N + 32`` bytes
+per appended bin ``+ 64 KiB`` (a bin is closed only when the next cell does not fit, so
+its unused tail is smaller than that cell; the last bin's tail is under 64 KiB). Cells
+that a later merge of a chain frees in those bins are reused by it, so a chain of deltas
+that rewrite the same keys stops growing (``test_incremental`` pins both).
 
 **Trust.** The base is validated where it is read (base block, bin chain, and every cell
 the merge touches, each bounds-checked; a cell freed twice is an error). An untouched

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from cimsnap.hive.mergefiles import MergeReport, merge_files
+from cimsnap.hive.incremental import MergeStats
+from cimsnap.hive.mergefiles import merge_files
 from cimsnap.hive.rules import OUTPUT_MINOR_VERSION, HiveMergeError, merge_subtree
 from cimsnap.hive.tree import Hive, Key, LayerSemantics
 
-__all__ = ["OUTPUT_MINOR_VERSION", "HiveMergeError", "MergeReport", "merge", "merge_files"]
+__all__ = ["OUTPUT_MINOR_VERSION", "HiveMergeError", "MergeStats", "merge", "merge_files"]
 
 _TOMBSTONE: Final = LayerSemantics.TOMBSTONE
 

@@ -22,10 +22,7 @@ from cimsnap.hive.incremental import MergeStats, merge_into
 from cimsnap.hive.reader import read_hive
 from cimsnap.hive.tree import Hive
 
-__all__ = ["MergeReport", "merge_files"]
-
-#: What :func:`merge_files` returns (see :class:`cimsnap.hive.incremental.MergeStats`).
-MergeReport = MergeStats
+__all__ = ["merge_files"]
 
 # copy_file_range cannot serve these (another filesystem, an old kernel, special files):
 # fall back to a plain read/write copy.
@@ -36,7 +33,7 @@ def merge_files(
     base_path: str | os.PathLike[str],
     delta_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
-) -> MergeReport:
+) -> MergeStats:
     """Merge the hive files ``base_path`` and ``delta_path`` into a new file ``out_path``.
 
     The output starts as a copy of the base (``copy_file_range``: a reflink where the
