@@ -47,7 +47,7 @@ merge does); a base without the flag has none by definition (its marks read as z
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, cast
 
@@ -126,7 +126,10 @@ class _Pending:
     parent: _Pending | None
     entries: list[tuple[int, int]] | None = None  # new subkey entries, None = unchanged
     child_classes_changed: bool = False
-    only_added: bool = False  # entries differ from the base's by insertions alone
+    # Entries differ from the base's by insertions and removals alone; ``removed`` holds
+    # the (name size, class length) of each removed child.
+    edited: bool = False
+    removed: list[tuple[int, int]] = field(default_factory=list)
     added: list[int] = field(default_factory=list)  # nk offsets of the inserted children
     children: list[tuple[int, Key]] = field(default_factory=list)
 
@@ -336,6 +339,7 @@ class _Merge:
             at, found = self._find(entries, sort_key) if visible else (0, False)
             if child.semantics == _TOMBSTONE:
                 if found:
+                    task.removed.append(self._sizes(entries[at][0]))
                     self.release.subtree(entries[at][0])
                     removed.add(at)
             elif found:
@@ -374,7 +378,7 @@ class _Merge:
                 result.append((child_off, lh if lh is not None else self._hash(child_off)))
         result.extend(entry[2:] for entry in inserted[j:])
         task.entries = result
-        task.only_added = not (changed or removed)
+        task.edited = not changed
         task.added = [entry[2] for entry in inserted]
 
     def _find(self, entries: list[tuple[int, int | None]], sort_key: bytes) -> tuple[int, bool]:
@@ -409,26 +413,49 @@ class _Merge:
             header[_F_SUBKEY_LIST] = put_subkey_list(self.cells, task.entries, task.path)
         if task.entries is not None or task.child_classes_changed:
             old_max = cast(int, header[_F_MAX_NAME])
-            max_name = max_class = 0
-            if task.entries is None:
-                rec = task.rec
-                entries = self.image.subkey_entries(task.off, rec.subkey_count, rec.subkey_list)
-                offsets = [o for o, _h in entries]
-            elif task.only_added and not task.child_classes_changed:
-                # Nothing left or changed class: the stored maxima still hold for the rest.
-                offsets = task.added
-                max_name, max_class = old_max & 0xFFFF, cast(int, header[_F_MAX_CLASS])
-            else:
-                offsets = [o for o, _h in task.entries]
-            for child in offsets:
-                name_size, class_len = self.sizes.get(child) or self._sizes(child)
-                max_name = max(max_name, name_size)
-                max_class = max(max_class, class_len)
+            max_name, max_class = self._maxima(task, old_max & 0xFFFF, header[_F_MAX_CLASS])
             header[_F_MAX_NAME] = (old_max & ~0xFFFF) | (max_name & 0xFFFF)
             header[_F_MAX_CLASS] = max_class
         _NK.pack_into(out, _B + task.off + 4, *header)
         self.sizes[task.off] = _size_fields(header)
         self._step()
+
+    def _maxima(self, task: _Pending, stored_name: int, stored_class: object) -> tuple[int, int]:
+        """The largest child name size and class length of ``task``'s key after the merge.
+
+        Reads only what can have changed: with children only added and removed and no
+        class changed, the stored maxima still hold for the children kept, unless a
+        removed child reached one; then the kept children are read only until one is
+        found at that maximum (typical of lists of equally long names, e.g. GUIDs).
+        """
+        entries = task.entries
+        if entries is None:
+            rec = task.rec
+            kept = self.image.subkey_entries(task.off, rec.subkey_count, rec.subkey_list)
+            return self._largest(o for o, _h in kept)
+        if not task.edited or task.child_classes_changed or not isinstance(stored_class, int):
+            return self._largest(o for o, _h in entries)
+        max_name, max_class = self._largest(task.added)
+        if max_name >= stored_name and max_class >= stored_class:
+            return max_name, max_class
+        if _below(task, stored_name, stored_class):
+            return max(max_name, stored_name), max(max_class, stored_class)
+        added = set(task.added)
+        for child, _h in entries:
+            if child in added:
+                continue
+            name_size, class_len = self.sizes.get(child) or self._sizes(child)
+            max_name, max_class = max(max_name, name_size), max(max_class, class_len)
+            if max_name >= stored_name and max_class >= stored_class:
+                break
+        return max_name, max_class
+
+    def _largest(self, children: Iterable[int]) -> tuple[int, int]:
+        max_name = max_class = 0
+        for child in children:
+            name_size, class_len = self.sizes.get(child) or self._sizes(child)
+            max_name, max_class = max(max_name, name_size), max(max_class, class_len)
+        return max_name, max_class
 
     def _step(self) -> None:
         """Count a key opened or finished or a cell freed; unmap the output's pages every
@@ -441,6 +468,15 @@ class _Merge:
         """(name size, class length) of the base nk at ``off``."""
         pos, _n = self.image.cell(off, "nk cell")
         return _size_fields(_NK.unpack_from(self.image.data, pos))
+
+
+def _below(task: _Pending, max_name: int, max_class: int) -> bool:
+    """Whether every removed child of ``task`` was below the stored maxima (so none of
+    them was the one setting a maximum)."""
+    return all(
+        name < max_name and (not class_len or class_len < max_class)
+        for name, class_len in task.removed
+    )
 
 
 def _size_fields(header: Sequence[int | bytes]) -> tuple[int, int]:
