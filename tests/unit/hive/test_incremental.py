@@ -425,3 +425,32 @@ def test_big_data_values_are_freed_and_written_as_db_records(tmp_path: Path) -> 
         ("new", 17_000),
     ]
     assert hivex_dump(tmp_path / "out") == model_dump(read_hive(out))
+
+
+@pytest.mark.parametrize(
+    ("removed", "added"),
+    [
+        (["longest-name-of-all"], []),  # the unique maximum goes: read the rest
+        (["same-b"], []),  # one of several at the maximum goes: any kept one confirms it
+        (["short"], ["tiny"]),  # below the maxima: nothing read
+        (["longest-name-of-all", "same-a"], ["an-even-longer-name-than-before"]),
+    ],
+)
+def test_max_lengths_stay_exact_when_children_come_and_go(
+    tmp_path: Path, removed: list[str], added: list[str]
+) -> None:
+    root = Key("ROOT")
+    parent = root.add_subkey(Key("P"))
+    for name, cls in (("longest-name-of-all", "c" * 9), ("same-a", "c" * 30)):
+        parent.add_subkey(Key(name, class_name=cls))
+    for name in ("same-b", "same-c", "short"):
+        parent.add_subkey(Key(name, class_name="c" * 30 if name == "same-b" else None))
+    droot = Key("ROOT", inherit_class=True)
+    dparent = droot.add_subkey(Key("p", inherit_class=True))
+    for name in removed:
+        dparent.add_subkey(Key(name, semantics=SEM.TOMBSTONE))
+    for name in added:
+        dparent.add_subkey(Key(name))
+    base, delta = write_hive(Hive(root=root)), write_hive(Hive(droot, minor_version=6, flags=2))
+    out = assert_equivalent(tmp_path, base, delta)  # check_hive flags any stale maximum
+    assert read_hive(out).root.subkey("p") is not None
