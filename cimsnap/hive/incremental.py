@@ -333,10 +333,11 @@ class _Merge:
             entries = []
         removed: set[int] = set()
         new: list[tuple[int, bytes, str, Key]] = []  # (position, sort key, folded, delta key)
+        hashes = [h for _o, h in entries]
         for child in d.subkeys.values():
             folded = name_key(child.name)
             sort_key = folded.encode("utf-16-be", "surrogatepass")
-            at, found = self._find(entries, sort_key) if visible else (0, False)
+            at, found = self._find(entries, hashes, folded, sort_key) if visible else (0, False)
             if child.semantics == _TOMBSTONE:
                 if found:
                     task.removed.append(self._sizes(entries[at][0]))
@@ -381,8 +382,28 @@ class _Merge:
         task.edited = not changed
         task.added = [entry[2] for entry in inserted]
 
-    def _find(self, entries: list[tuple[int, int | None]], sort_key: bytes) -> tuple[int, bool]:
-        """Binary search of a sorted subkey list: (insertion position, found)."""
+    def _find(
+        self,
+        entries: list[tuple[int, int | None]],
+        hashes: list[int | None],
+        folded: str,
+        sort_key: bytes,
+    ) -> tuple[int, bool]:
+        """Find ``sort_key`` in a sorted subkey list: (position or insertion point, found).
+
+        The lh hashes point at the candidates first (a C-speed scan, one name read per
+        candidate); a name they miss (a new key, an lf/li list, or a wrong hash) is looked
+        up by binary search over the names, which also gives the insertion point.
+        """
+        wanted = C.lh_hash_folded(folded)
+        i = -1
+        while True:
+            try:
+                i = hashes.index(wanted, i + 1)
+            except ValueError:
+                break
+            if self._sort_key(entries[i][0]) == sort_key:
+                return i, True
         lo, hi = 0, len(entries)
         while lo < hi:
             mid = (lo + hi) // 2
