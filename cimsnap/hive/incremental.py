@@ -333,11 +333,18 @@ class _Merge:
             entries = []
         removed: set[int] = set()
         new: list[tuple[int, bytes, str, Key]] = []  # (position, sort key, folded, delta key)
-        hashes = [h for _o, h in entries]
+        # Index the lh hashes when the delta names enough children to repay it (building
+        # costs about a lookup's worth per 32 entries); lf/li entries have no hash.
+        by_hash: dict[int, list[int]] | None = None
+        if visible and len(d.subkeys) * 32 >= len(entries):
+            by_hash = {}
+            for i, (_o, h) in enumerate(entries):
+                if h is not None:
+                    by_hash.setdefault(h, []).append(i)
         for child in d.subkeys.values():
             folded = name_key(child.name)
             sort_key = folded.encode("utf-16-be", "surrogatepass")
-            at, found = self._find(entries, hashes, folded, sort_key) if visible else (0, False)
+            at, found = self._find(entries, by_hash, folded, sort_key) if visible else (0, False)
             if child.semantics == _TOMBSTONE:
                 if found:
                     task.removed.append(self._sizes(entries[at][0]))
@@ -385,25 +392,21 @@ class _Merge:
     def _find(
         self,
         entries: list[tuple[int, int | None]],
-        hashes: list[int | None],
+        by_hash: dict[int, list[int]] | None,
         folded: str,
         sort_key: bytes,
     ) -> tuple[int, bool]:
         """Find ``sort_key`` in a sorted subkey list: (position or insertion point, found).
 
-        The lh hashes point at the candidates first (a C-speed scan, one name read per
-        candidate); a name they miss (a new key, an lf/li list, or a wrong hash) is looked
-        up by binary search over the names, which also gives the insertion point.
+        With ``by_hash`` (entry positions by lh hash) the candidates are checked first, one
+        name read each; a name not found that way (a new key, an lf/li list, a wrong
+        hash) is looked up by binary search over the names, which also gives the
+        insertion point.
         """
-        wanted = C.lh_hash_folded(folded)
-        i = -1
-        while True:
-            try:
-                i = hashes.index(wanted, i + 1)
-            except ValueError:
-                break
-            if self._sort_key(entries[i][0]) == sort_key:
-                return i, True
+        if by_hash is not None:
+            for i in by_hash.get(C.lh_hash_folded(folded), ()):
+                if self._sort_key(entries[i][0]) == sort_key:
+                    return i, True
         lo, hi = 0, len(entries)
         while lo < hi:
             mid = (lo + hi) // 2
