@@ -378,12 +378,17 @@ class _Merge:
         inserted.sort()
         result: list[tuple[int, int]] = []
         j = 0
-        for i, (child_off, lh) in enumerate(entries):
+        for i, entry in enumerate(entries):
             while j < len(inserted) and inserted[j][0] == i:
                 result.append(inserted[j][2:])
                 j += 1
-            if i not in removed:
-                result.append((child_off, lh if lh is not None else self._hash(child_off)))
+            if i in removed:
+                continue
+            child_off, lh = entry
+            # The entry itself when it has its hash: no second tuple per child of a wide key.
+            result.append(
+                (child_off, self._hash(child_off)) if lh is None else cast(tuple[int, int], entry)
+            )
         result.extend(entry[2:] for entry in inserted[j:])
         task.entries = result
         task.edited = not changed
