@@ -25,7 +25,18 @@ from cimsnap.hive import cells as C
 from cimsnap.hive.image import HiveImage
 from cimsnap.hive.incremental import MergeStats, merge_into
 from cimsnap.hive.merge import HiveMergeError, merge, merge_files
-from cimsnap.hive.tree import REG_BINARY, REG_NONE, REG_SZ, Hive, Key, LayerSemantics, Value
+from cimsnap.hive.tree import (
+    REG_BINARY,
+    REG_DWORD,
+    REG_EXPAND_SZ,
+    REG_MULTI_SZ,
+    REG_NONE,
+    REG_SZ,
+    Hive,
+    Key,
+    LayerSemantics,
+    Value,
+)
 from tests.unit.hive.external import hivex_dump, model_dump, regipy_dump, regipy_expected
 from tests.unit.hive.forge import field_pos, patch_u32
 from tests.unit.hive.layer_strategies import deltas_over, normal_hives
@@ -81,6 +92,37 @@ def test_random_merges_equal_the_whole_tree_merge(
     Windows-case name matches) on random trees."""
     base, delta = pair
     assert_equivalent(tmp_path_factory.mktemp("eq"), write_hive(base), write_hive(delta))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base_and_delta())
+def test_hivex_and_regipy_read_random_outputs_as_we_do(
+    tmp_path_factory: pytest.TempPathFactory, pair: tuple[Hive, Hive]
+) -> None:
+    """(String values whose bytes are not UTF-16, and DWORDs not of 4 bytes, become
+    REG_BINARY first: regipy decodes them, and the helper predicting its output cannot.)"""
+    tmp = tmp_path_factory.mktemp("ext")
+    base, delta = (_utf16_strings(hive) for hive in pair)
+    out, _ = incremental(tmp, write_hive(base), write_hive(delta))
+    merged = read_hive(out)
+    assert hivex_dump(tmp / "out") == model_dump(merged)
+    assert regipy_dump(tmp / "out") == regipy_expected(merged)
+
+
+def _utf16_strings(hive: Hive) -> Hive:
+    stack = [hive.root]
+    while stack:
+        key = stack.pop()
+        for value in key.values:
+            if value.type in (REG_SZ, REG_EXPAND_SZ, REG_MULTI_SZ):
+                try:
+                    value.data.decode("utf-16-le")
+                except UnicodeDecodeError:
+                    value.type = REG_BINARY
+            elif value.type == REG_DWORD and len(value.data) != 4:
+                value.type = REG_BINARY
+        stack.extend(key.subkeys.values())
+    return hive
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
