@@ -35,13 +35,16 @@ its unused tail is smaller than that cell; the last bin's tail is under 64 KiB).
 that a later merge of a chain frees in those bins are reused by it, so a chain of deltas
 that rewrite the same keys stops growing (``test_incremental`` pins both).
 
-**Trust.** The base is validated where it is read (base block, bin chain, and every cell
-the merge touches, each bounds-checked; a cell freed twice is an error). An untouched
-damaged subtree is copied as it is, as in-place editors do; ``check_hive`` finds it. The
-merge finds a base child by binary search over its sorted subkey list, as Windows does,
-so it relies on the order §4.1 requires. A base whose base block declares layered keys
-(0x2) is scanned whole for layer marks first (:class:`HiveMergeError`, as the whole-tree
-merge does); a base without the flag has none by definition (its marks read as zero).
+**Trust** (the spec is silent; the choice is the one an in-place editor must make). The
+base is validated where it is read: its base block, and every cell the merge touches,
+each bounds-checked (the bin chain is not walked: that would touch every page); a cell
+freed twice is an error. An untouched damaged subtree is copied as it is and not
+detected; ``check_hive`` finds it (``test_the_base_is_read_only_where_the_delta_leads``
+pins this). The merge finds a base child by its lh hash or by binary search over the
+sorted subkey list, as Windows does, so it relies on the order §4.1 requires. A base
+whose base block declares layered keys (0x2) is scanned whole for layer marks first
+(:class:`HiveMergeError`, as the whole-tree merge does); a base without the flag has
+none by definition (its marks read as zero).
 """
 
 from __future__ import annotations
