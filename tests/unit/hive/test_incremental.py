@@ -509,3 +509,39 @@ def test_unmapping_the_output_after_every_step_loses_nothing(
     monkeypatch.setattr(incremental_module, "_UNMAP_EVERY", 1)
     unmapped, _ = incremental(tmp_path, base, delta, "unmapped")
     assert unmapped == reference
+
+
+def _lh_to_lf(data: bytes) -> bytes:
+    """``data`` with every lh leaf relabelled lf (same layout; the hash reads as a hint)."""
+    buf = bytearray(data)
+    image = HiveReader(data).image
+    for _path, key in HiveReader(data).walk():
+        rec = image.node(key.offset)
+        if rec.subkey_count:
+            for cell in image.subkey_list_cells(rec.subkey_list):
+                pos = _B + cell + 4
+                if buf[pos : pos + 2] == b"lh":
+                    buf[pos : pos + 2] = b"lf"
+    return bytes(buf)
+
+
+def test_a_base_with_lf_lists_gets_lh_lists_with_computed_hashes(tmp_path: Path) -> None:
+    """lf leaves carry no hash: the children are found by name, and the rebuilt lists are
+    lh with the hashes computed (check_hive verifies each one)."""
+    root = Key("ROOT")
+    wide = root.add_subkey(Key("Wide"))
+    for i in range(700):
+        wide.add_subkey(Key(f"k{i:04d}"))
+    base = _lh_to_lf(write_hive(Hive(root=root)))
+    assert b"lf" in base and check_hive(base) == []
+    droot = Key("ROOT", inherit_class=True)
+    dwide = droot.add_subkey(Key("wide", inherit_class=True))
+    dwide.add_subkey(Key("K0005", semantics=SEM.TOMBSTONE))
+    dwide.add_subkey(Key("k0600", inherit_class=True)).values = [Value("v", REG_SZ, b"x\0")]
+    dwide.add_subkey(Key("k0350a"))
+    out = assert_equivalent(tmp_path, base, write_hive(Hive(droot, minor_version=6, flags=0x2)))
+    image = HiveReader(out).image
+    rec = image.node(HiveReader(out).open_key("Wide").offset)
+    sig, leaves = image.list_leaf(rec.subkey_list, leaf_only=False)
+    assert sig == b"ri"
+    assert {image.list_leaf(leaf, leaf_only=True)[0] for leaf in leaves} == {b"lh"}
