@@ -32,8 +32,10 @@ precision written as Go does (``secs.fraction`` with trailing zeros trimmed); so
 ``MSWINDOWS.xattr.*`` records (deliberately not in name order). uid/gid 0, empty
 uname/gname, mode 0644/0755.
 
-The base layer carries ``Files/Windows/System32/config/{SYSTEM,SOFTWARE,SAM,SECURITY,
-DEFAULT}`` written by :mod:`cimsnap.hive`; every delta layer carries all five
+No ``UtilityVM`` tree is generated (its import step needs a utility-VM SOFTWARE hive and,
+above build 20348, BCD edits that only Windows can do). The base layer carries
+``Files/Windows/System32/config/{SYSTEM,SOFTWARE,SAM,SECURITY,DEFAULT}`` written by
+:mod:`cimsnap.hive`; every delta layer carries all five
 ``Hives/*_Delta`` differencing hives, each a valid delta over the merge of the previous
 layers' hives (:func:`cimsnap.hive.merge`).
 
@@ -67,6 +69,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import BinaryIO, Final, Literal
 
 from cimsnap.hive import Hive, Key, LayerSemantics, Value, merge, write_hive
@@ -241,11 +244,11 @@ def filetime_to_pax(filetime: int) -> str:
 
 
 def ea_buffer(eas: Mapping[str, bytes]) -> bytes:
-    """FILE_FULL_EA_INFORMATION chain of ``eas``, sorted by name, every entry padded to 4."""
+    """FILE_FULL_EA_INFORMATION chain of ``eas`` (names as UTF-8, sorted by those bytes),
+    every entry padded to 4."""
     out = bytearray()
-    items = sorted(eas.items())
-    for i, (name, value) in enumerate(items):
-        raw = name.encode("ascii")
+    items = sorted((name.encode("utf-8"), value) for name, value in eas.items())
+    for i, (raw, value) in enumerate(items):
         body = struct.pack("<BBH", 0, len(raw), len(value)) + raw + b"\0" + value
         length = 4 + len(body)
         padded = (length + 3) & ~3
@@ -548,22 +551,26 @@ _UNICODE_NAMES: Final = (
 )
 
 
+_NONE: Final[Mapping[str, bytes]] = MappingProxyType({})  # shared by entries without any
+
+
 @dataclass(slots=True)
 class _Entry:
     kind: Literal["dir", "file", "link", "symlink", "whiteout"]
     fileattr: int = 0
     times: tuple[int, int, int, int] = (0, 0, 0, 0)  # creation, access, write, change
     sd: bytes | None = None
-    eas: dict[str, bytes] = field(default_factory=dict)
+    eas: Mapping[str, bytes] = field(default_factory=lambda: _NONE)
     payload: _Payload | None = None
     linkname: str = ""
     mountpoint: bool = False
-    streams: list[tuple[str, bool, _Payload]] = field(default_factory=list)
+    streams: tuple[tuple[str, bool, _Payload], ...] = ()
 
 
-def _sort_key(path: str) -> tuple[tuple[int, str], ...]:
-    """Directories before children, children by name, a directory's whiteouts first."""
-    return tuple((0 if part.startswith(".wh.") else 1, part) for part in path.split("/"))
+def _sort_key(path: str) -> str:
+    """Directories before children, children by name, a directory's whiteouts first (as
+    one string: components joined by NUL, whiteouts marked by U+0001; names hold neither)."""
+    return "\0".join("\1" + part if part.startswith(".wh.") else part for part in path.split("/"))
 
 
 class _Planner:
@@ -575,6 +582,7 @@ class _Planner:
         self.index = index
         self.below = below
         self.entries: dict[str, _Entry] = {}
+        self.links_to: dict[str, list[str]] = {}  # file path -> its link entries
         self.names: dict[str, set[str]] = {}  # tar dir -> folded child names (this layer + below)
         self.clock = 132_500_000_000_000_000 + index * 3_000_000_000_000 + rng.randrange(10**9)
         self.file_sds, self.dir_sds = SECURITY_DESCRIPTORS
@@ -609,9 +617,9 @@ class _Planner:
             sd = None
         entry = _Entry(kind, fileattr=fileattr, times=self.times(), sd=sd)
         if kind == "file" and rng.random() < 0.12:
-            for name in rng.sample(_EA_NAMES, rng.randint(1, 3)):
-                entry.eas[name] = rng.randbytes(rng.randint(1, 120))
-            entry.eas = dict(sorted(entry.eas.items(), reverse=True))  # PAX order is not EA order
+            names = sorted(rng.sample(_EA_NAMES, rng.randint(1, 3)), reverse=True)
+            # Reverse order on purpose: PAX order is not EA order.
+            entry.eas = {name: rng.randbytes(rng.randint(1, 120)) for name in names}
         return entry
 
     def children(self, parent: str) -> set[str]:
@@ -714,10 +722,12 @@ class _Planner:
         if target in self.entries and _sort_key(link) < _sort_key(target):
             self.entries[link] = self.entries.pop(target)
             link, target = target, link
-            for other in self.entries.values():  # earlier links to the moved file follow it
-                if other.kind == "link" and other.linkname == link:
-                    other.linkname = target
+            followers = self.links_to.pop(link, [])
+            for other in followers:  # earlier links to the moved file follow it
+                self.entries[other].linkname = target
+            self.links_to[target] = followers
         self.add(link, _Entry("link", linkname=target))
+        self.links_to.setdefault(target, []).append(link)
 
     def symlink(
         self, parent: str, name: str, target: str, *, directory: bool, junction: bool
@@ -733,7 +743,7 @@ class _Planner:
         for i in range(count):
             name = ("Zone.Identifier", "cimsnap.meta", "Ünïcode-stream", "empty")[i % 4]
             size = 0 if name == "empty" else self.rng.randint(1, 300)
-            entry.streams.append((name, i % 2 == 0, self.file_payload(size)))
+            entry.streams += ((name, i % 2 == 0, self.file_payload(size)),)
 
     # bulk content
     def tree(self, entries: int, size: int, roots: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -797,6 +807,7 @@ class _Planner:
             "USER.Z": b"last",
             "$KERNEL.PURGE.ESBCACHE": rng.randbytes(48),
             "A": b"",
+            "ÜNÏCODE.EA": b"\xc3",
         }
         if with_ads:
             ads = self.add_file(special, "with-streams.txt", rng.choice((10, 5000)))
@@ -834,7 +845,7 @@ def _parse_eas(buffer: bytes) -> dict[str, bytes]:
     at = 0
     while at < len(buffer):
         nxt, _, nlen, vlen = struct.unpack_from("<IBBH", buffer, at)
-        name = buffer[at + 8 : at + 8 + nlen].decode("ascii")
+        name = buffer[at + 8 : at + 8 + nlen].decode("utf-8")
         out[name] = buffer[at + 9 + nlen : at + 9 + nlen + vlen]
         if not nxt:
             break
@@ -1108,11 +1119,12 @@ class _LayerWriter:
             size = entry.payload.size
             digest, data = self.data(self.header(path, tarfile.REGTYPE, entry, size), entry.payload)
             self.size_total += size
-        streams: dict[str, bytes] = {}
+        written: dict[str, bytes] = {}
         for name, with_suffix, payload in entry.streams:
             tar_name = f"{path}:{name}:$DATA" if with_suffix else f"{path}:{name}"
             _, kept = self.data(self.header(tar_name, tarfile.REGTYPE, None, payload.size), payload)
-            streams[name] = kept if kept is not None else b""
+            written[name] = kept if kept is not None else b""
+        streams: Mapping[str, bytes] = written or _NONE
         attributes = entry.fileattr & STORED_ATTRIBUTES & ~_REPARSE
         if reparse:
             attributes |= _REPARSE

@@ -34,7 +34,14 @@ Representation (what the tar holds):
   object, and for names whose case changed.
 * **Unchanged** is decided without reading data: a fork keeps every inherited object's
   file ID and record in place (cim.pending), so an object is unchanged iff its 96 record
-  bytes (data, SD, EA and stream-table offsets included) are equal in both images.
+  bytes (data, SD, EA and stream-table offsets included) are equal in both images. The
+  changed records are found by comparing the two images' file tables (a fork references
+  the parent's unchanged tables in place), and only the directories holding them and their
+  ancestors are walked, so a small layer over a large parent exports in time proportional
+  to the layer. A link to an unchanged file takes as target a name the layer kept, found
+  through the file's ParentFileId chain, else during the walk, else (rarely) by one walk
+  of the directories the layer kept; a file with no kept name is emitted whole at its first
+  new name.
 * **Hives.** A non-base layer's ``Hives\*_Delta`` files are ordinary content (a layer
   that re-imported a delta has a new object there, so it is emitted), while
   ``Hives\*_BASE`` is never emitted nor whited out: the importer regenerates it by merging
@@ -45,40 +52,72 @@ Representation (what the tar holds):
 
 Refused, with :class:`LayerFormatError` naming the path (the tar dialect cannot carry
 them): reparse tags other than symlink and mount point, a reparse directory that has
-entries, EAs with non-zero flags or non-ASCII names, names starting with ``.wh.``, and a
+entries, EAs with non-zero flags or names that are not UTF-8, names starting with ``.wh.``, and a
 directory that lost an alternate stream. A damaged child CIM raises LayerFormatError, a
-missing or damaged parent, or a child that is not a fork of it, LayerParentError; on error
+missing or damaged parent, or a child that is not a fork of it (the parent must be the CIM
+it was forked from, not an older ancestor: a tar over that would lose the hive deltas of
+the layers in between), LayerParentError; cancellation LayerCancelledError; on error
 part of the tar may have been written to ``out`` (the caller discards it).
 
 Memory is bounded by the plan of changed entries (no data) plus one directory's entries;
-data is copied from the mapped regions to ``out`` in slices of at most 1 MiB.
+data is read from the region files with ``pread`` into one 1 MiB buffer (the mapped
+regions are never faulted in), so ``out.write`` must consume each chunk before returning.
 """
 
 from __future__ import annotations
 
 import base64
-import struct
+import errno
+import fcntl
+import io
+import os
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from cimsnap.cim import CimError, CimReader, FileRecord, open_image
-from cimsnap.cim.format import FILE_RECORD_SIZE, FILES_PER_TABLE
+from cimsnap.cim import CimError, CimFormatError, CimReader, FileRecord, open_image
+from cimsnap.cim.format import (
+    FILE_RECORD,
+    FILE_RECORD_SIZE,
+    FILES_PER_TABLE,
+    IO_REPARSE_TAG_SYMLINK,
+    REPARSE_DATA_HEADER_FAST,
+    STREAM_DESCRIPTOR_FAST,
+    SYMLINK_REPARSE_HEADER,
+    StreamType,
+    derive_fast,
+    field_offsets,
+    unpack_length_and_type,
+)
 from cimsnap.cim.linktable import LinkTable
+from cimsnap.cim.offsets import split_region_offset
 from cimsnap.cim.records import StreamDescriptor
 from cimsnap.cim.regions import CimImage
 from cimsnap.cim.streams import stream_runs
-from cimsnap.wclayer.errors import LayerFormatError, LayerParentError
+from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
+from cimsnap.wclayer.tarformat import BLOCK_SIZE, MAGIC_USTAR, USTAR_SPANS
+from cimsnap.wclayer.winmeta import (
+    FILE_FULL_EA_INFORMATION,
+    IO_REPARSE_TAG_MOUNT_POINT,
+    MOUNT_POINT_REPARSE_HEADER,
+    PAX_CREATION_TIME,
+    PAX_EA_PREFIX,
+    PAX_FILE_ATTRIBUTES,
+    PAX_MOUNT_POINT,
+    PAX_RAW_SD,
+)
 
 __all__ = ["ExportStats", "export_layer", "filetime_to_pax"]
 
 _EPOCH_AS_FILETIME: Final = 116_444_736_000_000_000
-_SYMLINK_TAG: Final = 0xA000000C
-_MOUNT_POINT_TAG: Final = 0xA0000003
 _CHUNK: Final = 1 << 20
-_BLOCK: Final = 512
+_BLOCK: Final = BLOCK_SIZE
 _ZEROS: Final = bytes(_CHUNK)
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_SEND_CHUNK: Final = 1 << 30
 _USTAR_MAX: Final = 8**11 - 1
 _HIVE_BASES: Final = frozenset(
     ("SYSTEM_BASE", "SOFTWARE_BASE", "SAM_BASE", "SECURITY_BASE", "DEFAULTUSER_BASE")
@@ -120,32 +159,40 @@ def filetime_to_pax(filetime: int) -> str:
 
 # -- tar encoding ------------------------------------------------------------------------
 
+_NAME = slice(*USTAR_SPANS["name"])
+_MODE = slice(*USTAR_SPANS["mode"])
+_SIZE = slice(*USTAR_SPANS["size"])
+_MTIME = slice(*USTAR_SPANS["mtime"])
+_CHKSUM = slice(*USTAR_SPANS["chksum"])
+_TYPEFLAG = slice(*USTAR_SPANS["typeflag"])
+_LINKNAME = slice(*USTAR_SPANS["linkname"])
+_ZERO_OCTAL: Final = b"0000000\0"
 _TEMPLATE: Final = bytearray(_BLOCK)
-_TEMPLATE[108:116] = b"0000000\0"  # uid
-_TEMPLATE[116:124] = b"0000000\0"  # gid
-_TEMPLATE[257:265] = b"ustar\x0000"
-_TEMPLATE[329:337] = b"0000000\0"  # devmajor
-_TEMPLATE[337:345] = b"0000000\0"  # devminor
+for _field in ("uid", "gid", "devmajor", "devminor"):
+    _TEMPLATE[slice(*USTAR_SPANS[_field])] = _ZERO_OCTAL
+_TEMPLATE[USTAR_SPANS["magic"][0] : USTAR_SPANS["version"][1]] = MAGIC_USTAR
 
 
 def _pax_record(key: str, value: str) -> bytes:
+    """``"<length> key=value\\n"``, the length counting its own digits."""
     body = f" {key}={value}\n".encode()
-    size = len(body) + 1
-    while len(str(size)) + len(body) != size:
-        size = len(str(size)) + len(body)
-    return str(size).encode() + body
+    digits = len(str(len(body)))
+    size = len(body) + digits
+    if len(str(size)) != digits:  # adding the digits carried into one more digit
+        size += 1
+    return b"%d" % size + body
 
 
 def _ustar(name: bytes, typeflag: bytes, size: int, mtime: int, mode: int, link: bytes) -> bytes:
     header = bytearray(_TEMPLATE)
-    header[0 : len(name)] = name
-    header[100:108] = b"%07o\0" % mode
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"%011o\0" % mtime
-    header[148:156] = b"        "
-    header[156:157] = typeflag
-    header[157 : 157 + len(link)] = link
-    header[148:156] = b"%06o\0 " % sum(header)
+    header[_NAME.start : _NAME.start + len(name)] = name
+    header[_MODE] = b"%07o\0" % mode
+    header[_SIZE] = b"%011o\0" % size
+    header[_MTIME] = b"%011o\0" % mtime
+    header[_CHKSUM] = b"        "
+    header[_TYPEFLAG] = typeflag
+    header[_LINKNAME.start : _LINKNAME.start + len(link)] = link
+    header[_CHKSUM] = b"%06o\0 " % sum(header)
     return bytes(header)
 
 
@@ -158,12 +205,97 @@ def _ustar_name(name: str, key: str, pax: list[bytes]) -> bytes:
     return name.encode("ascii", "replace")[:100]
 
 
+def _direct_fd(out: BinaryIO) -> int | None:
+    """The descriptor data can be sent to in the kernel: only for a plain write-only file
+    object (``open(..., "wb")`` or its raw FileIO) on a regular file or a pipe."""
+    if not hasattr(os, "sendfile") or type(out) not in (io.BufferedWriter, io.FileIO):
+        return None
+    if out.readable():
+        return None
+    try:
+        fd = out.fileno()
+        mode = os.fstat(fd).st_mode
+        append = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+    except (OSError, ValueError):
+        return None
+    if append:  # the kernel refuses to splice into an O_APPEND file
+        return None
+    return fd if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) else None
+
+
+class _RegionFiles:
+    """Region files opened on demand for ``pread``; ``close()`` closes them."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = paths
+        self._fds: dict[int, int] = {}
+        self._buffer = memoryview(bytearray(_CHUNK))
+
+    def copy(
+        self, region: int, offset: int, length: int, write: Callable[[memoryview], None]
+    ) -> None:
+        """Pass ``length`` bytes at ``offset`` of region ``region`` to ``write`` in chunks
+        (each chunk is reused afterwards: ``write`` must consume it)."""
+        fd = self._fd(region)
+        view = self._buffer
+        while length:
+            n = os.preadv(fd, [view[: min(length, _CHUNK)]], offset)
+            if n <= 0:
+                raise CimFormatError(
+                    f"region file {self._paths[region].name}",
+                    region=region,
+                    offset=offset,
+                    why="ends before the data it should hold",
+                )
+            write(view[:n])
+            offset += n
+            length -= n
+
+    def send(self, region: int, offset: int, length: int, out_fd: int) -> int:
+        """Copy ``length`` bytes at ``offset`` of region ``region`` to ``out_fd`` in the
+        kernel (``sendfile``), at ``out_fd``'s position; return the count sent, short only
+        if the kernel refuses this pair of files (EINVAL, ENOSYS, EOPNOTSUPP)."""
+        fd = self._fd(region)
+        sent = 0
+        while sent < length:
+            try:
+                n = os.sendfile(out_fd, fd, offset + sent, min(length - sent, _SEND_CHUNK))
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return sent
+                raise
+            if n <= 0:
+                raise CimFormatError(
+                    f"region file {self._paths[region].name}",
+                    region=region,
+                    offset=offset + sent,
+                    why="ends before the data it should hold",
+                )
+            sent += n
+        return sent
+
+    def _fd(self, region: int) -> int:
+        fd = self._fds.get(region)
+        if fd is None:
+            fd = self._fds[region] = os.open(self._paths[region], os.O_RDONLY | _O_CLOEXEC)
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 class _TarWriter:
     """Writes headers and data to ``out`` and counts the bytes."""
 
-    def __init__(self, out: BinaryIO, stats: ExportStats) -> None:
+    def __init__(self, out: BinaryIO, stats: ExportStats, regions: _RegionFiles) -> None:
         self._write = out.write
+        self._flush = out.flush
+        self._direct = _direct_fd(out)
+        self.cache = _RecordCache()
         self.stats = stats
+        self._regions = regions
 
     def write(self, data: bytes | memoryview) -> None:
         self._write(data)
@@ -187,13 +319,22 @@ class _TarWriter:
             pax.append(_pax_record("size", str(size)))
         if records:
             pax.extend(records)
+        ustar_size = size if size <= _USTAR_MAX else 0
+        header = _ustar(ustar_name, typeflag, ustar_size, mtime, mode, ustar_link)
         if pax:
             body = b"".join(pax)
-            self.write(_ustar(b"././@PaxHeader", b"x", len(body), 0, 0o644, b""))
-            self.write(body)
-            self.pad(len(body))
-        ustar_size = size if size <= _USTAR_MAX else 0
-        self.write(_ustar(ustar_name, typeflag, ustar_size, mtime, mode, ustar_link))
+            self.write(
+                b"".join(
+                    (
+                        _ustar(b"././@PaxHeader", b"x", len(body), 0, 0o644, b""),
+                        body,
+                        _ZEROS[: -len(body) % _BLOCK],
+                        header,
+                    )
+                )
+            )
+        else:
+            self.write(header)
 
     def pad(self, size: int) -> None:
         rest = -size % _BLOCK
@@ -201,21 +342,38 @@ class _TarWriter:
             self.write(_ZEROS[:rest])
 
     def data(self, reader: CimReader, what: str, stream: StreamDescriptor) -> int:
-        """Copy a stream's bytes (holes as zeros); return its length."""
-        runs = stream_runs(reader, stream, what)
+        """Copy a stream's bytes (holes as zeros); return its length.
+
+        Plain data streams are read with ``pread`` from the region file into one reused
+        buffer, so the mapped regions are never faulted in (RSS stays bounded); sparse and
+        PE-image streams go through their runs.
+        """
+        runs = stream_runs(reader, stream, what)  # bounds-checks the stream
         length = stream.length
-        at = 0
-        for run in sorted(runs, key=lambda r: r.start):
-            if run.start > at:
-                self._zeros(run.start - at)
-            if run.source is None:
-                self._zeros(run.length)
+        if stream.type is StreamType.DATA and not stream.sparse and length:
+            region, offset = split_region_offset(stream.data_offset)
+            if self._direct is not None:
+                self._flush()
+                sent = self._regions.send(region, offset, length, self._direct)
+                self.stats.tar_bytes += sent
+                if sent < length:  # the kernel declined (sendfile unsupported here)
+                    self._direct = None
+                    self._regions.copy(region, offset + sent, length - sent, self.write)
             else:
-                for start in range(0, run.length, _CHUNK):
-                    self.write(run.source[start : start + _CHUNK])
-            at = run.start + run.length
-        if at < length:
-            self._zeros(length - at)
+                self._regions.copy(region, offset, length, self.write)
+        else:
+            at = 0
+            for run in sorted(runs, key=lambda r: r.start):
+                if run.start > at:
+                    self._zeros(run.start - at)
+                if run.source is None:
+                    self._zeros(run.length)
+                else:
+                    for start in range(0, run.length, _CHUNK):
+                        self.write(run.source[start : start + _CHUNK])
+                at = run.start + run.length
+            if at < length:
+                self._zeros(length - at)
         self.pad(length)
         self.stats.data_bytes += length
         return length
@@ -233,48 +391,63 @@ class _TarWriter:
 # -- metadata decoding -------------------------------------------------------------------
 
 
+_EA_HEADER: Final = derive_fast(FILE_FULL_EA_INFORMATION)
+_REPARSE_HEADERS: Final = {
+    IO_REPARSE_TAG_SYMLINK: derive_fast(SYMLINK_REPARSE_HEADER),
+    IO_REPARSE_TAG_MOUNT_POINT: derive_fast(MOUNT_POINT_REPARSE_HEADER),
+}
+
+
 def _ea_records(buffer: bytes, path: str) -> list[bytes]:
     """PAX records of a FILE_FULL_EA_INFORMATION chain, sorted by EA name."""
     out: dict[str, bytes] = {}
     at = 0
     while at < len(buffer):
-        if at + 8 > len(buffer):
+        if at + _EA_HEADER.size > len(buffer):
             raise LayerFormatError(f"EA buffer truncated at byte {at}", entry=path)
-        next_offset, flags, name_length, value_length = struct.unpack_from("<IBBH", buffer, at)
-        end = at + 8 + name_length + 1 + value_length
+        next_offset, flags, name_length, value_length = _EA_HEADER.unpack_from(buffer, at)
+        start = at + _EA_HEADER.size
+        end = start + name_length + 1 + value_length
         if end > len(buffer):
             raise LayerFormatError(f"EA entry at byte {at} runs past the buffer", entry=path)
-        raw_name = buffer[at + 8 : at + 8 + name_length]
+        raw_name = buffer[start : start + name_length]
         if flags:
             raise LayerFormatError(
                 f"EA {raw_name!r} has flags {flags:#x}, which a layer tar cannot carry",
                 entry=path,
             )
-        if not raw_name.isascii() or b"=" in raw_name or b"\0" in raw_name:
+        try:
+            name = raw_name.decode("utf-8")  # as import_layer encodes EA names
+        except UnicodeDecodeError:
+            name = ""
+        if not name or "=" in name or "\0" in name:
             raise LayerFormatError(f"EA name {raw_name!r} cannot be a PAX key", entry=path)
-        out[raw_name.decode("ascii")] = buffer[at + 9 + name_length : end]
+        out[name] = buffer[start + name_length + 1 : end]
         if next_offset == 0:
             break
         at += next_offset
     return [
-        _pax_record(f"MSWINDOWS.xattr.{name}", base64.b64encode(value).decode("ascii"))
+        _pax_record(PAX_EA_PREFIX + name, base64.b64encode(value).decode("ascii"))
         for name, value in sorted(out.items())
     ]
 
 
 def _reparse_target(buffer: bytes, path: str) -> tuple[str, bool]:
     """(link name, is junction) of a symlink or mount-point reparse buffer."""
-    if len(buffer) < 16:
+    if len(buffer) < REPARSE_DATA_HEADER_FAST.size:
         raise LayerFormatError(f"reparse buffer of {len(buffer)} bytes", entry=path)
-    (tag,) = struct.unpack_from("<I", buffer)
-    if tag not in (_SYMLINK_TAG, _MOUNT_POINT_TAG):
+    tag = REPARSE_DATA_HEADER_FAST.unpack_from(buffer)[0]
+    if tag not in _REPARSE_HEADERS:
         raise LayerFormatError(
             f"reparse tag {tag:#010x} is neither a symlink nor a mount point; "
             "a layer tar cannot carry it",
             entry=path,
         )
-    sub_off, sub_len, print_off, print_len = struct.unpack_from("<HHHH", buffer, 8)
-    names = 16 if tag == _MOUNT_POINT_TAG else 20
+    header = _REPARSE_HEADERS[tag]
+    if len(buffer) < header.size:
+        raise LayerFormatError(f"reparse buffer of {len(buffer)} bytes", entry=path)
+    _, _, _, sub_off, sub_len, print_off, print_len, *_ = header.unpack_from(buffer)
+    names = header.size
     if print_len:
         raw = buffer[names + print_off : names + print_off + print_len]
         target = raw.decode("utf-16-le", "replace")
@@ -283,7 +456,7 @@ def _reparse_target(buffer: bytes, path: str) -> tuple[str, bool]:
         target = raw.decode("utf-16-le", "replace").removeprefix("\\??\\")
     if len(raw) != (print_len or sub_len) or not target:
         raise LayerFormatError("reparse buffer names no target", entry=path)
-    return target, tag == _MOUNT_POINT_TAG
+    return target, tag == IO_REPARSE_TAG_MOUNT_POINT
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -311,6 +484,28 @@ def _raw_record(reader: CimReader, file_id: int) -> memoryview | None:
     return reader.object_at(offset, size, f"file record {file_id}", skip=slot * entry_size)
 
 
+_DEFAULT_STREAM_AT: Final = field_offsets(FILE_RECORD)["default_stream.data_offset"]
+_LINK_TABLE_TYPE: Final = int(StreamType.LINK_TABLE)
+
+
+def _is_directory(reader: CimReader, file_id: int) -> bool:
+    """Whether ``file_id``'s default stream is a link table, from the raw record (the walk
+    asks this of every entry; decoding whole records is several times slower)."""
+    raw = _raw_record(reader, file_id)
+    if raw is None or len(raw) < _DEFAULT_STREAM_AT + STREAM_DESCRIPTOR_FAST.size:
+        return reader.record(file_id).is_directory  # raises the reader's precise error
+    _, length_and_type = STREAM_DESCRIPTOR_FAST.unpack_from(raw, _DEFAULT_STREAM_AT)
+    return bool(unpack_length_and_type(length_and_type)[1] == _LINK_TABLE_TYPE)
+
+
+def _id_limit(reader: CimReader) -> int:
+    """The highest file ID ``reader``'s tables can hold."""
+    if not reader.file_table_count:
+        return 0
+    last = reader.file_table_count - 1
+    return last * FILES_PER_TABLE + reader.file_table_entry(last)[1]
+
+
 def _streams(reader: CimReader, record: FileRecord) -> list[tuple[str, int, int]]:
     table = reader.stream_table(record)
     return [(table.name_at(i), *table.descriptor_at(i)) for i in range(table.count)]
@@ -326,6 +521,11 @@ class _Planner:
         self.emitted: dict[int, str] = {}  # changed object -> its first tar name
         self.unresolved: dict[int, list[_Item]] = {}  # unchanged object -> links to it
         self._unchanged: dict[int, bool] = {}
+        self._names_in: dict[int, dict[int, str]] = {}  # parent dir -> file ID -> a name
+        #: With a parent: the IDs whose records differ (or are new) and the directories on
+        #: the way to them; None when the whole tree must be walked (see _prune).
+        self.changed: set[int] | None = None
+        self.interesting: set[int] = set()
 
     def skipped(self, path: str) -> bool:
         head, _, name = path.rpartition("\\")
@@ -378,6 +578,8 @@ class _Planner:
         root = child.root_id
         if parent is not None and parent.root_id != root:
             raise LayerParentError("the child's root is not its parent's: not a fork")
+        if parent is not None:
+            self._prune(parent)
         stack: list[Iterator[Any]] = [self._directory("", root, parent is not None)]
         while stack:
             step = next(stack[-1], None)
@@ -385,6 +587,44 @@ class _Planner:
                 stack.pop()
             else:
                 stack.append(step)
+
+    def _prune(self, parent: CimReader) -> None:
+        """Find the records that differ from the parent's by comparing file tables (a fork
+        references unchanged parent tables in place), and the directories above them.
+
+        Every new or re-stated name lives in a directory whose link table, hence record,
+        changed; so only those directories and their ancestors need visiting. The one
+        exception, a parent *file* changed in place (an alternate stream added to it, which
+        import_layer never does: it re-adds the file), may have names in untouched
+        directories; then the whole tree is walked.
+        """
+        child = self.child
+        changed: set[int] = set()
+        for table in range(child.file_table_count):
+            offset, count, size = child.file_table_entry(table)
+            first = table * FILES_PER_TABLE + 1
+            if table >= parent.file_table_count:
+                changed.update(range(first, first + count))
+                continue
+            theirs = parent.file_table_entry(table)
+            if (offset, count, size) == theirs:
+                continue
+            for file_id in range(first, first + count):
+                if not self.unchanged(file_id):
+                    changed.add(file_id)
+        interesting = self.interesting
+        limit = _id_limit(parent)
+        for file_id in changed:
+            record = child.record(file_id)
+            if not record.is_directory and file_id <= limit:
+                self.changed = None  # a parent file changed in place: walk everything
+                interesting.clear()
+                return
+            up = file_id if record.is_directory else record.parent_file_id
+            while up and up not in interesting:
+                interesting.add(up)
+                up = child.record(up).parent_file_id if up != child.root_id else 0
+        self.changed = changed
 
     def _directory(self, path: str, dir_id: int, inherited: bool) -> Iterator[Any]:
         """Plan the entries of one directory; yields the iterators of its subdirectories
@@ -404,7 +644,18 @@ class _Planner:
             if not same_table:
                 before = {order.key(n): (n, i) for n, i in parent_table.directory_entries()}
                 self._whiteouts(path, table, before)
-        for name, file_id in table.directory_entries():
+        changed = self.changed
+        entries: Iterator[tuple[str, int]]
+        if same_table and changed is not None:
+            wanted = [
+                i
+                for i in range(table.count)
+                if table.file_id_at(i) in changed or table.file_id_at(i) in self.interesting
+            ]
+            entries = ((table.name_at(i), table.file_id_at(i)) for i in wanted)
+        else:
+            entries = table.directory_entries()
+        for name, file_id in entries:
             sub = f"{path}\\{name}" if path else name
             if self.skipped(sub):
                 continue
@@ -415,8 +666,8 @@ class _Planner:
             else:
                 old = before.get(order.key(name))
                 kept = old is not None and old == (name, file_id)
-            record = child.record(file_id)
-            if record.is_directory:
+            if _is_directory(child, file_id):
+                record = child.record(file_id)
                 if record.reparse_offset:
                     if child.directory(file_id).count:
                         raise LayerFormatError(
@@ -428,6 +679,8 @@ class _Planner:
                     continue
                 if not kept or self.dir_changed(file_id, sub):
                     self.items.append(_Item("dir", sub, file_id))
+                if kept and changed is not None and file_id not in self.interesting:
+                    continue  # nothing below it changed
                 yield self._directory(sub, file_id, kept)
             else:
                 self._file(sub, file_id, kept)
@@ -457,6 +710,8 @@ class _Planner:
                 item = _Item("link", path, file_id)
                 self.items.append(item)
                 self.unresolved.setdefault(file_id, []).append(item)
+            elif file_id in self.unresolved and not self.skipped(path):
+                self._settle(file_id, path)  # a kept name after the new one
         else:
             self.items.append(_Item("file", path, file_id))
             self.emitted[file_id] = path
@@ -473,18 +728,47 @@ class _Planner:
             if target is not None:
                 self._settle(file_id, target)
         if self.unresolved:
-            for path, record in self.child.walk():
-                wanted = record.file_id in self.unresolved and not record.is_directory
-                if wanted and self._kept(path, record.file_id):
-                    self._settle(record.file_id, path)
-                    if not self.unresolved:
-                        break
+            self._search_kept_names()
         for links in self.unresolved.values():
             first, *rest = links
             first.kind = "file"
             for item in rest:
                 item.target = first.path
         self.unresolved.clear()
+
+    def _search_kept_names(self) -> None:
+        """Settle the remaining links by walking the kept part of the image (directories
+        with the same name and ID in both), reading names only where an ID matches."""
+        parent = self.parent
+        assert parent is not None
+        child = self.child
+        stack = [("", child.root_id)]
+        while stack and self.unresolved:
+            path, dir_id = stack.pop()
+            table, before = child.directory(dir_id), parent.directory(dir_id)
+            same = table.buffer[: table.length] == before.buffer[: before.length]
+            for index in range(table.count):
+                file_id = table.file_id_at(index)
+                is_dir = _is_directory(child, file_id)
+                if not is_dir and file_id not in self.unresolved:
+                    continue
+                name = table.name_at(index)
+                if not same:
+                    at = before.find(name, parent.order)
+                    if at is None or (before.name_at(at), before.file_id_at(at)) != (
+                        name,
+                        file_id,
+                    ):
+                        continue
+                sub = f"{path}\\{name}" if path else name
+                if self.skipped(sub):
+                    continue
+                if is_dir:
+                    stack.append((sub, file_id))
+                else:
+                    self._settle(file_id, sub)
+                    if not self.unresolved:
+                        return
 
     def _settle(self, file_id: int, target: str) -> None:
         for item in self.unresolved.pop(file_id):
@@ -505,9 +789,12 @@ class _Planner:
             seen.add(up)
         names = []
         for upper, lower in zip(chain[:0:-1], chain[-2::-1], strict=True):
-            found = next(
-                (n for n, i in parent.directory(upper).directory_entries() if i == lower), None
-            )
+            by_id = self._names_in.get(upper)
+            if by_id is None:
+                by_id = self._names_in[upper] = {}
+                for n, i in parent.directory(upper).directory_entries():
+                    by_id.setdefault(i, n)
+            found = by_id.get(lower)
             if found is None:
                 return None
             names.append(found)
@@ -537,18 +824,41 @@ class _Planner:
 # -- emitting ----------------------------------------------------------------------------
 
 
-def _metadata_records(reader: CimReader, record: FileRecord, path: str) -> list[bytes]:
-    records = [_pax_record("MSWINDOWS.fileattr", str(int(record.attributes)))]
-    sd = reader.security_descriptor(record)
-    if sd:
-        records.append(_pax_record("MSWINDOWS.rawsd", base64.b64encode(sd).decode("ascii")))
-    records.extend(_ea_records(reader.extended_attributes(record), path))
-    return records
+class _RecordCache:
+    """PAX records of attribute values and of stored SDs (a CIM stores each distinct SD
+    once, so its offset identifies it); bounded, since an image may hold many SDs."""
+
+    LIMIT: Final = 4096
+
+    def __init__(self) -> None:
+        self._attributes: dict[int, bytes] = {}
+        self._sds: dict[int, bytes | None] = {}
+
+    def metadata(self, reader: CimReader, record: FileRecord, path: str) -> list[bytes]:
+        attributes = int(record.attributes)
+        first = self._attributes.get(attributes)
+        if first is None:
+            first = self._attributes[attributes] = _pax_record(PAX_FILE_ATTRIBUTES, str(attributes))
+        records = [first]
+        sd_record = self._sds.get(record.sd_offset, b"")
+        if sd_record == b"":
+            sd = reader.security_descriptor(record)
+            sd_record = (
+                _pax_record(PAX_RAW_SD, base64.b64encode(sd).decode("ascii")) if sd else None
+            )
+            if len(self._sds) >= self.LIMIT:
+                self._sds.clear()
+            self._sds[record.sd_offset] = sd_record
+        if sd_record is not None:
+            records.append(sd_record)
+        if record.ea_offset:
+            records.extend(_ea_records(reader.extended_attributes(record), path))
+        return records
 
 
 def _time_records(record: FileRecord) -> list[bytes]:
     return [
-        _pax_record("LIBARCHIVE.creationtime", filetime_to_pax(record.creation_time)),
+        _pax_record(PAX_CREATION_TIME, filetime_to_pax(record.creation_time)),
         _pax_record("mtime", filetime_to_pax(record.last_write_time)),
         _pax_record("atime", filetime_to_pax(record.last_access_time)),
         _pax_record("ctime", filetime_to_pax(record.change_time)),
@@ -572,12 +882,12 @@ def _emit(tar: _TarWriter, reader: CimReader, item: _Item) -> None:
         stats.links += 1
         return
     record = reader.record(item.file_id)
-    records = _metadata_records(reader, record, item.path)
+    records = tar.cache.metadata(reader, record, item.path)
     mtime = _ustar_mtime(record.last_write_time)
     if record.reparse_offset:
         target, junction = _reparse_target(reader.reparse_data(record), item.path)
         if junction:
-            records.append(_pax_record("MSWINDOWS.mountpoint", "1"))
+            records.append(_pax_record(PAX_MOUNT_POINT, "1"))
         records.extend(_time_records(record))
         tar.header(name, b"2", records=records, link=target, mtime=mtime, mode=0o755)
         stats.symlinks += 1
@@ -616,12 +926,14 @@ def export_layer(
     out: BinaryIO,
     *,
     progress: Callable[[int, int], None] | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ExportStats:
     """Write the layer tar of ``cim_path`` over ``parent_cim_path`` (None: a base layer)
     to ``out`` (uncompressed); return what was written. See the module docstring.
 
-    ``progress(tar bytes, entries)`` is called after each entry. Raises LayerFormatError,
-    LayerParentError, or whatever ``out.write`` raises.
+    ``progress(tar bytes, entries)`` is called after each entry; ``cancelled`` is checked
+    before each entry (LayerCancelledError; the tar is then incomplete). Raises
+    LayerFormatError, LayerParentError, LayerCancelledError, or what ``out.write`` raises.
     """
     child_image = _open(Path(cim_path), "layer")
     parent_image: CimImage | None = None
@@ -629,9 +941,13 @@ def export_layer(
         if parent_cim_path is not None:
             parent_image = _open(Path(parent_cim_path), "parent")
             mine, theirs = child_image.header.region_sets, parent_image.header.region_sets
-            if tuple(mine[: len(theirs)]) != tuple(theirs) or len(mine) == len(theirs):
+            # A fork lists its parent's region sets, then its own (cim.writer): the
+            # immediate parent's sets plus exactly one. An older ancestor is refused, since
+            # a tar over it would lose the hive deltas of the layers in between.
+            if tuple(mine[: len(theirs)]) != tuple(theirs) or len(mine) != len(theirs) + 1:
                 raise LayerParentError(
-                    f"{Path(cim_path).name} is not a fork of {Path(parent_cim_path).name}"
+                    f"{Path(cim_path).name} is not a fork of {Path(parent_cim_path).name} "
+                    "(the CIM it was forked from, its immediate parent)"
                 )
         child = child_image.reader
         parent = parent_image.reader if parent_image is not None else None
@@ -640,12 +956,21 @@ def export_layer(
             planner.walk()
             planner.resolve()
             stats = ExportStats()
-            tar = _TarWriter(out, stats)
-            for item in planner.items:
-                _emit(tar, child, item)
-                if progress is not None:
-                    progress(stats.tar_bytes, stats.entries)
-            tar.close()
+            regions = _RegionFiles(child_image.region_paths)
+            try:
+                tar = _TarWriter(out, stats, regions)
+                for item in planner.items:
+                    if cancelled is not None and cancelled.is_set():
+                        raise LayerCancelledError(
+                            f"export of {Path(cim_path).name} cancelled after "
+                            f"{stats.entries} entries"
+                        )
+                    _emit(tar, child, item)
+                    if progress is not None:
+                        progress(stats.tar_bytes, stats.entries)
+                tar.close()
+            finally:
+                regions.close()
         except CimError as e:
             raise LayerFormatError(f"CIM {Path(cim_path).name}: {e}") from e
         return stats

@@ -8,6 +8,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -312,3 +313,28 @@ def test_models_of_earlier_layers_are_not_changed_by_later_ones(tmp_path: Path) 
     with open(layers[0].path, "rb") as f:
         alone, _ = replay(io.BufferedReader(f), LayerModel())  # type: ignore[arg-type]
     assert model_differences(layers[0].model, alone) == []
+
+
+def test_output_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    digests = []
+    for hash_seed in ("1", "2"):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cimsnap.devtools.layergen",
+                str(tmp_path / hash_seed),
+                "--profile",
+                "small",
+                "--layers",
+                "2",
+                "--seed",
+                "9",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
+        digests.append([line.split("\t")[-1] for line in result.stdout.splitlines()])
+    assert digests[0] == digests[1]

@@ -3,13 +3,21 @@ reproduces the layer; unchanged detection, whiteouts, links, refusals, determini
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 
+from cimsnap.cim import read_image_header
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
+from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
 from cimsnap.wclayer.exporter import ExportStats, export_layer, filetime_to_pax
 from tests.unit.devtools.tarreplay import model_differences, pax_filetime, replay
 from tests.unit.wclayer.cimreplay import import_plain, read_cim_model
@@ -113,3 +121,120 @@ def test_filetime_pax_form() -> None:
     assert filetime_to_pax(0) == "-11644473600"
     assert filetime_to_pax(116_444_735_999_999_999) == "-0.0000001"
     assert pax_filetime(filetime_to_pax(132_500_000_123_456_700)) == 132_500_000_123_456_700
+
+
+def test_export_does_not_depend_on_the_hash_seed(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    cims, _ = built
+    script = (
+        "import sys; from cimsnap.wclayer.exporter import export_layer; "
+        "export_layer(sys.argv[1], sys.argv[2], sys.stdout.buffer)"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(cims / "layer2.cim"), str(cims / "layer1.cim")],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1] == _export(cims, 2)[0]
+
+
+def test_export_to_a_file_or_a_pipe_is_the_same_bytes(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    """A plain binary file or pipe gets the data through the kernel (sendfile); the bytes
+    are those written to any other stream."""
+    cims, _ = built
+    expected = _export(cims, 1)[0]
+    with (tmp_path / "out.tar").open("wb") as f:
+        f.write(b"prefix")
+        export_layer(cims / "layer1.cim", cims / "layer0.cim", f)
+        f.write(b"suffix")
+    assert (tmp_path / "out.tar").read_bytes() == b"prefix" + expected + b"suffix"
+    script = (
+        "import sys; from cimsnap.wclayer.exporter import export_layer; "
+        "sys.stdout.buffer.write(b'>'); "
+        "export_layer(sys.argv[1], sys.argv[2], sys.stdout.buffer)"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-c", script, str(cims / "layer1.cim"), str(cims / "layer0.cim")],
+        check=True,
+        stdout=subprocess.PIPE,
+    ).stdout
+    assert piped == b">" + expected
+
+
+def test_progress_and_cancellation(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    cims, _ = built
+    seen: list[tuple[int, int]] = []
+    stats = export_layer(
+        cims / "layer0.cim", None, io.BytesIO(), progress=lambda b, n: seen.append((b, n))
+    )
+    assert len(seen) == stats.entries - stats.streams
+    assert seen == sorted(seen) and seen[-1][1] == stats.entries
+    stop = threading.Event()
+
+    def cancel_after_ten(_: int, entries: int) -> None:
+        if entries >= 10:
+            stop.set()
+
+    with pytest.raises(LayerCancelledError, match="cancelled"):
+        export_layer(
+            cims / "layer0.cim", None, io.BytesIO(), progress=cancel_after_ten, cancelled=stop
+        )
+
+
+def test_only_the_immediate_parent_is_accepted(built: tuple[Path, list[GeneratedLayer]]) -> None:
+    """Over an older ancestor the tar would carry only this layer's hive deltas."""
+    cims, _ = built
+    with pytest.raises(LayerParentError, match="immediate parent"):
+        export_layer(cims / "layer2.cim", cims / "layer0.cim", io.BytesIO())
+    with pytest.raises(LayerParentError, match="not a fork"):
+        export_layer(cims / "layer1.cim", cims / "layer2.cim", io.BytesIO())
+
+
+def test_export_appended_to_a_file(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    """O_APPEND files cannot take sendfile data: the export copies instead, same bytes."""
+    cims, _ = built
+    target = tmp_path / "out.tar"
+    target.write_bytes(b"head")
+    with target.open("ab") as f:
+        export_layer(cims / "layer0.cim", None, f)
+    assert target.read_bytes() == b"head" + _export(cims, 0)[0]
+
+
+def test_damaged_layer_cim_is_a_format_error_naming_it(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    cims, _ = built
+    for f in cims.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    header = read_image_header(tmp_path / "layer0.cim")
+    regions = sorted(tmp_path.glob(f"region_{header.region_sets[-1].guid}_*"))
+    data = max(regions, key=lambda p: p.stat().st_size)  # the data region
+    with data.open("r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.raises(LayerFormatError, match=r"layer0\.cim"):
+        export_layer(tmp_path / "layer0.cim", None, io.BytesIO())
+
+
+def test_sendfile_refused_by_the_kernel_falls_back_to_copying(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault we cannot provoke on this filesystem: sendfile answering EINVAL."""
+    cims, _ = built
+    calls: list[int] = []
+
+    def refuse(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refuse)
+    with (tmp_path / "out.tar").open("wb") as f:
+        export_layer(cims / "layer1.cim", cims / "layer0.cim", f)
+    assert len(calls) == 1  # refused once, then copied for the rest of the export
+    assert (tmp_path / "out.tar").read_bytes() == _export(cims, 1)[0]

@@ -219,7 +219,7 @@ def test_directory_streams_and_reparse_points(tmp_path: Path) -> None:
 
 def test_times_before_1970_and_eas_round_trip(tmp_path: Path) -> None:
     def child(w: CimWriter) -> None:
-        _put(w, "Files\\old.txt", b"old", t=0, ea=ea_buffer({"Z": b"1", "A": b"22"}))
+        _put(w, "Files\\old.txt", b"old", t=0, ea=ea_buffer({"Z": b"1", "A": b"22", "ÜBER": b"3"}))
 
     data, _, _ = _chain(tmp_path, child)
     (m,) = _members(data)
@@ -227,6 +227,7 @@ def test_times_before_1970_and_eas_round_trip(tmp_path: Path) -> None:
     assert list(k for k in m.pax_headers if k.startswith("MSWINDOWS.xattr.")) == [
         "MSWINDOWS.xattr.A",
         "MSWINDOWS.xattr.Z",
+        "MSWINDOWS.xattr.ÜBER",
     ]
 
 
@@ -303,6 +304,12 @@ def test_delta_layer_never_emits_hive_bases(tmp_path: Path) -> None:
             "flags 0x80",
         ),
         (lambda w: _put(w, "Files\\.wh.x", b""), "whiteout"),
+        (
+            lambda w: _put(
+                w, "Files\\ea2", b"", ea=struct.pack("<IBBH", 0, 0, 1, 1) + b"\xff\0v\0"
+            ),
+            "cannot be a PAX key",
+        ),
     ],
 )
 def test_refusals_name_the_entry(tmp_path: Path, child: Build, message: str) -> None:
@@ -333,3 +340,21 @@ def test_parent_problems(tmp_path: Path) -> None:
     (tmp_path / "junk.cim").write_bytes(b"not a cim")
     with pytest.raises(LayerFormatError, match=r"junk\.cim"):
         export_layer(tmp_path / "junk.cim", None, io.BytesIO())
+
+
+def test_link_target_found_when_the_first_parent_name_was_replaced(tmp_path: Path) -> None:
+    def base(w: CimWriter) -> None:
+        _base(w)
+        w.create_file("Files\\z", _dir())
+        w.create_hard_link("Files\\z\\other-name.txt", "Files\\d\\a.txt")
+
+    def child(w: CimWriter) -> None:
+        _put(w, "Files\\d\\a.txt", b"replaced")  # a new object at the first name
+        w.delete_path("Files\\d\\a-link.txt")
+        w.create_hard_link("Files\\new-name.txt", "Files\\z\\other-name.txt")
+
+    data, _, _ = _chain(tmp_path, child, base)
+    members = {m.name: m for m in _members(data)}
+    assert members["Files/new-name.txt"].islnk()
+    assert members["Files/new-name.txt"].linkname == "Files/z/other-name.txt"
+    assert members["Files/d/a.txt"].isreg() and members["Files/d/a.txt"].size == 8
