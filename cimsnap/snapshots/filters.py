@@ -21,8 +21,26 @@ Grammar (containerd ``pkg/filters/parser.go``)::
 * Semantics of a selector against a field that is ``(value, present)``: presence tests
   ``present``; ``==`` needs ``present and value == v``; ``!=`` is ``value != v`` (an absent
   field has value ``""``); ``~=`` searches the value (unanchored, like Go's
-  ``MatchString``). [choice] As in containerd, a regular expression that does not compile
-  (Python ``re`` instead of Go RE2) is logged and matches nothing; it is not a parse error.
+  ``MatchString``).
+
+Regular expressions (``~=``) use RE2 (the ``google-re2`` package), the engine family of Go's
+``regexp`` that containerd uses: matching takes time linear in the text, never backtracks, and
+runs without the GIL. [choice] The one rule for a pattern that cannot be used, as in
+containerd (``pkg/filters``): it is logged (shortened) and the selector matches nothing; it
+is *not* a parse error. A pattern cannot be used when RE2 rejects it, when it is longer than
+:data:`MAX_REGEX_BYTES`, when its compiled program exceeds :data:`MAX_REGEX_PROGRAM_SIZE`
+instructions (these two bound the cost of one match: RE2's worst case is text length times
+program size), or when it uses a construct Go's ``regexp`` refuses but RE2 accepts (``\\C``,
+one byte, which could split a UTF-8 sequence). Differences that remain, both harmless:
+RE2 accepts nesting deeper than Go's 1,000 levels (the size bounds apply instead), and
+Unicode class tables follow RE2's Unicode version. Go and RE2 agree on the rest: ``$`` is
+end of text unless ``(?m)`` (Python ``re`` also matched before a final newline), no
+backreferences or lookaround, ``\\z`` but no ``\\Z``, repetition counts up to 1000.
+
+Request limits (InvalidArgument, before anything is read): the filter strings of one call
+together hold at most :data:`MAX_FILTER_BYTES` UTF-8 bytes and at most
+:data:`MAX_REGEX_SELECTORS` ``~=`` selectors (each compile of a hostile pattern may cost
+tens of milliseconds).
 
 Syntax errors raise InvalidArgument with containerd's message shape:
 ``filters: parse error: [name==foo >|,|< ]: expected field or quoted: invalid argument``.
@@ -34,15 +52,39 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import re2
+
 from cimsnap.errdefs import InvalidArgument
 
-__all__ = ["Adaptor", "Filter", "parse", "parse_all"]
+__all__ = [
+    "MAX_FILTER_BYTES",
+    "MAX_REGEX_BYTES",
+    "MAX_REGEX_PROGRAM_SIZE",
+    "MAX_REGEX_SELECTORS",
+    "Adaptor",
+    "Filter",
+    "Regex",
+    "compile_regex",
+    "parse",
+    "parse_all",
+]
+
+#: Longest usable ``~=`` pattern, in UTF-8 bytes (longer ones match nothing).
+MAX_REGEX_BYTES: Final = 1024
+#: Largest usable compiled pattern, in RE2 program instructions (larger ones match nothing).
+#: A 1,000-deep group nesting compiles to about 2,000; ``[0-9a-f]{64}`` to about 70.
+MAX_REGEX_PROGRAM_SIZE: Final = 4096
+#: Most UTF-8 bytes in the filter strings of one call (more is InvalidArgument).
+MAX_FILTER_BYTES: Final = 64 * 1024
+#: Most ``~=`` selectors in the filter strings of one call (more is InvalidArgument).
+MAX_REGEX_SELECTORS: Final = 16
+#: How much of a rejected pattern a log line quotes.
+_LOGGED_PATTERN_CHARS: Final = 80
 
 _log = logging.getLogger(__name__)
 
@@ -235,7 +277,7 @@ class _Selector:
     fieldpath: tuple[str, ...]
     operator: _Op
     value: str
-    pattern: re.Pattern[str] | None
+    pattern: Regex | None
 
     def match(self, adaptor: Adaptor) -> bool:
         value, present = adaptor(self.fieldpath)
@@ -247,7 +289,7 @@ class _Selector:
             case _Op.NOT_EQUAL:
                 return value != self.value
             case _Op.MATCHES:
-                return self.pattern is not None and self.pattern.search(value) is not None
+                return self.pattern is not None and self.pattern.search(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,9 +310,11 @@ class Filter:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_regexes: int = MAX_REGEX_SELECTORS) -> None:
         self.text = text
         self.scanner = _Scanner(text)
+        self.max_regexes = max_regexes
+        self.regex_count = 0
 
     def scan(self) -> tuple[int, _Tok, str]:
         """The scanner's next token; an illegal one is a parse error at its position."""
@@ -299,10 +343,12 @@ class _Parser:
         value = self.value(allow_alt_quotes=op is _Op.MATCHES)
         pattern = None
         if op is _Op.MATCHES:
-            try:
-                pattern = re.compile(value)
-            except re.error as e:
-                _log.error("filter regexp %r does not compile (%s); it matches nothing", value, e)
+            self.regex_count += 1
+            if self.regex_count > self.max_regexes:
+                raise _ParseError(
+                    self.scanner.pos, f"more than {MAX_REGEX_SELECTORS} regular expressions"
+                )
+            pattern = compile_regex(value)
         return _Selector(fieldpath, op, value, pattern)
 
     def fieldpath(self) -> tuple[str, ...]:
@@ -354,10 +400,27 @@ def _describe(text: str, err: _ParseError) -> str:
 
 
 def parse(text: str) -> Filter:
-    """Parse one filter string (AND of selectors); raise InvalidArgument on bad syntax."""
+    """Parse one filter string (AND of selectors); raise InvalidArgument on bad syntax.
+
+    The request limits of :func:`parse_all` apply to ``text`` alone.
+    """
+    _check_size([text])
+    return _parse(text, MAX_REGEX_SELECTORS)
+
+
+def _check_size(texts: Sequence[str]) -> None:
+    size = sum(_utf8_size(text) for text in texts)
+    if size > MAX_FILTER_BYTES:
+        raise InvalidArgument(
+            f"filters: {size} bytes of filter text, more than the limit of {MAX_FILTER_BYTES}"
+            ": invalid argument"
+        )
+
+
+def _parse(text: str, max_regexes: int) -> Filter:
     if text == "":
         return Filter(((),))
-    parser = _Parser(text)
+    parser = _Parser(text, max_regexes)
     try:
         return Filter((parser.selectors(),))
     except _ParseError as e:
@@ -365,8 +428,114 @@ def parse(text: str) -> Filter:
 
 
 def parse_all(texts: Sequence[str]) -> Filter:
-    """Parse several filter strings, OR-ed; no strings match everything."""
+    """Parse several filter strings, OR-ed; no strings match everything.
+
+    Raises InvalidArgument for bad syntax, or when ``texts`` together exceed
+    :data:`MAX_FILTER_BYTES` or :data:`MAX_REGEX_SELECTORS` (checked before any parsing).
+    """
+    _check_size(texts)
     alternatives: list[tuple[_Selector, ...]] = []
+    budget = MAX_REGEX_SELECTORS
     for text in texts:
-        alternatives.extend(parse(text).alternatives)
+        parsed = _parse(text, budget).alternatives
+        budget -= sum(s.operator is _Op.MATCHES for alt in parsed for s in alt)
+        alternatives.extend(parsed)
     return Filter(tuple(alternatives))
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+class Regex:
+    """A compiled ``~=`` pattern: RE2, unanchored search (Go's ``MatchString``)."""
+
+    __slots__ = ("_compiled",)
+
+    def __init__(self, compiled: re2._Regexp) -> None:
+        self._compiled = compiled
+
+    def search(self, value: str) -> bool:
+        """Whether the pattern matches anywhere in ``value``.
+
+        A value that is not valid Unicode (a lone surrogate, possible only in-process: gRPC
+        strings are valid UTF-8) matches nothing.
+        """
+        try:
+            return self._compiled.search(value) is not None
+        except UnicodeEncodeError:
+            return False
+
+
+def _regex_options() -> re2.Options:
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print the whole pattern to stderr
+    return options
+
+
+_OPTIONS: Final = _regex_options()
+
+
+def compile_regex(pattern: str) -> Regex | None:
+    """Compile a ``~=`` pattern; None (logged, shortened) if it cannot be used.
+
+    See the module docstring for the rule and the bounds. Never raises for any ``str``.
+    """
+    why = _unusable(pattern)
+    if why is None:
+        try:
+            compiled = re2.compile(pattern, _OPTIONS)
+        except re2.error as e:
+            why = _error_text(e)
+        else:
+            if compiled.programsize > MAX_REGEX_PROGRAM_SIZE:
+                why = (
+                    f"compiled size {compiled.programsize} exceeds the limit of "
+                    f"{MAX_REGEX_PROGRAM_SIZE}"
+                )
+            else:
+                return Regex(compiled)
+    shown = pattern[:_LOGGED_PATTERN_CHARS] + (
+        "..." if len(pattern) > _LOGGED_PATTERN_CHARS else ""
+    )
+    _log.warning("filter regexp %r cannot be used (%s); it matches nothing", shown, why)
+    return None
+
+
+def _unusable(pattern: str) -> str | None:
+    """Why ``pattern`` is refused before RE2 sees it, or None."""
+    try:
+        size = len(pattern.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid Unicode"
+    if size > MAX_REGEX_BYTES:
+        return f"{size} bytes, more than the limit of {MAX_REGEX_BYTES}"
+    if _has_byte_escape(pattern):
+        return r"\C (any byte) is not supported by Go's regexp"
+    return None
+
+
+def _has_byte_escape(pattern: str) -> bool:
+    r"""Whether ``pattern`` uses ``\C`` outside a ``\Q...\E`` literal."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] != "\\":
+            i += 1
+            continue
+        escaped = pattern[i + 1 : i + 2]
+        if escaped == "C":
+            return True
+        if escaped == "Q":
+            end = pattern.find("\\E", i + 2)
+            if end < 0:
+                return False
+            i = end + 2
+            continue
+        i += 2
+    return False
+
+
+def _error_text(error: re2.error) -> str:
+    detail = error.args[0] if error.args else ""
+    text = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
+    return text[: _LOGGED_PATTERN_CHARS * 2]
