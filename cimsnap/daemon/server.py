@@ -2,6 +2,10 @@
 
 The services here are pure adapters (request -> snapshotter call -> response; error class ->
 status code), in the manner of containerd's ``contrib/snapshotservice``. They hold no logic.
+Each handler does all of its work (request conversion, the call, building the response)
+inside one ``BlockingCalls`` call, so any failure gets a deliberate status; requests whose
+bytes do not decode are refused INVALID_ARGUMENT before a handler runs
+(``cimsnap.daemon.decoding``, applied by the daemon to every service it registers).
 The snapshotter is synchronous and does blocking file and SQLite I/O, so every call runs on
 a bounded thread pool (``max_workers``), never on the event loop; the one exception is a
 snapshotter's optional non-blocking Stat (``NonBlockingStat``), which runs on the loop and
@@ -41,6 +45,7 @@ from cimsnap.daemon.metrics import RpcMetrics
 from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
+    "LIST_BATCH_BYTES",
     "LIST_BATCH_SIZE",
     "MAX_MESSAGE_BYTES",
     "MESSAGE_SIZE_OPTIONS",
@@ -70,6 +75,9 @@ STATUS_CODES: Final[Mapping[type[errdefs.CimsnapError], grpc.StatusCode]] = {
 
 #: containerd's snapshot service streams List results in batches of this many (§2.2).
 LIST_BATCH_SIZE: Final = 100
+#: [choice] A List response also stays under this many bytes (a quarter of the message
+#: limit), however large the labels of its snapshots are.
+LIST_BATCH_BYTES: Final = 4 * 1024 * 1024
 
 #: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -213,10 +221,17 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
-    """Convert an input timestamp; unset and Go-zero values become the Unix epoch."""
+    """Convert an input timestamp; unset and Go-zero values become the Unix epoch.
+
+    Raises InvalidArgument for a timestamp protobuf calls invalid (after year 9999, or
+    nanos outside [0, 1e9)).
+    """
     if not present or ts.seconds <= _GO_ZERO_SECONDS:
         return _EPOCH
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as e:
+        raise errdefs.InvalidArgument(f"timestamp: {e}: invalid argument") from e
 
 
 def info_to_pb(info: Info) -> pb.Info:
@@ -232,7 +247,10 @@ def info_to_pb(info: Info) -> pb.Info:
 
 
 def info_from_pb(message: pb.Info) -> Info:
-    """Build an ``Info`` from the wire; an unknown kind number becomes ``Kind.UNKNOWN``."""
+    """Build an ``Info`` from the wire; an unknown kind number becomes ``Kind.UNKNOWN``.
+
+    Raises InvalidArgument for an invalid timestamp (call it under the error mapping).
+    """
     try:
         kind = Kind(message.kind)
     except ValueError:
@@ -254,8 +272,20 @@ def mounts_to_pb(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
     ]
 
 
-def _batches(items: Sequence[Info], size: int) -> list[Sequence[Info]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _batches(infos: Sequence[pb.Info]) -> list[Sequence[pb.Info]]:
+    """Split ``infos`` into List responses of at most LIST_BATCH_SIZE entries and, unless an
+    entry alone is larger, at most LIST_BATCH_BYTES encoded bytes."""
+    batches: list[Sequence[pb.Info]] = []
+    start, size = 0, 0
+    for i, info in enumerate(infos):
+        entry = info.ByteSize() + 8  # the repeated field's tag and length
+        if i > start and (i - start == LIST_BATCH_SIZE or size + entry > LIST_BATCH_BYTES):
+            batches.append(infos[start:i])
+            start, size = i, 0
+        size += entry
+    if start < len(infos):
+        batches.append(infos[start:])
+    return batches
 
 
 class SnapshotsService(pb_grpc.SnapshotsServicer):
@@ -281,88 +311,107 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         return f"{self.service_name}/{name}"
 
     def _run(
-        self, name: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
+        self, name: str, context: grpc.aio.ServicerContext, build: Callable[[], T]
     ) -> Awaitable[T]:
-        return self._calls.run(self._method(name), context, fn, *args)
+        """Run ``build()`` (request conversion, the call, the response) under the mapping."""
+        return self._calls.run(self._method(name), context, build)
 
     async def Prepare(
         self, request: pb.PrepareSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareSnapshotResponse:
-        mounts = await self._run(
-            "Prepare", context, self._sn.prepare, request.key, request.parent, dict(request.labels)
-        )
-        return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.PrepareSnapshotResponse:
+            mounts = self._sn.prepare(request.key, request.parent, dict(request.labels))
+            return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+        return await self._run("Prepare", context, build)
 
     async def View(
         self, request: pb.ViewSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.ViewSnapshotResponse:
-        mounts = await self._run(
-            "View", context, self._sn.view, request.key, request.parent, dict(request.labels)
-        )
-        return pb.ViewSnapshotResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.ViewSnapshotResponse:
+            mounts = self._sn.view(request.key, request.parent, dict(request.labels))
+            return pb.ViewSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+        return await self._run("View", context, build)
 
     async def Mounts(
         self, request: pb.MountsRequest, context: grpc.aio.ServicerContext
     ) -> pb.MountsResponse:
-        mounts = await self._run("Mounts", context, self._sn.mounts, request.key)
-        return pb.MountsResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.MountsResponse:
+            return pb.MountsResponse(mounts=mounts_to_pb(self._sn.mounts(request.key)))
+
+        return await self._run("Mounts", context, build)
 
     async def Commit(
         self, request: pb.CommitSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run(
-            "Commit",
-            context,
-            self._sn.commit,
-            request.name,
-            request.key,
-            dict(request.labels),
-            request.parent,
-        )
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            labels = dict(request.labels)
+            self._sn.commit(request.name, request.key, labels, request.parent)
+            return empty_pb2.Empty()
+
+        return await self._run("Commit", context, build)
 
     async def Remove(
         self, request: pb.RemoveSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run("Remove", context, self._sn.remove, request.key)
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            self._sn.remove(request.key)
+            return empty_pb2.Empty()
+
+        return await self._run("Remove", context, build)
 
     async def Stat(
         self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatSnapshotResponse:
-        if self._stat_nowait is None:
-            info = await self._run("Stat", context, self._sn.stat, request.key)
-        else:
-            info = await self._calls.run_nowait(
-                self._method("Stat"), context, self._stat_nowait, self._sn.stat, request.key
-            )
-        return pb.StatSnapshotResponse(info=info_to_pb(info))
+        def build() -> pb.StatSnapshotResponse:
+            return pb.StatSnapshotResponse(info=info_to_pb(self._sn.stat(request.key)))
+
+        stat_nowait = self._stat_nowait
+        if stat_nowait is None:
+            return await self._run("Stat", context, build)
+
+        def build_nowait() -> pb.StatSnapshotResponse:
+            return pb.StatSnapshotResponse(info=info_to_pb(stat_nowait(request.key)))
+
+        return await self._calls.run_nowait(self._method("Stat"), context, build_nowait, build)
 
     async def Update(
         self, request: pb.UpdateSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateSnapshotResponse:
-        info = info_from_pb(request.info)
-        paths = list(request.update_mask.paths)
-        updated = await self._run("Update", context, self._sn.update, info, paths)
-        return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
+        def build() -> pb.UpdateSnapshotResponse:
+            info = info_from_pb(request.info)
+            updated = self._sn.update(info, list(request.update_mask.paths))
+            return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
+
+        return await self._run("Update", context, build)
 
     async def List(
         self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListSnapshotsResponse]:
         # Materialised in the worker first, so no database lock is held while streaming
         # (the suite Stats from inside a Walk, §2.2).
-        infos = await self._run("List", context, self._sn.list, list(request.filters))
-        for batch in _batches(infos, LIST_BATCH_SIZE):
-            yield pb.ListSnapshotsResponse(info=[info_to_pb(i) for i in batch])
+        def build() -> list[pb.ListSnapshotsResponse]:
+            infos = [info_to_pb(i) for i in self._sn.list(list(request.filters))]
+            return [pb.ListSnapshotsResponse(info=batch) for batch in _batches(infos)]
+
+        for response in await self._run("List", context, build):
+            yield response
 
     async def Usage(
         self, request: pb.UsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageResponse:
-        usage = await self._run("Usage", context, self._sn.usage, request.key)
-        return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+        def build() -> pb.UsageResponse:
+            usage = self._sn.usage(request.key)
+            return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+
+        return await self._run("Usage", context, build)
 
     async def Cleanup(
         self, request: pb.CleanupRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run("Cleanup", context, self._sn.cleanup)
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            self._sn.cleanup()
+            return empty_pb2.Empty()
+
+        return await self._run("Cleanup", context, build)

@@ -65,7 +65,12 @@ from typing import Final
 from cimsnap.clock import MicrosecondClock
 from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
 from cimsnap.snapshots.filters import parse_all
-from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
+from cimsnap.snapshots.labels import (
+    MAX_LABEL_SIZE,
+    checked_key,
+    checked_label_set,
+    checked_labels,
+)
 from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.snapshots.mounts import Mount, cimfs_mount
 from cimsnap.snapshots.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
@@ -298,11 +303,14 @@ class Snapshotter:
         Mask semantics: empty or ``labels`` replaces all labels; ``labels.<k>`` sets ``k``
         from ``info.labels`` or deletes it when absent; empty values are never stored.
         ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
-        path or an oversized label, NotFound if the snapshot is missing.
+        path or an oversized label or label set (also after merging, see ``labels``),
+        NotFound if the snapshot is missing.
         """
         labels = checked_labels(info.labels)
         with self._store.write() as tx:
-            return update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            updated = update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            checked_label_set(updated.labels)  # raising rolls the update back
+            return updated
 
     def commit(
         self,
