@@ -48,6 +48,7 @@ __all__ = [
     "LIST_BATCH_BYTES",
     "LIST_BATCH_SIZE",
     "MAX_MESSAGE_BYTES",
+    "MAX_STATUS_MESSAGE_CHARS",
     "MESSAGE_SIZE_OPTIONS",
     "STATUS_CODES",
     "BlockingCalls",
@@ -55,6 +56,7 @@ __all__ = [
     "NonBlockingStat",
     "SnapshotsService",
     "SnapshotterAPI",
+    "shortened",
     "status_code_for",
 ]
 
@@ -87,10 +89,28 @@ MESSAGE_SIZE_OPTIONS: Final = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
+#: [choice] Longest status message sent (characters); see ``shortened``.
+MAX_STATUS_MESSAGE_CHARS: Final = 1024
+
 # Go's zero time.Time (0001-01-01T00:00:00Z) as protobuf seconds: containerd sends it in
 # Update requests for timestamps it does not set (§1.3).
 _GO_ZERO_SECONDS: Final = -62135596800
 _EPOCH: Final = datetime.fromtimestamp(0, UTC)
+
+
+def shortened(message: str) -> str:
+    """``message`` cut to at most MAX_STATUS_MESSAGE_CHARS, keeping its head and its tail.
+
+    Error messages quote their subject (a key, a filter), which a client may make a megabyte
+    long; a status message travels in HTTP/2 trailers, and one over the peer's header limit
+    turns the answer into RESOURCE_EXHAUSTED. The tail keeps containerd's class suffix
+    (": not found").
+    """
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    tail = MAX_STATUS_MESSAGE_CHARS // 4
+    head = MAX_STATUS_MESSAGE_CHARS - tail - 5
+    return f"{message[:head]} ... {message[-tail:]}"
 
 
 def status_code_for(error: errdefs.CimsnapError) -> grpc.StatusCode:
@@ -206,7 +226,7 @@ class BlockingCalls:
             log.error("%s failed unexpectedly", method, exc_info=True)
         finally:
             self.metrics.observe(method, code.name, time.perf_counter() - started)
-        await context.abort(code, message)
+        await context.abort(code, shortened(message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def shutdown(self) -> None:
