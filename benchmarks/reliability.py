@@ -39,7 +39,7 @@ from tests.fuzz.targets import TARGETS
 from tests.fuzz.test_targets import atheris_available, run_atheris
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 from tests.hostile import corpus
-from tests.hostile.workload import check_state, percentile, run_workload
+from tests.hostile.workload import LIST_FILTERS, check_state, percentile, run_workload
 from tests.snapshotter_suite import state
 
 
@@ -119,12 +119,13 @@ def concurrency_rows(args: argparse.Namespace) -> list[Row]:
         address = s.server.address
         report = run_workload(address, clients=args.clients, seconds=args.seconds)
         problems = check_state(address, report)
-        # Baseline: the same Stat and List from one client, nothing else running.
+        # Baseline: the same Stat and List calls (the workload's mix of filters) from one
+        # client, nothing else running.
         with grpc.insecure_channel(parse_address(address).grpc_target) as channel:
             stub = pb_grpc.SnapshotsStub(channel)
-            idle_stat = _timed(200, lambda: stub.Stat(pb.StatSnapshotRequest(key="seed-0")))
-            listing = pb.ListSnapshotsRequest(filters=["kind==committed"])
-            idle_list = _timed(50, lambda: [r for r in stub.List(listing)])
+            idle_stat = _timed(300, lambda: stub.Stat(pb.StatSnapshotRequest(key="seed-0")))
+            listings = [pb.ListSnapshotsRequest(filters=f) for f in LIST_FILTERS] * 34
+            idle_list = [t for r in listings for t in _timed(1, lambda r=r: list(stub.List(r)))]
             count = sum(len(r.info) for r in stub.List(pb.ListSnapshotsRequest()))
     calls = sum(report.calls.values())
     stat99, list99 = percentile(report.stat_ms, 0.99), percentile(report.list_ms, 0.99)

@@ -40,6 +40,13 @@ OK_OR_GONE = frozenset({C.OK, C.NOT_FOUND})
 OK_GONE_OR_COMMITTED = frozenset({C.OK, C.NOT_FOUND, C.FAILED_PRECONDITION})
 CALL_TIMEOUT = 30.0
 SEEDS = ("seed-0", "seed-1", "seed-2")
+#: The List calls of the mix: committed snapshots (how clients find parents), everything
+#: (containerd's garbage collector), and a regex filter.
+LIST_FILTERS: tuple[list[str], ...] = (
+    ["kind==committed"],
+    [],
+    ['labels.owner~="^[0-9]+$",kind==committed'],
+)
 
 
 @dataclass
@@ -187,9 +194,7 @@ class _Client:
             self.report.touches[key, label] = value
 
     def list(self) -> None:
-        filters = self.rng.choice(
-            [["kind==committed"], [], ['labels.owner~="^[0-9]+$",kind==committed']]
-        )
+        filters = self.rng.choice(LIST_FILTERS)
         req = pb.ListSnapshotsRequest(filters=filters)
 
         def run() -> list[pb.Info]:
