@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -143,7 +144,9 @@ class SnapshotterAPI(Protocol):
     def stat(self, key: str) -> Info: ...
     def update(self, info: Info, fieldpaths: Sequence[str]) -> Info: ...
     def usage(self, key: str) -> Usage: ...
-    def list(self, filters: Sequence[str] = ()) -> list[Info]: ...
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]: ...
     def cleanup(self) -> None: ...
 
 
@@ -430,12 +433,26 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListSnapshotsResponse]:
         # Materialised in the worker first, so no database lock is held while streaming
-        # (the suite Stats from inside a Walk, §2.2).
+        # (the suite Stats from inside a Walk, §2.2). Filtering stops when the client
+        # goes away or its deadline passes (the worker cannot be interrupted otherwise).
+        cancelled = threading.Event()
+
         def build() -> list[pb.ListSnapshotsResponse]:
-            infos = [info_to_pb(i) for i in self._sn.list(list(request.filters))]
+            found = self._sn.list(list(request.filters), cancelled=cancelled)
+            infos = [info_to_pb(i) for i in found]
             return [pb.ListSnapshotsResponse(info=batch) for batch in _batches(infos)]
 
-        for response in await self._run("List", context, build, read_only=True):
+        remaining = context.time_remaining()
+        timer = None
+        if remaining is not None:
+            timer = asyncio.get_running_loop().call_later(max(0.0, remaining), cancelled.set)
+        try:
+            responses = await self._run("List", context, build, read_only=True)
+        finally:
+            cancelled.set()
+            if timer is not None:
+                timer.cancel()
+        for response in responses:
             yield response
 
     async def Usage(

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Final
 
 from cimsnap.clock import MicrosecondClock
-from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
+from cimsnap.errdefs import Canceled, CimsnapError, FailedPrecondition, Unavailable
 from cimsnap.snapshots.filters import parse_all
 from cimsnap.snapshots.labels import (
     MAX_LABEL_SIZE,
@@ -281,19 +281,30 @@ class Snapshotter:
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
 
-    def list(self, filters: Sequence[str] = ()) -> list[Info]:
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]:
         """Return the Info of every snapshot matching ``filters`` (containerd filters).
 
         Several filter strings are OR-ed. The result is materialised: no lock is held
         once this returns, so callers may Stat while streaming it. Raises InvalidArgument
-        for bad filter syntax (before reading anything).
+        for bad filter syntax or a filter over the request limits (before reading
+        anything). Matching checks ``cancelled`` before each snapshot and raises Canceled
+        once it is set: regular expressions cost linear time, but a List with many costly
+        ones over many snapshots still takes a while, and nobody may be waiting for it.
         """
         matcher = parse_all(filters)
         with self._store.read() as tx:
             infos = walk_info(tx)
         if not matcher.alternatives:
             return infos
-        return [info for info in infos if matcher.match(info.field)]
+        matched = []
+        for info in infos:
+            if cancelled is not None and cancelled.is_set():
+                raise Canceled("list: canceled by the caller: canceled")
+            if matcher.match(info.field):
+                matched.append(info)
+        return matched
 
     # -- write -----------------------------------------------------------------------
 
