@@ -70,6 +70,7 @@ from cimsnap.snapshots.labels import (
     checked_key,
     checked_label_set,
     checked_labels,
+    checked_update_paths,
 )
 from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.snapshots.mounts import Mount, cimfs_mount
@@ -314,9 +315,11 @@ class Snapshotter:
         Mask semantics: empty or ``labels`` replaces all labels; ``labels.<k>`` sets ``k``
         from ``info.labels`` or deletes it when absent; empty values are never stored.
         ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
-        path or an oversized label or label set (also after merging, see ``labels``),
+        path, too many paths, or an oversized label or label set (also after merging, see
+        ``labels``),
         NotFound if the snapshot is missing.
         """
+        checked_update_paths(fieldpaths)
         labels = checked_labels(info.labels)
         with self._store.write() as tx:
             updated = update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())

@@ -26,7 +26,13 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.daemon.server import MAX_MESSAGE_BYTES
 from cimsnap.snapshots.filters import MAX_FILTER_BYTES, MAX_REGEX_SELECTORS
-from cimsnap.snapshots.labels import MAX_KEY_SIZE, MAX_LABEL_COUNT, MAX_LABEL_SIZE, MAX_LABELS_SIZE
+from cimsnap.snapshots.labels import (
+    MAX_KEY_SIZE,
+    MAX_LABEL_COUNT,
+    MAX_LABEL_SIZE,
+    MAX_LABELS_SIZE,
+    MAX_UPDATE_PATHS,
+)
 
 C = grpc.StatusCode
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
@@ -245,6 +251,18 @@ CASES += [
         "update-label-too-big",
         "Update",
         lambda: _update("base", {"k": "v" * MAX_LABEL_SIZE}, ["labels.k"]),
+        C.INVALID_ARGUMENT,
+    ),
+    Case(
+        "update-mask-100000-paths",
+        "Update",
+        lambda: _update("base", paths=[f"labels.x{i}" for i in range(100_000)]),
+        C.INVALID_ARGUMENT,
+    ),
+    Case(
+        "update-mask-over-limit",
+        "Update",
+        lambda: _update("base", paths=["labels"] * (MAX_UPDATE_PATHS + 1)),
         C.INVALID_ARGUMENT,
     ),
     Case(
