@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +24,7 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as p
 from cimsnap.daemon.listen import parse_address
 from cimsnap.daemon.server import READ_WORKERS
 from cimsnap.snapshots.filters import MAX_REGEX_SELECTORS
+from cimsnap.snapshots.snapshotter import Info, Snapshotter
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 
 SNAPSHOTS = 300
@@ -39,14 +42,19 @@ def stub(tmp_path: Path) -> Iterator[pb_grpc.SnapshotsStub]:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-@pytest.mark.timeout(300)
-def test_deadline_stops_a_costly_list(stub: pb_grpc.SnapshotsStub) -> None:
+def populate(stub: pb_grpc.SnapshotsStub, count: int = SNAPSHOTS) -> pb.ListSnapshotsRequest:
+    """Create ``count`` snapshots; return a List request that would take minutes over them."""
     rng = random.Random(5)
-    for i in range(SNAPSHOTS):
+    for i in range(count):
         value = "".join(rng.choice("ab") for _ in range(4000))
         stub.Prepare(pb.PrepareSnapshotRequest(key=f"s{i}", labels={"a": value}))
     costly = ",".join(f'labels.a~="[ab]*a[ab]{{{900 + n}}}c"' for n in range(MAX_REGEX_SELECTORS))
-    request = pb.ListSnapshotsRequest(filters=[costly])
+    return pb.ListSnapshotsRequest(filters=[costly])
+
+
+@pytest.mark.timeout(300)
+def test_deadline_stops_a_costly_list(stub: pb_grpc.SnapshotsStub) -> None:
+    request = populate(stub)
 
     def expire() -> grpc.StatusCode:
         try:
@@ -62,3 +70,46 @@ def test_deadline_stops_a_costly_list(stub: pb_grpc.SnapshotsStub) -> None:
     plain = pb.ListSnapshotsRequest(filters=["kind==active"])
     answered = [i.name for r in stub.List(plain, timeout=30) for i in r.info]
     assert len(answered) == SNAPSHOTS
+
+
+class ListStarted:
+    """The real snapshotter, with an event set when a List starts."""
+
+    def __init__(self, real: Snapshotter) -> None:
+        self._real = real
+        self.started = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]:
+        self.started.set()
+        return self._real.list(filters, cancelled=cancelled)
+
+
+@pytest.mark.timeout(60)  # the List alone would run for minutes
+def test_shutdown_does_not_wait_for_a_costly_list(tmp_path: Path) -> None:
+    """Defect 1 also had SIGTERM wait for the running match; the grace period bounds it."""
+    wrapped: list[ListStarted] = []
+
+    def wrap(real: Snapshotter) -> ListStarted:
+        wrapped.append(ListStarted(real))
+        return wrapped[0]
+
+    sock_dir = short_socket_dir()
+    config = server_config(tmp_path, sock_dir, shutdown_grace_seconds=1.0)
+    try:
+        server = ServerThread(config, wrap=wrap).start()
+        target = parse_address(server.address).grpc_target
+        with grpc.insecure_channel(target) as channel, ThreadPoolExecutor(1) as pool:
+            stub = pb_grpc.SnapshotsStub(channel)
+            request = populate(stub, 3 * SNAPSHOTS)
+            running = pool.submit(lambda: list(stub.List(request)))  # no deadline
+            assert wrapped[0].started.wait(30)
+            server.stop()  # minutes without cancellation: the test's timeout fails it
+            with pytest.raises(grpc.RpcError):
+                running.result(timeout=60)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
