@@ -115,6 +115,11 @@ def test_unicode_edge_case_keys_round_trip(seeded: Path, client: SnapshotsClient
     for key in UNICODE_KEYS:
         client.remove(key)
     assert not set(UNICODE_KEYS) & {i.name for i in client.list()}
+    # Labels are stored verbatim, control characters included (containerd checks only size).
+    odd = {"a\0b": "c\nd", "\x1b[31m": "\x7f", "é": "\U0010ffff"}
+    client.prepare("odd-labels", "base", odd)
+    assert client.stat("odd-labels").labels == odd
+    client.remove("odd-labels")
 
 
 @pytest.mark.timeout(300)
