@@ -1,4 +1,4 @@
-"""Fuzz target: containerd filter parsing and matching (cimsnap.snapshots.filters).
+"""Fuzz target: containerd filter parsing and matching (cimsnap.snapshots.filters, .regex).
 
 Input: UTF-8 text (invalid bytes replaced); a first byte below 0x20 selects "regex only"
 (the rest is one ``~=`` pattern given straight to the compiler). Only InvalidArgument may
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cimsnap.errdefs import InvalidArgument
-from cimsnap.snapshots.filters import Adaptor, compile_regex, parse, parse_all
+from cimsnap.snapshots.filters import Adaptor, parse, parse_all
+from cimsnap.snapshots.regex import compile_regex
 
 OBJECTS = [
     ("name", "", {}),

@@ -11,13 +11,12 @@ from hypothesis import strategies as st
 from cimsnap.errdefs import InvalidArgument
 from cimsnap.snapshots.filters import (
     MAX_FILTER_BYTES,
-    MAX_REGEX_BYTES,
     MAX_REGEX_SELECTORS,
     Adaptor,
-    compile_regex,
     parse,
     parse_all,
 )
+from cimsnap.snapshots.regex import MAX_REGEX_BYTES, compile_regex
 
 # (name, other, labels)
 CORPUS: list[tuple[str, str, dict[str, str]]] = [
