@@ -35,8 +35,8 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.daemon.listen import parse_address
+from tests.fuzz.runner import atheris_available, run_atheris
 from tests.fuzz.targets import TARGETS
-from tests.fuzz.test_targets import atheris_available, run_atheris
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 from tests.hostile import corpus
 from tests.hostile.workload import LIST_FILTERS, check_state, percentile, run_workload

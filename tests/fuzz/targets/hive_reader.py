@@ -1,11 +1,11 @@
 """Fuzz target: the hive reader and checker on a patched copy of a valid hive.
 
-Input: byte 0 picks the seed hive (the large one, 600 subkeys under one key, only when bits
-0 and 2 are both set: it costs ~40 times the small one per run) and whether the base block
-checksum is fixed after patching (bit 1); then 3-byte patches (u16 offset into the first 48 KiB of hive
-bins, then the byte to store). Reading may raise only HiveFormatError (with its what and
-why); what reads back writes and reads again unless the writer refuses the model
-(HiveModelError); ``check_hive`` never raises.
+Input: byte 0 picks the seed hive (the large one, 600 subkeys under one key, only when
+bits 0 and 2 are both set: it costs ~40 times the small one per run) and whether the base
+block checksum is fixed after patching (bit 1); then 3-byte patches (u16 offset into the
+first 48 KiB of hive bins, then the byte to store). Reading may raise only HiveFormatError
+(with its what and why); what reads back writes and reads again unless the writer refuses
+the model (HiveModelError); ``check_hive`` never raises.
 """
 
 from __future__ import annotations
