@@ -134,8 +134,11 @@ class Daemon:
         self._stop_requested.set()
 
     async def serve_forever(self) -> None:
-        """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully."""
-        await self.start()
+        """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully.
+
+        The handlers are installed before ``start()`` sends ``READY=1``: a stop signal that
+        arrives right after readiness (``systemctl stop`` just after start) still drains.
+        """
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
             try:
@@ -143,6 +146,7 @@ class Daemon:
             except NotImplementedError:  # Windows: no loop signal handlers
                 signal.signal(signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s))
         try:
+            await self.start()
             await self._stop_requested.wait()
             await self.stop()
         finally:
