@@ -28,6 +28,7 @@ C = grpc.StatusCode
 @pytest.fixture(scope="module")
 def seeded(client: SnapshotsClient, hostile_root: Path) -> Path:
     seed(client)
+    client.cleanup()  # background file work (start-up cleanup) done: the files hold still
     return hostile_root / "root"
 
 
@@ -83,6 +84,7 @@ def test_regex_bomb_leaves_health_answering(
     assert found[4] == sorted(["base", *keys])  # the last bomb matches "a...a!"
     for key in keys:
         client.remove(key)
+    client.cleanup()  # Remove's file work is done in the background; Cleanup finishes it
 
 
 def _quote(pattern: str) -> str:
@@ -120,6 +122,7 @@ def test_unicode_edge_case_keys_round_trip(seeded: Path, client: SnapshotsClient
     client.prepare("odd-labels", "base", odd)
     assert client.stat("odd-labels").labels == odd
     client.remove("odd-labels")
+    client.cleanup()
 
 
 @pytest.mark.timeout(300)
@@ -167,6 +170,7 @@ def test_200_deep_chain_works(seeded: Path, client: SnapshotsClient, channel: gr
     for i in reversed(range(200)):
         client.remove(f"chain-{i}")
     assert not [i for i in client.list() if i.name.startswith("chain-")]
+    client.cleanup()
 
 
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
