@@ -1,9 +1,11 @@
 """The gRPC edge's own limits, over a real unix socket: List batches bounded in bytes,
-status messages bounded in length, invalid timestamps refused (not UNKNOWN)."""
+status messages bounded in length, invalid timestamps refused (not UNKNOWN); and the
+fast timestamp conversion agreeing with protobuf's."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -17,9 +19,11 @@ from cimsnap.daemon.server import (
     LIST_BATCH_BYTES,
     LIST_BATCH_SIZE,
     MAX_STATUS_MESSAGE_CHARS,
+    info_to_pb,
     shortened,
 )
 from cimsnap.snapshots.labels import MAX_LABEL_SIZE, MAX_LABELS_SIZE
+from cimsnap.snapshots.snapshotter import Info, Kind
 from tests.grpc_harness import ServerThread
 
 
@@ -82,3 +86,23 @@ def test_update_with_an_invalid_timestamp_is_invalid_argument(
         stub.Update(request)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert client.stat("k") == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC),
+        datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        datetime(2026, 1, 1, 1, 2, 3, 4),  # naive: UTC
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_info_timestamps_equal_protobufs_own_conversion(value: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    info = Info(Kind.ACTIVE, "k", "", {}, value, value)
+    assert info_to_pb(info).created_at == expected
+    assert info_to_pb(info).updated_at == expected
