@@ -69,9 +69,15 @@ from pathlib import Path
 from typing import Final
 
 from cimsnap.clock import MicrosecondClock
-from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
+from cimsnap.errdefs import Canceled, CimsnapError, FailedPrecondition, Unavailable
 from cimsnap.snapshots.filters import parse_all
-from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
+from cimsnap.snapshots.labels import (
+    MAX_LABEL_SIZE,
+    checked_key,
+    checked_label_set,
+    checked_labels,
+    checked_update_paths,
+)
 from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.snapshots.mounts import Mount, cimfs_mount
 from cimsnap.snapshots.reclaim import (
@@ -338,19 +344,30 @@ class Snapshotter:
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
 
-    def list(self, filters: Sequence[str] = ()) -> list[Info]:
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]:
         """Return the Info of every snapshot matching ``filters`` (containerd filters).
 
         Several filter strings are OR-ed. The result is materialised: no lock is held
         once this returns, so callers may Stat while streaming it. Raises InvalidArgument
-        for bad filter syntax (before reading anything).
+        for bad filter syntax or a filter over the request limits (before reading
+        anything). Matching checks ``cancelled`` before each snapshot and raises Canceled
+        once it is set: regular expressions cost linear time, but a List with many costly
+        ones over many snapshots still takes a while, and nobody may be waiting for it.
         """
         matcher = parse_all(filters)
         with self._store.read() as tx:
             infos = walk_info(tx)
         if not matcher.alternatives:
             return infos
-        return [info for info in infos if matcher.match(info.field)]
+        matched = []
+        for info in infos:
+            if cancelled is not None and cancelled.is_set():
+                raise Canceled("list: canceled by the caller: canceled")
+            if matcher.match(info.field):
+                matched.append(info)
+        return matched
 
     # -- write -----------------------------------------------------------------------
 
@@ -360,11 +377,16 @@ class Snapshotter:
         Mask semantics: empty or ``labels`` replaces all labels; ``labels.<k>`` sets ``k``
         from ``info.labels`` or deletes it when absent; empty values are never stored.
         ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
-        path or an oversized label, NotFound if the snapshot is missing.
+        path, too many paths, or an oversized label or label set (also after merging, see
+        ``labels``),
+        NotFound if the snapshot is missing.
         """
+        checked_update_paths(fieldpaths)
         labels = checked_labels(info.labels)
         with self._store.write() as tx:
-            return update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            updated = update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            checked_label_set(updated.labels)  # raising rolls the update back
+            return updated
 
     def commit(
         self,
