@@ -119,10 +119,12 @@ class _Progress:
         self.start = time.monotonic()
         self.shown = 0.0
         self.source_bytes: Callable[[], int] | None = None
+        self.last: tuple[int, int] | None = None
 
-    def __call__(self, size: int, entries: int) -> None:
+    def __call__(self, size: int, entries: int, *, final: bool = False) -> None:
+        self.last = (size, entries)
         now = time.monotonic()
-        if not self.enabled or now - self.shown < 0.2:
+        if not self.enabled or (now - self.shown < 0.2 and not final):
             return
         self.shown = now
         rate = size / max(now - self.start, 1e-6) / 1e6
@@ -132,7 +134,9 @@ class _Progress:
         print(line + "   ", end="", file=sys.stderr, flush=True)
 
     def done(self) -> None:
-        if self.enabled and self.shown:
+        """End the progress line (with the final figures, if any were reported)."""
+        if self.enabled and self.last is not None:
+            self(*self.last, final=True)
             print(file=sys.stderr)
 
 

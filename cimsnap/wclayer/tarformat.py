@@ -27,6 +27,7 @@ __all__ = [
     "PAX_OVERRIDE_KEYS",
     "STAR_HEADER_TAIL",
     "USTAR_HEADER",
+    "Octets",
     "TarFormatError",
     "TarTruncatedError",
     "check_header_sum",
@@ -41,6 +42,9 @@ __all__ = [
     "parse_pax",
     "pax_overrides",
 ]
+
+#: What the decoders accept: the reader's buffer is a bytearray, fields unpack as bytes.
+Octets = bytes | bytearray
 
 BLOCK_SIZE: Final = 512
 #: Largest PAX extended header or GNU long name/link body accepted (Go's maxSpecialFileSize).
@@ -167,7 +171,7 @@ class TarTruncatedError(LayerFormatError):
 # --- field decoding ------------------------------------------------------------------------
 
 
-def header_sum(block: bytes, at: int = 0) -> int:
+def header_sum(block: Octets, at: int = 0) -> int:
     """Unsigned byte sum of the 512-byte block at ``at`` (checksum field included)."""
     # Each 256-byte half sums to at most 65280 < 65521, so adler32's low half is exactly
     # 1 + sum: two C calls instead of a Python loop over 512 bytes.
@@ -179,7 +183,7 @@ def header_sum(block: bytes, at: int = 0) -> int:
     )
 
 
-def check_header_sum(block: bytes, at: int, field: bytes, offset: int) -> None:
+def check_header_sum(block: Octets, at: int, field: Octets, offset: int) -> None:
     """Raise TarFormatError unless the chksum ``field`` matches the unsigned or signed sum
     of the block (the field itself counted as eight spaces)."""
     stored = parse_octal(field, "chksum", offset)
@@ -202,13 +206,13 @@ def check_header_sum(block: bytes, at: int, field: bytes, offset: int) -> None:
         )
 
 
-def cstr(raw: bytes) -> bytes:
+def cstr(raw: Octets) -> Octets:
     """The bytes of a NUL-terminated field up to its first NUL."""
     end = raw.find(0)
     return raw if end < 0 else raw[:end]
 
 
-def join_prefix(raw_prefix: bytes, raw_name: bytes) -> bytes:
+def join_prefix(raw_prefix: bytes, raw_name: bytes) -> Octets:
     """ustar ``prefix/name`` (just ``name`` when the prefix is empty)."""
     name = cstr(raw_name)
     if raw_prefix[:1] not in (b"", b"\0"):
@@ -216,7 +220,7 @@ def join_prefix(raw_prefix: bytes, raw_name: bytes) -> bytes:
     return name
 
 
-def decode_name(raw: bytes, what: str, offset: int) -> str:
+def decode_name(raw: Octets, what: str, offset: int) -> str:
     """Strict UTF-8 decoding of a name; TarFormatError naming the bad byte otherwise."""
     try:
         return raw.decode()
@@ -228,7 +232,7 @@ def decode_name(raw: bytes, what: str, offset: int) -> str:
         ) from e
 
 
-def parse_octal(raw: bytes, what: str, offset: int) -> int:
+def parse_octal(raw: Octets, what: str, offset: int) -> int:
     """Octal text with leading/trailing spaces and NULs ignored (Go's parseOctal)."""
     digits = raw.strip(b" \0")
     if not digits:
@@ -241,7 +245,7 @@ def parse_octal(raw: bytes, what: str, offset: int) -> int:
     raise TarFormatError(f"{what} field {raw!r} is not an octal number", offset=offset)
 
 
-def parse_number(raw: bytes, what: str, offset: int) -> int:
+def parse_number(raw: Octets, what: str, offset: int) -> int:
     """A numeric field: base-256 if the first byte has bit 7 set, else octal (Go's
     parseNumeric). Base-256 values are two's complement when bit 6 is set too."""
     if raw and raw[0] & 0x80:
@@ -254,7 +258,7 @@ def parse_number(raw: bytes, what: str, offset: int) -> int:
     return parse_octal(raw, what, offset)
 
 
-def parse_optional_number(raw: bytes, what: str, offset: int) -> int | None:
+def parse_optional_number(raw: Octets, what: str, offset: int) -> int | None:
     """Like :func:`parse_number`, but None for an all-space/NUL field."""
     if not raw.strip(b" \0"):
         return None
@@ -287,7 +291,7 @@ def pax_overrides(
     return values[0], values[1], values[2]
 
 
-def parse_pax(body: bytes, offset: int) -> Mapping[str, str]:
+def parse_pax(body: Octets, offset: int) -> Mapping[str, str]:
     """Parse a PAX header body into its records (Go's parsePAX); later duplicates win.
 
     Each record is ``"<len> <key>=<value>\\n"``: ``len`` plain ASCII digits counting the
@@ -312,7 +316,7 @@ def parse_pax(body: bytes, offset: int) -> Mapping[str, str]:
     return _parse_pax_exact(body, offset)
 
 
-def _parse_pax_exact(body: bytes, offset: int) -> Mapping[str, str]:
+def _parse_pax_exact(body: Octets, offset: int) -> Mapping[str, str]:
     records: dict[str, str] = {}
     position = 0
     end = len(body)

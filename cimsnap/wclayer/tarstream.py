@@ -39,15 +39,16 @@ Choices where Go differs or the spec is silent (each pinned by a test in
   :class:`TarFormatError`: expanding them is not implemented, and silently yielding the
   sparse map as data would corrupt the file.
 * One trailing ``/`` is removed from names and recorded in :attr:`TarHeader.trailing_slash`.
-* The reader never seeks (a seek past the end of a file cannot detect truncation); skipped
-  data is read and discarded.
+* Skipped data is read and discarded, except that on a seekable source (a regular file) a
+  long skip seeks to the last byte of the skipped range and reads that byte, as Go does:
+  a seek alone past the end of a file succeeds, the read then detects the truncation.
 
 The reader never creates a host path; entry names are data for the caller to validate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -71,6 +72,7 @@ from cimsnap.wclayer.tarformat import (
     TYPEFLAG_AT,
     USTAR_FAST,
     USTAR_SPANS,
+    Octets,
     TarFormatError,
     TarTruncatedError,
     check_header_sum,
@@ -85,6 +87,9 @@ from cimsnap.wclayer.tarformat import (
 
 _READ_SIZE: Final = 1 << 20
 _DIRECT_READ_MIN: Final = 64 * 1024
+#: Skips longer than this seek instead of reading, when the source is seekable.
+_SEEK_MIN: Final = 256 * 1024
+_REFILL_AFTER_SEEK: Final = 16 * 1024
 _EMPTY_PAX: Final[Mapping[str, str]] = MappingProxyType({})
 _NAME_END: Final = USTAR_SPANS["name"][1]
 _SIZE_START, _SIZE_END = USTAR_SPANS["size"]
@@ -139,6 +144,18 @@ class _Source(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+def _seek_of(stream: object) -> Callable[[int, int], int] | None:
+    """The source's ``seek`` if it says it is seekable (regular files), else None."""
+    seekable = getattr(stream, "seekable", None)
+    try:
+        if seekable is None or not seekable():
+            return None
+    except (OSError, ValueError):
+        return None
+    seek: Callable[[int, int], int] | None = getattr(stream, "seek", None)
+    return seek
+
+
 class TarEntry:
     """One entry: its :attr:`header` and a bounded stream of its data.
 
@@ -167,7 +184,8 @@ class TarEntry:
             start = reader._pos
             reader._pos = start + size
             self.remaining -= size
-            return reader._buf[start : start + size]
+            with memoryview(reader._buf) as buffered:
+                return bytes(buffered[start : start + size])
         buffer = bytearray(size) if size <= _READ_SIZE else None
         if buffer is not None:
             self.readinto(buffer)
@@ -221,7 +239,9 @@ class TarReader:
     def __init__(self, stream: _Source) -> None:
         self._stream = stream
         self._readinto = getattr(stream, "readinto", None)
-        self._buf = b""
+        self._seek = _seek_of(stream)
+        self._refill = _READ_SIZE
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._base = 0
         self._current: TarEntry | None = None
@@ -245,17 +265,37 @@ class TarReader:
     # -- buffer ----------------------------------------------------------------------------
 
     def _fill(self, size: int) -> bool:
-        """Make ``size`` bytes available at ``_pos``; False if the stream ends first."""
-        parts = [self._buf[self._pos :]]
-        have = len(parts[0])
-        while have < size:
-            chunk = self._stream.read(max(_READ_SIZE, size - have))
-            if not chunk:
-                break
-            parts.append(chunk)
-            have += len(chunk)
+        """Make ``size`` bytes available at ``_pos``; False if the stream ends first.
+
+        The unread rest moves to the front of a fresh buffer and the source reads straight
+        into the space after it: one copy per stream byte (a ``bytes`` join would copy
+        every refill a second time). Buffers are replaced, never resized, so a memoryview
+        of an old one can never pin it.
+        """
+        leftover = len(self._buf) - self._pos
+        refill = self._refill
+        self._refill = _READ_SIZE
+        fresh = bytearray(leftover + max(refill, size - leftover))
+        have = leftover
+        with memoryview(fresh) as view:
+            if leftover:
+                with memoryview(self._buf) as old:
+                    view[:leftover] = old[self._pos :]
+            readinto = self._readinto
+            while have < size:
+                if readinto is not None:
+                    got = readinto(view[have:]) or 0
+                else:
+                    chunk = self._stream.read(len(fresh) - have)
+                    got = len(chunk)
+                    view[have : have + got] = chunk
+                if not got:
+                    break
+                have += got
+        if have < len(fresh):
+            del fresh[have:]
         self._base += self._pos
-        self._buf = b"".join(parts) if len(parts) > 1 else parts[0]
+        self._buf = fresh
         self._pos = 0
         return have >= size
 
@@ -264,7 +304,8 @@ class TarReader:
         available = len(self._buf) - self._pos
         if available:
             size = min(available, len(view))
-            view[:size] = self._buf[self._pos : self._pos + size]
+            with memoryview(self._buf) as source:  # one copy, straight into the caller's buffer
+                view[:size] = source[self._pos : self._pos + size]
             self._pos += size
             return size
         self._base += self._pos
@@ -287,6 +328,14 @@ class TarReader:
         self._base += len(self._buf)
         self._buf = b""
         self._pos = 0
+        if self._seek is not None and size > _SEEK_MIN:
+            # Go's trick: seek to the last byte and read it, so a stream that is too short
+            # still fails here (a seek past the end of a file succeeds silently). The next
+            # refill reads little: the entry after this one may be skipped by a seek too.
+            self._seek(size - 1, 1)
+            self._base += size - 1
+            size = 1
+            self._refill = _REFILL_AFTER_SEEK
         scratch = memoryview(bytearray(min(size, _READ_SIZE)))
         while size:
             step = min(size, len(scratch))
@@ -319,7 +368,7 @@ class TarReader:
         self._pos = at + BLOCK_SIZE
         return at
 
-    def _body(self, size: int, kind: str, offset: int) -> bytes:
+    def _body(self, size: int, kind: str, offset: int) -> Octets:
         """Read a PAX/GNU special body of ``size`` bytes plus its padding."""
         if size > MAX_SPECIAL_SIZE:
             raise TarFormatError(
@@ -425,7 +474,7 @@ class TarReader:
 
     def _entry(
         self,
-        buf: bytes,
+        buf: Octets,
         at: int,
         typeflag: str,
         block_offset: int,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from typing import Final
 
@@ -185,22 +186,34 @@ def _base64(value: str, key: str) -> bytes:
         raise LayerFormatError(f"{key} is not valid base64: {e}") from e
 
 
+@functools.lru_cache(maxsize=256)
+def _raw_security_descriptor(raw: str) -> bytes:
+    """Decode and validate one ``MSWINDOWS.rawsd`` value. Memoised: a layer reuses a
+    handful of descriptors across thousands of entries (a pure function of the text)."""
+    sd = _base64(raw, PAX_RAW_SD)
+    problem = security_descriptor_problem(sd)
+    if problem:
+        raise LayerFormatError(f"{PAX_RAW_SD} is not a self-relative descriptor: {problem}")
+    if len(sd) > 0xFFFF:
+        raise LayerFormatError(f"{PAX_RAW_SD} is {len(sd)} bytes, over 65535")
+    return sd
+
+
 def security_descriptor(pax: Mapping[str, str]) -> bytes | None:
     """The entry's self-relative SD: ``MSWINDOWS.rawsd`` (strict base64, structure
     validated) first, else the SDDL of ``MSWINDOWS.sd`` converted, else None."""
     raw = pax.get(PAX_RAW_SD)
     if raw is not None:
-        sd = _base64(raw, PAX_RAW_SD)
-        problem = security_descriptor_problem(sd)
-        if problem:
-            raise LayerFormatError(f"{PAX_RAW_SD} is not a self-relative descriptor: {problem}")
-        if len(sd) > 0xFFFF:
-            raise LayerFormatError(f"{PAX_RAW_SD} is {len(sd)} bytes, over 65535")
-        return sd
+        return _raw_security_descriptor(raw)
     sddl = pax.get(PAX_SDDL)
     if sddl is not None:
-        return sddl_to_security_descriptor(sddl)
+        return _sddl_security_descriptor(sddl)
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _sddl_security_descriptor(sddl: str) -> bytes:
+    return sddl_to_security_descriptor(sddl)
 
 
 def ea_buffer(pax: Mapping[str, str]) -> bytes:

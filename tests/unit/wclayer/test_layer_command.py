@@ -3,6 +3,7 @@ SIGINT; failures leave nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -277,3 +278,38 @@ def test_stdin_import(tmp_path: Path, chain: list[GeneratedLayer]) -> None:
     assert result.stderr == b""
     assert (tmp_path / "cim-layers" / "l0.cim").is_file()
     assert io.BytesIO(result.stdout).read().endswith(b"bytes of file data\n")
+
+
+def test_progress_on_a_terminal(tmp_path: Path, chain: list[GeneratedLayer]) -> None:
+    """stderr on a pseudo-terminal gets the progress line (MB, MB/s, entries)."""
+    import pty
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    master, slave = pty.openpty()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cimsnap",
+                "layer",
+                "import",
+                str(chain[0].path),
+                "--layer-dir",
+                str(tmp_path / "l0"),
+            ],
+            stderr=slave,
+            stdout=subprocess.PIPE,
+            env=env,
+            check=False,
+        )
+        os.close(slave)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                shown += chunk
+    finally:
+        os.close(master)
+    assert result.returncode == 0
+    last = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{chain[0].entries:,} entries" in last and "MB/s" in last

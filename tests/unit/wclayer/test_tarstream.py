@@ -7,6 +7,8 @@ import io
 import tarfile
 import tracemalloc
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -453,3 +455,46 @@ def test_fast_unpacker_matches_the_declaration() -> None:
 def test_layer_format_error_is_the_base() -> None:
     assert issubclass(TarFormatError, LayerFormatError)
     assert issubclass(TarTruncatedError, LayerFormatError)
+
+
+def test_gnu_long_name_bomb_is_refused() -> None:
+    long_ti = tarfile.TarInfo("././@LongLink")
+    long_ti.type = tarfile.GNUTYPE_LONGNAME
+    long_ti.size = 2 << 20
+    with pytest.raises(TarFormatError) as info_:
+        read_all(long_ti.tobuf(tarfile.GNU_FORMAT) + b"a" * 4096)
+    assert "limit" in info_.value.reason
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_skipping_large_entries(tmp_path: Path, seekable: bool) -> None:
+    """Skips seek on a regular file (and read elsewhere); both land on the next header and
+    both notice a file cut inside the skipped data."""
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    data = make_tar([info("big", payload), info("next", b"n"), info("big2", payload)])
+    path = tmp_path / "layer.tar"
+    path.write_bytes(data)
+    with path.open("rb", buffering=0) as raw:
+        source = raw if seekable else io.BufferedReader(Unseekable(raw))
+        reader = TarReader(source)
+        names = []
+        for entry in reader:
+            names.append(entry.header.name)
+            if entry.header.name == "next":
+                assert entry.read() == b"n"
+        assert names == ["big", "next", "big2"]
+    path.write_bytes(data[: len(data) // 2 + 1000])
+    with path.open("rb", buffering=0) as raw, pytest.raises(TarTruncatedError) as info_:
+        list(TarReader(raw if seekable else io.BufferedReader(Unseekable(raw))))
+    assert info_.value.entry == "big2" or info_.value.entry == "big"
+
+
+class Unseekable(io.RawIOBase):
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.raw.readinto(buffer) or 0
