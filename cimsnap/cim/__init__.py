@@ -1,6 +1,7 @@
 """Classic CimFS (v2.x) images: format declarations, reader, verifier and writer.
 
-See ``/work/shared/docs/cim-format.md``. This package knows nothing of containers.
+``docs/format-choices.md`` lists the choices made where the format is not publicly known.
+This package knows nothing of containers.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -125,20 +125,30 @@ def symlink_reparse_buffer(target: str) -> bytes:
     return bytes(header) + name + name
 
 
+#: Flags that open one directory of the tree without following a link in its place.
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class _Builder:
+    """The walk of one source tree; every entry is reached through its directory's
+    descriptor (``openat``-style, ``O_NOFOLLOW``), so a symlink swapped into the tree while
+    it is read is stored as a link, never followed out of the tree."""
+
     def __init__(
         self,
         writer: CimWriter,
         src: Path,
+        root_fd: int,
         fork: bool,
         progress: Callable[[int, int], None] | None,
         output: os.stat_result,
     ) -> None:
         self.writer = writer
         self.src = src
+        self.root_fd = root_fd
         self.fork = fork
         self.output = (output.st_dev, output.st_ino)
-        root = os.stat(src)
+        root = os.fstat(root_fd)
         self.output_is_source = (root.st_dev, root.st_ino) == self.output
         self.progress = progress
         self.files = 0
@@ -157,25 +167,49 @@ class _Builder:
             self.progress(self.files, self.bytes)
 
     def run(self) -> None:
-        stack: list[tuple[Path, str]] = [(self.src, "")]
-        while stack:
-            host, image = stack.pop()
-            subdirectories = self.directory(host, image)
-            stack.extend(reversed(subdirectories))
-
-    def _list(self, host: Path) -> list[os.DirEntry[str]]:
+        """Store the tree in pre-order, holding one descriptor per level of depth."""
+        root_dir = _Dir(self.root_fd, self.src, "", ())
+        stack: list[tuple[_Dir, Iterator[tuple[str, str]]]] = [
+            (root_dir, iter(self.directory(root_dir)))
+        ]
         try:
-            with os.scandir(host) as it:
+            while stack:
+                parent, pending = stack[-1]
+                step = next(pending, None)
+                if step is None:
+                    stack.pop()
+                    if parent.fd != self.root_fd:
+                        os.close(parent.fd)
+                    continue
+                name, image = step
+                host = parent.host / name
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+                except OSError as e:
+                    self.problem(host, f"cannot open directory: {e.strerror}")
+                    continue
+                child = _Dir(fd, host, image, (*parent.parts, name))
+                stack.append((child, iter(())))  # registered first: the finally closes it
+                stack[-1] = (child, iter(self.directory(child)))
+        finally:
+            for opened, _ in stack:
+                if opened.fd != self.root_fd:
+                    os.close(opened.fd)
+
+    def _list(self, here: _Dir) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(here.fd) as it:
                 entries = list(it)
         except OSError as e:
-            self.problem(host, f"cannot list directory: {e.strerror}")
+            self.problem(here.host, f"cannot list directory: {e.strerror}")
             return []
         entries.sort(key=lambda e: os.fsencode(e.name))
         return entries
 
-    def directory(self, host: Path, image: str) -> list[tuple[Path, str]]:
+    def directory(self, here: _Dir) -> list[tuple[str, str]]:
         """Store the entries of one directory; return its subdirectories to visit."""
-        entries = self._list(host)
+        host, image = here.host, here.image
+        entries = self._list(here)
         if not image and self.output_is_source:
             entries = self._without_own_files(entries)
         names = {e.name for e in entries}
@@ -185,18 +219,18 @@ class _Builder:
             # Opaque: drop everything the parent had here, keep the directory itself.
             if self.writer.exists(image):
                 self.writer.delete_path(image)
-            self.writer.create_file(image, _metadata(os.stat(host), _DIRECTORY))
+            self.writer.create_file(image, _metadata(os.fstat(here.fd), _DIRECTORY))
         # Whiteouts first: they delete from the parent only, never an entry of this layer
         # (OCI image spec), whatever the byte order of the names.
         for entry in entries:
             if entry.name.startswith(_WHITEOUT):
-                self.whiteout(Path(entry.path), image, entry.name)
+                self.whiteout(host / entry.name, image, entry.name)
         seen: dict[str, str] = {}
-        subdirectories: list[tuple[Path, str]] = []
+        subdirectories: list[tuple[str, str]] = []
         for entry in entries:
             if entry.name.startswith(_WHITEOUT):
                 continue
-            path = Path(entry.path)
+            path = host / entry.name
             reason = invalid_name_reason(entry.name)
             if reason is not None:
                 self.problem(path, f"name cannot be stored: {reason}")
@@ -207,8 +241,8 @@ class _Builder:
                 continue
             seen[key] = entry.name
             child = f"{image}\\{entry.name}" if image else entry.name
-            if self.entry(entry, path, child):
-                subdirectories.append((path, child))
+            if self.entry(here, entry, path, child):
+                subdirectories.append((entry.name, child))
         return subdirectories
 
     def _without_own_files(self, entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
@@ -218,7 +252,7 @@ class _Builder:
         kept = []
         for entry in entries:
             if entry.name == self.writer.image_name or guid in entry.name:
-                self.problem(Path(entry.path), "the image's own file is not stored")
+                self.problem(self.src / entry.name, "the image's own file is not stored")
             else:
                 kept.append(entry)
         return kept
@@ -235,7 +269,7 @@ class _Builder:
         if self.writer.exists(victim):
             self.writer.delete_path(victim)
 
-    def entry(self, entry: os.DirEntry[str], path: Path, image: str) -> bool:
+    def entry(self, here: _Dir, entry: os.DirEntry[str], path: Path, image: str) -> bool:
         """Store one entry; True if it is a directory to descend into."""
         try:
             st = entry.stat(follow_symlinks=False)
@@ -251,14 +285,14 @@ class _Builder:
             self.counted()
             return True
         if stat.S_ISREG(mode):
-            self.regular(path, image, st)
+            self.regular(here, entry.name, path, image, st)
         elif stat.S_ISLNK(mode):
-            self.symlink(path, image, st)
+            self.symlink(here, entry.name, path, image, st)
         else:
             self.problem(path, f"file type {stat.S_IFMT(mode):#o} has no CIM form")
         return False
 
-    def regular(self, path: Path, image: str, st: os.stat_result) -> None:
+    def regular(self, here: _Dir, name: str, path: Path, image: str, st: os.stat_result) -> None:
         identity = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             first = self.inodes.get(identity)
@@ -267,7 +301,7 @@ class _Builder:
                 self.counted()
                 return
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=here.fd)
         except OSError as e:
             self.problem(path, f"cannot open: {e.strerror}")
             return
@@ -297,9 +331,9 @@ class _Builder:
             self.inodes[identity] = image
         self.counted(st.st_size)
 
-    def symlink(self, path: Path, image: str, st: os.stat_result) -> None:
+    def symlink(self, here: _Dir, name: str, path: Path, image: str, st: os.stat_result) -> None:
         try:
-            target = os.readlink(path)
+            target = os.readlink(name, dir_fd=here.fd)
         except OSError as e:
             self.problem(path, f"cannot read link: {e.strerror}")
             return
@@ -312,12 +346,53 @@ class _Builder:
         if bad or not target or len(reparse) > _MAX_REPARSE:
             self.problem(path, f"symlink target {target!r} cannot be stored")
             return
-        resolved = (path.parent / target).resolve()
-        is_dir = resolved.is_dir() and resolved.is_relative_to(self.src.resolve())
+        is_dir = self._is_tree_directory(here.parts, target)
         self.writer.create_file(
             image, _metadata(st, _DIRECTORY if is_dir else _ARCHIVE, 0, reparse)
         ).close()
         self.counted()
+
+    def _is_tree_directory(self, base: tuple[str, ...], target: str) -> bool:
+        """True if relative ``target``, seen from directory ``base`` of the tree, names a
+        directory inside the tree, found without following any link (a link to a link
+        counts as a file)."""
+        parts = list(base)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    return False  # leaves the tree
+                parts.pop()
+            else:
+                parts.append(part)
+        if not parts:
+            return True
+        fd = self.root_fd
+        try:
+            for part in parts[:-1]:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if fd != self.root_fd:
+                    os.close(fd)
+                fd = next_fd
+            final = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        finally:
+            if fd != self.root_fd:
+                os.close(fd)
+        return stat.S_ISDIR(final.st_mode)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dir:
+    """One open directory of the walk: its descriptor, host path (for messages), image
+    path and path components below the tree's root."""
+
+    fd: int
+    host: Path
+    image: str
+    parts: tuple[str, ...]
 
 
 def build_from_directory(
@@ -326,11 +401,16 @@ def build_from_directory(
     *,
     parent: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    src_dir_fd: int | None = None,
 ) -> BuildReport:
     """Build the image ``cim_path`` from ``src_dir`` (see the module docstring).
 
     ``parent``: a ``.cim`` in the same directory as ``cim_path`` to fork. ``progress`` is
     called with (objects done, bytes done) every 1024 objects and once at the end.
+    ``src_dir_fd``: an open descriptor of the source directory, which is then read through
+    it (``src_dir`` only names entries in ``problems``); the caller keeps ownership. Without
+    it ``src_dir`` itself is opened (a link there is the caller's choice and is followed);
+    below the top, no link is ever followed.
 
     Raises CimInvalidArgumentError if ``parent`` is in another directory, the writer's
     errors (CimFileExistsError if ``cim_path`` exists, CimNotFoundError for a missing
@@ -340,15 +420,26 @@ def build_from_directory(
     directory = cim_path.parent
     if parent is not None and parent.parent.resolve() != directory.resolve():
         raise CimInvalidArgumentError(f"parent {parent} is not in {directory}")
-    root_stat = os.stat(src_dir)
-    with CimWriter(
-        directory, cim_path.name, parent=None if parent is None else parent.name
-    ) as writer:
-        builder = _Builder(writer, src_dir, parent is not None, progress, os.stat(directory))
-        if parent is None:
-            writer.create_file("", _metadata(root_stat, _DIRECTORY))
-        builder.run()
-        writer.commit()
+    root_fd = (
+        os.open(src_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if src_dir_fd is None
+        else src_dir_fd
+    )
+    try:
+        root_stat = os.fstat(root_fd)
+        with CimWriter(
+            directory, cim_path.name, parent=None if parent is None else parent.name
+        ) as writer:
+            builder = _Builder(
+                writer, src_dir, root_fd, parent is not None, progress, os.stat(directory)
+            )
+            if parent is None:
+                writer.create_file("", _metadata(root_stat, _DIRECTORY))
+            builder.run()
+            writer.commit()
+    finally:
+        if src_dir_fd is None:
+            os.close(root_fd)
     if progress is not None:
         progress(builder.files, builder.bytes)
     return BuildReport(files=builder.files, bytes=builder.bytes, problems=builder.problems)

@@ -1,7 +1,8 @@
 """On-disk structures and constants of the classic CimFS image, version 2.x.
 
-Every structure is declared here exactly once, with ``construct``, under the name the spec
-uses (``/work/shared/docs/cim-format.md``, cited as §n). Field names are the spec's names in
+Every structure is declared here exactly once, with ``construct``, under the name the
+project's CimFS format notes use (their sections are cited as §n; ``docs/format-choices.md``
+lists the choices made where the format is unknown). Field names are those names in
 snake_case. Logic elsewhere imports these declarations; it never re-states a layout.
 
 Hot structures also get a fast path: :func:`derive_fast` turns a fixed-size declaration into

@@ -113,8 +113,12 @@ class NameOrder:
         """Build the order from a stored 131,072-byte table (u16 LE entries, §5).
 
         Raises ValueError if the table has the wrong size (the reader checks first and
-        raises CimFormatError instead).
+        raises CimFormatError instead). Windows' own table (what every image cimsnap writes
+        holds) reuses the cached mapping of :meth:`default` instead of rebuilding 65,536
+        entries: opening a parent for every layer commit paid that each time.
         """
+        if table == windows_upcase.upcase_table_bytes():
+            return cls.default()
         return cls(windows_upcase.translation_from_table(table))
 
     def key(self, name: str) -> str:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from cimsnap.daemon.config import Config
+from cimsnap.daemon.decoding import DecodeChecked
 from cimsnap.daemon.listen import (
     ListenAddress,
     TcpAddress,
@@ -89,13 +90,15 @@ class Daemon:
     async def start(self) -> None:
         """Bind and start serving; raises ``Unavailable`` if the address cannot be bound."""
         server = grpc.aio.server(options=[*MESSAGE_SIZE_OPTIONS, ("grpc.so_reuseport", 0)])
+        checked = DecodeChecked(server)  # undecodable requests answer INVALID_ARGUMENT
         for service in self._services:
-            service.add_to_server(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            service.add_to_server(checked)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, checked)
         if self._config.reflection:
             names = [s.service_name for s in self._services]
             names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-            reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+            reflector = reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME])
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, checked)
         self._bind(server)
         await server.start()
         self._server = server
@@ -131,8 +134,11 @@ class Daemon:
         self._stop_requested.set()
 
     async def serve_forever(self) -> None:
-        """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully."""
-        await self.start()
+        """Start, wait for SIGTERM/SIGINT (or ``request_stop``), then stop gracefully.
+
+        The handlers are installed before ``start()`` sends ``READY=1``: a stop signal that
+        arrives right after readiness (``systemctl stop`` just after start) still drains.
+        """
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
             try:
@@ -140,6 +146,7 @@ class Daemon:
             except NotImplementedError:  # Windows: no loop signal handlers
                 signal.signal(signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s))
         try:
+            await self.start()
             await self._stop_requested.wait()
             await self.stop()
         finally:

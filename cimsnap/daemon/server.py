@@ -2,6 +2,10 @@
 
 The services here are pure adapters (request -> snapshotter call -> response; error class ->
 status code), in the manner of containerd's ``contrib/snapshotservice``. They hold no logic.
+Each handler does all of its work (request conversion, the call, building the response)
+inside one ``BlockingCalls`` call, so any failure gets a deliberate status; requests whose
+bytes do not decode are refused INVALID_ARGUMENT before a handler runs
+(``cimsnap.daemon.decoding``, applied by the daemon to every service it registers).
 The snapshotter is synchronous and does blocking file and SQLite I/O, so every call runs on
 a bounded thread pool (``max_workers``), never on the event loop; the one exception is a
 snapshotter's optional non-blocking Stat (``NonBlockingStat``), which runs on the loop and
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,15 +46,19 @@ from cimsnap.daemon.metrics import RpcMetrics
 from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
+    "LIST_BATCH_BYTES",
     "LIST_BATCH_SIZE",
     "MAX_MESSAGE_BYTES",
+    "MAX_STATUS_MESSAGE_CHARS",
     "MESSAGE_SIZE_OPTIONS",
+    "READ_WORKERS",
     "STATUS_CODES",
     "BlockingCalls",
     "GrpcService",
     "NonBlockingStat",
     "SnapshotsService",
     "SnapshotterAPI",
+    "shortened",
     "status_code_for",
 ]
 
@@ -70,6 +79,9 @@ STATUS_CODES: Final[Mapping[type[errdefs.CimsnapError], grpc.StatusCode]] = {
 
 #: containerd's snapshot service streams List results in batches of this many (§2.2).
 LIST_BATCH_SIZE: Final = 100
+#: [choice] A List response also stays under this many bytes (a quarter of the message
+#: limit), however large the labels of its snapshots are.
+LIST_BATCH_BYTES: Final = 4 * 1024 * 1024
 
 #: containerd's proxy client allows 16 MiB messages each way (§5.1); so do we.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
@@ -79,10 +91,31 @@ MESSAGE_SIZE_OPTIONS: Final = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 
+#: [choice] Longest status message sent (characters); see ``shortened``.
+MAX_STATUS_MESSAGE_CHARS: Final = 1024
+
+#: [choice] Threads for read-only calls (List, Stat, Mounts, Usage), beside max_workers.
+READ_WORKERS: Final = 4
+
 # Go's zero time.Time (0001-01-01T00:00:00Z) as protobuf seconds: containerd sends it in
 # Update requests for timestamps it does not set (§1.3).
 _GO_ZERO_SECONDS: Final = -62135596800
 _EPOCH: Final = datetime.fromtimestamp(0, UTC)
+
+
+def shortened(message: str) -> str:
+    """``message`` cut to at most MAX_STATUS_MESSAGE_CHARS, keeping its head and its tail.
+
+    Error messages quote their subject (a key, a filter), which a client may make a megabyte
+    long; a status message travels in HTTP/2 trailers, and one over the peer's header limit
+    turns the answer into RESOURCE_EXHAUSTED. The tail keeps containerd's class suffix
+    (": not found").
+    """
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    tail = MAX_STATUS_MESSAGE_CHARS // 4
+    head = MAX_STATUS_MESSAGE_CHARS - tail - 5
+    return f"{message[:head]} ... {message[-tail:]}"
 
 
 def status_code_for(error: errdefs.CimsnapError) -> grpc.StatusCode:
@@ -111,7 +144,9 @@ class SnapshotterAPI(Protocol):
     def stat(self, key: str) -> Info: ...
     def update(self, info: Info, fieldpaths: Sequence[str]) -> Info: ...
     def usage(self, key: str) -> Usage: ...
-    def list(self, filters: Sequence[str] = ()) -> list[Info]: ...
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]: ...
     def cleanup(self) -> None: ...
 
 
@@ -137,20 +172,40 @@ class BlockingCalls:
     RPC's outcome is decided: a ``CimsnapError`` aborts with its mapped code and its own
     message; any other exception is logged with a traceback and aborts with INTERNAL. Every
     outcome is recorded in ``metrics``.
+
+    Calls that only read (``run_read()``, and ``run_nowait()``'s fallback) have their own
+    pool of ``READ_WORKERS`` threads, so a List or a Stat never queues behind Commits and
+    Removes that occupy every writer thread (measured with 50 mixed clients: List p99 0.7 s when
+    reads shared the pool).
     """
 
     def __init__(self, max_workers: int, metrics: RpcMetrics) -> None:
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="cimsnap-call")
+        self._readers = ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="cimsnap-read")
 
     async def run(
         self, method: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
     ) -> T:
         """Run ``fn(*args)`` in a worker thread; abort ``context`` if it raises."""
+        return await self._in_pool(self._executor, method, context, fn, *args)
+
+    async def run_read(
+        self, method: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
+    ) -> T:
+        """As :meth:`run`, for a call that only reads: on the read pool."""
+        return await self._in_pool(self._readers, method, context, fn, *args)
+
+    async def _in_pool(
+        self,
+        pool: ThreadPoolExecutor,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[..., T],
+        *args: object,
+    ) -> T:
         loop = asyncio.get_running_loop()
-        return await self._answer(
-            method, context, lambda: loop.run_in_executor(self._executor, fn, *args)
-        )
+        return await self._answer(method, context, lambda: loop.run_in_executor(pool, fn, *args))
 
     async def run_nowait(
         self,
@@ -173,7 +228,7 @@ class BlockingCalls:
                 return fn(*args)
             except WouldBlock:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._executor, fallback, *args)
+                return await loop.run_in_executor(self._readers, fallback, *args)
 
         return await self._answer(method, context, attempt)
 
@@ -198,25 +253,36 @@ class BlockingCalls:
             log.error("%s failed unexpectedly", method, exc_info=True)
         finally:
             self.metrics.observe(method, code.name, time.perf_counter() - started)
-        await context.abort(code, message)
+        await context.abort(code, shortened(message))
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def shutdown(self) -> None:
         """Wait for running calls to finish, then stop the threads. Blocks; idempotent."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
-    return ts
+    """``Timestamp.FromDatetime(value)`` (a naive ``value`` is UTC), at a third of its cost:
+    List converts two per snapshot."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
-    """Convert an input timestamp; unset and Go-zero values become the Unix epoch."""
+    """Convert an input timestamp; unset and Go-zero values become the Unix epoch.
+
+    Raises InvalidArgument for a timestamp protobuf calls invalid (after year 9999, or
+    nanos outside [0, 1e9)).
+    """
     if not present or ts.seconds <= _GO_ZERO_SECONDS:
         return _EPOCH
-    return ts.ToDatetime(tzinfo=UTC)
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as e:
+        raise errdefs.InvalidArgument(f"timestamp: {e}: invalid argument") from e
 
 
 def info_to_pb(info: Info) -> pb.Info:
@@ -232,7 +298,10 @@ def info_to_pb(info: Info) -> pb.Info:
 
 
 def info_from_pb(message: pb.Info) -> Info:
-    """Build an ``Info`` from the wire; an unknown kind number becomes ``Kind.UNKNOWN``."""
+    """Build an ``Info`` from the wire; an unknown kind number becomes ``Kind.UNKNOWN``.
+
+    Raises InvalidArgument for an invalid timestamp (call it under the error mapping).
+    """
     try:
         kind = Kind(message.kind)
     except ValueError:
@@ -254,8 +323,20 @@ def mounts_to_pb(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
     ]
 
 
-def _batches(items: Sequence[Info], size: int) -> list[Sequence[Info]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def _batches(infos: Sequence[pb.Info]) -> list[Sequence[pb.Info]]:
+    """Split ``infos`` into List responses of at most LIST_BATCH_SIZE entries and, unless an
+    entry alone is larger, at most LIST_BATCH_BYTES encoded bytes."""
+    batches: list[Sequence[pb.Info]] = []
+    start, size = 0, 0
+    for i, info in enumerate(infos):
+        entry = info.ByteSize() + 8  # the repeated field's tag and length
+        if i > start and (i - start == LIST_BATCH_SIZE or size + entry > LIST_BATCH_BYTES):
+            batches.append(infos[start:i])
+            start, size = i, 0
+        size += entry
+    if start < len(infos):
+        batches.append(infos[start:])
+    return batches
 
 
 class SnapshotsService(pb_grpc.SnapshotsServicer):
@@ -281,88 +362,127 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         return f"{self.service_name}/{name}"
 
     def _run(
-        self, name: str, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object
+        self, name: str, context: grpc.aio.ServicerContext, build: Callable[[], T]
     ) -> Awaitable[T]:
-        return self._calls.run(self._method(name), context, fn, *args)
+        """Run ``build()`` (request conversion, the call, the response) under the mapping."""
+        return self._calls.run(self._method(name), context, build)
+
+    def _read(
+        self, name: str, context: grpc.aio.ServicerContext, build: Callable[[], T]
+    ) -> Awaitable[T]:
+        """As :meth:`_run`, for a call that only reads."""
+        return self._calls.run_read(self._method(name), context, build)
 
     async def Prepare(
         self, request: pb.PrepareSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareSnapshotResponse:
-        mounts = await self._run(
-            "Prepare", context, self._sn.prepare, request.key, request.parent, dict(request.labels)
-        )
-        return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.PrepareSnapshotResponse:
+            mounts = self._sn.prepare(request.key, request.parent, dict(request.labels))
+            return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+        return await self._run("Prepare", context, build)
 
     async def View(
         self, request: pb.ViewSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.ViewSnapshotResponse:
-        mounts = await self._run(
-            "View", context, self._sn.view, request.key, request.parent, dict(request.labels)
-        )
-        return pb.ViewSnapshotResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.ViewSnapshotResponse:
+            mounts = self._sn.view(request.key, request.parent, dict(request.labels))
+            return pb.ViewSnapshotResponse(mounts=mounts_to_pb(mounts))
+
+        return await self._run("View", context, build)
 
     async def Mounts(
         self, request: pb.MountsRequest, context: grpc.aio.ServicerContext
     ) -> pb.MountsResponse:
-        mounts = await self._run("Mounts", context, self._sn.mounts, request.key)
-        return pb.MountsResponse(mounts=mounts_to_pb(mounts))
+        def build() -> pb.MountsResponse:
+            return pb.MountsResponse(mounts=mounts_to_pb(self._sn.mounts(request.key)))
+
+        return await self._read("Mounts", context, build)
 
     async def Commit(
         self, request: pb.CommitSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run(
-            "Commit",
-            context,
-            self._sn.commit,
-            request.name,
-            request.key,
-            dict(request.labels),
-            request.parent,
-        )
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            labels = dict(request.labels)
+            self._sn.commit(request.name, request.key, labels, request.parent)
+            return empty_pb2.Empty()
+
+        return await self._run("Commit", context, build)
 
     async def Remove(
         self, request: pb.RemoveSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run("Remove", context, self._sn.remove, request.key)
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            self._sn.remove(request.key)
+            return empty_pb2.Empty()
+
+        return await self._run("Remove", context, build)
 
     async def Stat(
         self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatSnapshotResponse:
-        if self._stat_nowait is None:
-            info = await self._run("Stat", context, self._sn.stat, request.key)
-        else:
-            info = await self._calls.run_nowait(
-                self._method("Stat"), context, self._stat_nowait, self._sn.stat, request.key
-            )
-        return pb.StatSnapshotResponse(info=info_to_pb(info))
+        def build() -> pb.StatSnapshotResponse:
+            return pb.StatSnapshotResponse(info=info_to_pb(self._sn.stat(request.key)))
+
+        stat_nowait = self._stat_nowait
+        if stat_nowait is None:
+            return await self._read("Stat", context, build)
+
+        def build_nowait() -> pb.StatSnapshotResponse:
+            return pb.StatSnapshotResponse(info=info_to_pb(stat_nowait(request.key)))
+
+        return await self._calls.run_nowait(self._method("Stat"), context, build_nowait, build)
 
     async def Update(
         self, request: pb.UpdateSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateSnapshotResponse:
-        info = info_from_pb(request.info)
-        paths = list(request.update_mask.paths)
-        updated = await self._run("Update", context, self._sn.update, info, paths)
-        return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
+        def build() -> pb.UpdateSnapshotResponse:
+            info = info_from_pb(request.info)
+            updated = self._sn.update(info, list(request.update_mask.paths))
+            return pb.UpdateSnapshotResponse(info=info_to_pb(updated))
+
+        return await self._run("Update", context, build)
 
     async def List(
         self, request: pb.ListSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ListSnapshotsResponse]:
         # Materialised in the worker first, so no database lock is held while streaming
-        # (the suite Stats from inside a Walk, §2.2).
-        infos = await self._run("List", context, self._sn.list, list(request.filters))
-        for batch in _batches(infos, LIST_BATCH_SIZE):
-            yield pb.ListSnapshotsResponse(info=[info_to_pb(i) for i in batch])
+        # (the suite Stats from inside a Walk, §2.2). Filtering stops when the client
+        # goes away or its deadline passes (the worker cannot be interrupted otherwise).
+        cancelled = threading.Event()
+
+        def build() -> list[pb.ListSnapshotsResponse]:
+            found = self._sn.list(list(request.filters), cancelled=cancelled)
+            infos = [info_to_pb(i) for i in found]
+            return [pb.ListSnapshotsResponse(info=batch) for batch in _batches(infos)]
+
+        remaining = context.time_remaining()
+        timer = None
+        if remaining is not None:
+            timer = asyncio.get_running_loop().call_later(max(0.0, remaining), cancelled.set)
+        try:
+            responses = await self._read("List", context, build)
+        finally:
+            cancelled.set()
+            if timer is not None:
+                timer.cancel()
+        for response in responses:
+            yield response
 
     async def Usage(
         self, request: pb.UsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.UsageResponse:
-        usage = await self._run("Usage", context, self._sn.usage, request.key)
-        return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+        def build() -> pb.UsageResponse:
+            usage = self._sn.usage(request.key)
+            return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+
+        return await self._read("Usage", context, build)
 
     async def Cleanup(
         self, request: pb.CleanupRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        await self._run("Cleanup", context, self._sn.cleanup)
-        return empty_pb2.Empty()
+        def build() -> empty_pb2.Empty:
+            self._sn.cleanup()
+            return empty_pb2.Empty()
+
+        return await self._run("Cleanup", context, build)

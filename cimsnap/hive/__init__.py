@@ -3,7 +3,8 @@
 The in-memory model lives in :mod:`cimsnap.hive.tree`; :func:`read_hive` and
 :func:`open_hive` build it from a file, :func:`write_hive` serializes it as a fresh regf,
 :func:`check_hive` validates an image, :class:`HiveReader` browses one lazily,
-:func:`merge` applies a differencing hive to its base (offreg's ORMergeHives), and
+:func:`merge` applies a differencing hive to its base (offreg's ORMergeHives) on trees,
+:func:`merge_files` does it to files in place, in time and memory that follow the delta, and
 :func:`get_value` / :func:`os_build_number` query a hive file without loading it whole.
 """
 
@@ -15,7 +16,7 @@ from cimsnap.hive.errors import (
     HiveModelError,
     KeyNotFoundError,
 )
-from cimsnap.hive.merge import HiveMergeError, merge, merge_files
+from cimsnap.hive.merge import HiveMergeError, MergeStats, merge, merge_files
 from cimsnap.hive.query import get_value, lookup_value, os_build_number
 from cimsnap.hive.reader import open_hive, read_hive
 from cimsnap.hive.tree import Hive, Key, LayerSemantics, Value, name_key
@@ -34,6 +35,7 @@ __all__ = [
     "KeyNotFoundError",
     "KeyView",
     "LayerSemantics",
+    "MergeStats",
     "Problem",
     "Value",
     "ValueView",

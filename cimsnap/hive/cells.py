@@ -13,6 +13,7 @@ offset ``BASE_BLOCK_SIZE``.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -339,7 +340,9 @@ class FastLayout:
         if self.names != names:
             raise ImportError(f"regf layout changed: {self.names} != {names}")
 
-    def unpack_named(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
+    def unpack_named(
+        self, buf: bytes | bytearray | memoryview | mmap.mmap, offset: int = 0
+    ) -> dict[str, Any]:
         """Unpack one record at ``offset`` into a field-name -> value dict (not for hot paths)."""
         return dict(zip(self.names, self.struct.unpack_from(buf, offset), strict=True))
 
@@ -394,7 +397,7 @@ SID_HEADER_FAST: Final = fast_layout(SID_HEADER)
 # --- format rules -------------------------------------------------------------------
 
 
-def base_block_checksum(block: bytes | bytearray | memoryview) -> int:
+def base_block_checksum(block: bytes | bytearray | memoryview | mmap.mmap) -> int:
     """Checksum of a base block (§4.1): XOR of the first 127 dwords, 0 -> 1, ~0 -> ~0 - 1.
 
     ``block`` must hold at least ``CHECKSUM_OFFSET`` bytes.

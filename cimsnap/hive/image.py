@@ -12,6 +12,7 @@ lists may only point to leaves, and a db record's segments must cover its size.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
@@ -19,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from cimsnap.hive import cells as C
 from cimsnap.hive.errors import ChecksumMismatchError, DirtyHiveError, HiveFormatError
 
-__all__ = ["BaseBlock", "HiveImage", "NodeRecord", "ValueRecord"]
+__all__ = ["BaseBlock", "HiveImage", "NodeRecord", "ValueHead", "ValueRecord"]
 
 _NK = C.NK_HEADER_FAST.struct
 _VK = C.VK_HEADER_FAST.struct
@@ -36,6 +37,8 @@ _VALUE_COMP_NAME: Final = int(C.ValueFlags.COMP_NAME)
 _VALUE_TOMBSTONE: Final = int(C.ValueFlags.TOMBSTONE)
 _LEAF_SIGNATURES: Final = (b"lh", b"lf", b"li")
 _PAIR_LISTS: Final = (b"lh", b"lf")
+#: log2 of the page size of :attr:`HiveImage.loaded` (4 KiB pages).
+PAGE_SHIFT: Final = 12
 
 
 class BaseBlock(NamedTuple):
@@ -47,6 +50,7 @@ class BaseBlock(NamedTuple):
     root_cell_offset: int
     hive_bins_data_size: int
     file_name: str
+    sequence: int  # the primary sequence number (equal to the secondary: a clean hive)
 
 
 class NodeRecord(NamedTuple):
@@ -90,6 +94,16 @@ C.DB_FAST.require_order(("signature", "segment_count", "segment_list"))
 C.HBIN_HEADER_FAST.require_order(("signature", "offset", "size", "reserved", "timestamp", "spare"))
 
 
+class ValueHead(NamedTuple):
+    """A vk cell without its data: name, name size in UTF-16 bytes (what the max-length
+    fields count), data size in bytes (0 for a tombstone) and the tombstone mark."""
+
+    name: str
+    name_size: int
+    data_size: int
+    tombstone: bool
+
+
 class ValueRecord(NamedTuple):
     """One vk cell (§4.1) with its data resolved (``b""`` for tombstones).
 
@@ -104,7 +118,7 @@ class ValueRecord(NamedTuple):
     tombstone: bool
 
 
-def _parse_base_block(data: bytes | memoryview) -> BaseBlock:
+def _parse_base_block(data: bytes | memoryview | mmap.mmap) -> BaseBlock:
     if len(data) < _B:
         raise HiveFormatError(
             "base block", 0, f"file holds {len(data)} bytes, needs 4096", offset_kind="file"
@@ -152,27 +166,40 @@ def _parse_base_block(data: bytes | memoryview) -> BaseBlock:
             offset_kind="file",
         )
     file_name = f["file_name"].decode("utf-16-le", "surrogatepass").split("\0", 1)[0]
-    return BaseBlock(minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name)
+    return BaseBlock(
+        minor, f["flags"], f["last_written"], f["root_cell_offset"], size, file_name, seq1
+    )
 
 
 class HiveImage:
     """A validated regf image: base block parsed, hive bins walked.
 
-    ``data`` is not copied (a ``memoryview`` of a mapped file works); the caller must keep
-    it alive and unchanged. ``track_cells`` makes :meth:`cell` refuse a second reference
-    to any cell (the eager reader's cycle and amplification guard; callers must then cache
-    shared sk cells themselves). Raises :class:`HiveFormatError` (or its dirty/checksum
+    ``data`` is not copied (a ``memoryview`` or ``mmap`` of a file works); the caller must
+    keep it alive and unchanged. ``walk_bins=False`` skips walking (and checking) the bin
+    chain, which touches every bin of the file: :attr:`bins` is then empty, and cells are
+    still bounds-checked against the hive-bins size (the incremental merge's lazy mode).
+    ``track_cells`` makes :meth:`cell` refuse a second reference to any cell (the eager
+    reader's cycle and amplification guard; callers must then cache shared sk cells
+    themselves). Raises :class:`HiveFormatError` (or its dirty/checksum
     subclasses) from the constructor when the base block or bin chain is bad.
     """
 
-    __slots__ = ("base", "bins", "consumed", "data", "end", "layered", "used")
+    __slots__ = ("base", "bins", "consumed", "data", "end", "layered", "loaded", "used")
 
-    def __init__(self, data: bytes | memoryview, *, track_cells: bool = False) -> None:
+    def __init__(
+        self,
+        data: bytes | memoryview | mmap.mmap,
+        *,
+        track_cells: bool = False,
+        walk_bins: bool = True,
+    ) -> None:
         self.data = data
+        # Pages of ``data`` already filled, for the lazy subclass; None: all of them.
+        self.loaded: bytearray | None = getattr(self, "loaded", None)
         self.base = _parse_base_block(data)
         self.end = self.base.hive_bins_data_size  # cell offsets must stay below this
         self.layered = bool(self.base.flags & C.BaseBlockFlags.LAYERED_KEYS)
-        self.bins = self._walk_bins()
+        self.bins = self._walk_bins() if walk_bins else []
         # With track_cells, :meth:`cell` hands out each cell once and the cells handed out
         # may not add up to more than the bins: one byte per 8-byte slot, ~1/8 of the file.
         self.used = bytearray((self.end >> 3) + 1) if track_cells else None
@@ -195,16 +222,64 @@ class HiveImage:
             off += size
         return bins
 
+    def bin_holding(self, off: int) -> tuple[int, int, list[tuple[int, int]]] | None:
+        """The hive bin holding cell ``off``, found without walking the bin chain: (start,
+        size, the (offset, size) of its free cells).
+
+        The bin is the nearest 4 KiB boundary at or below ``off`` whose ``hbin`` header
+        claims that offset and a size reaching past ``off``, and whose cells, walked from
+        the header, tile it and land exactly on ``off``. None when no boundary passes (a
+        damaged base, or ``off`` not a cell start)."""
+        start = off & ~(C.HBIN_ALIGN - 1)
+        while start >= 0:
+            self._need(_B + start, C.HBIN_HEADER_SIZE)
+            sig, own, size = _HBIN.unpack_from(self.data, _B + start)[:3]
+            if sig == b"hbin" and own == start:
+                break
+            start -= C.HBIN_ALIGN
+        else:
+            return None
+        end = start + size
+        if size < C.HBIN_ALIGN or size % C.HBIN_ALIGN or end > self.end or end <= off:
+            return None
+        self._need(_B + start, size)
+        free = []
+        hit = False
+        pos = start + C.HBIN_HEADER_SIZE
+        data = self.data
+        while pos < end:
+            (raw,) = _CELL.unpack_from(data, _B + pos)
+            length = raw if raw > 0 else -raw
+            if length < 8 or length & 7 or pos + length > end:
+                return None
+            if raw > 0:
+                free.append((pos, length))
+            hit = hit or pos == off
+            pos += length
+        return (start, size, free) if hit else None
+
+    def _need(self, pos: int, size: int) -> None:
+        """Hook: ``data[pos : pos + size]`` is about to be read (see
+        :class:`~cimsnap.hive.lazyimage.LazyImage`)."""
+
     def cell(self, off: int, what: str) -> tuple[int, int]:
         """Return (file position of the cell data, data size) of the allocated cell ``off``."""
         if off & 7 or not C.HBIN_HEADER_SIZE <= off <= self.end - 8:
             raise HiveFormatError(what, off, "cell offset out of range or misaligned")
-        (size,) = _CELL.unpack_from(self.data, _B + off)
+        loaded = self.loaded
+        pos = _B + off
+        if loaded is not None and not loaded[pos >> PAGE_SHIFT]:
+            self._need(pos, 4)
+        (size,) = _CELL.unpack_from(self.data, pos)
         if size >= 0:
             raise HiveFormatError(what, off, "refers to a free cell")
         size = -size
         if size < 8 or off + size > self.end:
             raise HiveFormatError(what, off, f"cell size {size} runs past the hive bins")
+        if loaded is not None:
+            last = (pos + size - 1) >> PAGE_SHIFT
+            if last - (pos >> PAGE_SHIFT) > 1 or not loaded[last]:
+                self._need(pos, size)
         used = self.used
         if used is not None:
             slot = off >> 3
@@ -298,6 +373,73 @@ class HiveImage:
                 "nk cell", off, f"{count} subkeys declared, lists hold {len(result)}"
             )
         return result
+
+    def subkey_entries(self, off: int, count: int, list_off: int) -> list[tuple[int, int | None]]:
+        """(child nk offset, lh hash or None for lf/li leaves) of the ``count`` children of
+        the nk at ``off``, in stored order; raises HiveFormatError as :meth:`subkey_offsets`."""
+        if count == 0:
+            return []
+        sig, entries = self.list_leaf(list_off, leaf_only=False)
+        leaves = [(list_off, sig)] if sig != b"ri" else []
+        if sig == b"ri":
+            for leaf in entries:
+                leaves.append((leaf, self.list_leaf(leaf, leaf_only=True)[0]))
+        result: list[tuple[int, int | None]] = []
+        for leaf, leaf_sig in leaves:
+            pos, _n = self.cell(leaf, "subkey list")
+            (leaf_count,) = _LIST.unpack_from(self.data, pos)[1:]
+            if leaf_sig == b"lh":
+                pairs = C.fast_array(C.LH_ELEMENT_FAST, leaf_count).unpack_from(self.data, pos + 4)
+                result.extend(zip(pairs[0::2], pairs[1::2], strict=True))
+            else:
+                result.extend((o, None) for o in self.list_leaf(leaf, leaf_only=True)[1])
+            if len(result) > count:
+                break
+        if len(result) != count:
+            raise HiveFormatError(
+                "nk cell", off, f"{count} subkeys declared, lists hold {len(result)}"
+            )
+        return result
+
+    def subkey_list_cells(self, list_off: int) -> list[int]:
+        """The cells of the subkey list at ``list_off``: the list itself and an ri's leaves."""
+        sig, entries = self.list_leaf(list_off, leaf_only=False)
+        return [list_off, *entries] if sig == b"ri" else [list_off]
+
+    def value_head(self, off: int) -> ValueHead:
+        """Decode the vk cell at ``off`` without its data (see :class:`ValueHead`)."""
+        pos, n = self.cell(off, "vk cell")
+        data = self.data
+        if n < _VK.size:
+            raise HiveFormatError("vk cell", off, f"cell of {n} bytes is too small")
+        sig, name_len, size, _data_off, _vtype, flags, _spare = _VK.unpack_from(data, pos)
+        if sig != b"vk":
+            raise HiveFormatError("vk cell", off, f"signature {sig!r}, not b'vk'")
+        if _VK.size + name_len > n:
+            raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
+        raw = data[pos + _VK.size : pos + _VK.size + name_len]
+        compressed = flags & _VALUE_COMP_NAME
+        name = _decode_name(raw, compressed, "vk cell", off)
+        tombstone = self.layered and bool(flags & _VALUE_TOMBSTONE)
+        data_size = 0 if tombstone else size & 0x7FFFFFFF
+        return ValueHead(name, 2 * name_len if compressed else name_len, data_size, tombstone)
+
+    def value_cells(self, off: int) -> list[int]:
+        """The cells holding the data of the vk at ``off``: none (inline, empty or a
+        tombstone), one data cell, or a db record with its segment list and segments."""
+        pos, _n = self.cell(off, "vk cell")
+        _sig, _nl, size, data_off, _t, flags, _s = _VK.unpack_from(self.data, pos)
+        if size & C.DATA_INLINE_FLAG or size == 0:
+            return []
+        if self.layered and flags & _VALUE_TOMBSTONE:
+            return []
+        dpos, n = self.cell(data_off, "value data")
+        if size > _SEG and self.base.minor_version > 3 and self.data[dpos : dpos + 2] == b"db":
+            if n < _DB.size:
+                raise HiveFormatError("db record", data_off, "cell too small")
+            _dsig, count, list_off = _DB.unpack_from(self.data, dpos)
+            return [data_off, list_off, *self.offsets(list_off, count, "db segment list")]
+        return [data_off]
 
     def value(self, off: int) -> ValueRecord:
         """Decode the vk cell at ``off`` including its data (inline, cell or db)."""

@@ -9,6 +9,7 @@ cell offset; :meth:`HiveReader.walk` tracks visited keys so a cyclic hive cannot
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -172,7 +173,7 @@ class HiveReader:
 
     __slots__ = ("image", "root")
 
-    def __init__(self, data: bytes | memoryview) -> None:
+    def __init__(self, data: bytes | memoryview | mmap.mmap) -> None:
         self.image = HiveImage(data)
         self.root = KeyView(self.image, self.image.base.root_cell_offset)
 

@@ -29,21 +29,28 @@ Output is deterministic: the same model gives the same bytes (no clock reads).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple, Protocol
 
 from cimsnap.hive import cells as C
 from cimsnap.hive.bins import CellAllocator, put_bytes, put_offsets
 from cimsnap.hive.errors import HiveModelError
 from cimsnap.hive.security import DEFAULT_SECURITY_DESCRIPTOR, SecurityCells
-from cimsnap.hive.tree import REG_NONE, Hive, Key, name_key
+from cimsnap.hive.tree import REG_NONE, Hive, Key, Value, name_key
 
 __all__ = [
     "DEFAULT_SECURITY_DESCRIPTOR",
     "LH_LEAF_MAX",
+    "SecuritySink",
+    "ValueCell",
     "output_minor_version",
+    "pack_base_block",
+    "put_subkey_list",
     "write_hive",
     "write_hive_to",
+    "write_subtree",
+    "write_value",
 ]
 
 #: Most entries in one lh leaf. Windows' own split threshold is not documented (§4.5
@@ -101,6 +108,14 @@ _WRITTEN_BASE_FLAGS: Final = 0xFFFFFFFF & ~int(C.BaseBlockFlags.KTM_LOCKED)
 _DERIVED_KEY_FLAGS: Final = int(C.KeyFlags.HIVE_ENTRY | C.KeyFlags.COMP_NAME)
 
 
+class ValueCell(NamedTuple):
+    """A stored value: its vk offset, name size (UTF-16 bytes) and data size (bytes)."""
+
+    offset: int
+    name_size: int
+    data_size: int
+
+
 def output_minor_version(hive: Hive) -> int:
     """Minor version written for ``hive``: 6 if the model says 6 or is a differencing
     hive, else 5.
@@ -135,7 +150,7 @@ def _put_data(cells: CellAllocator, data: bytes) -> int:
     return off
 
 
-def _put_subkey_list(cells: CellAllocator, entries: list[tuple[int, int]], path: str) -> int:
+def put_subkey_list(cells: CellAllocator, entries: list[tuple[int, int]], path: str) -> int:
     """Store sorted (nk offset, hash) pairs as one lh list or an ri of lh leaves."""
     if not entries:
         return _NO_CELL
@@ -175,6 +190,42 @@ def _check_key(key: Key, path: str, differencing: bool, depth: int, name_size: i
         raise HiveModelError(path, "class name longer than 32767 units")
 
 
+def write_value(cells: CellAllocator, value: Value, path: str, differencing: bool) -> ValueCell:
+    """Store one value (vk cell plus its data); return its offset and max-length figures.
+
+    Raises :class:`HiveModelError` (nothing allocated) for a value the format cannot hold.
+    """
+    stored, compressed = _stored_name(value.name)
+    if len(value.name) > C.MAX_VALUE_NAME_LENGTH:
+        raise HiveModelError(path, f"value name longer than {C.MAX_VALUE_NAME_LENGTH}")
+    name_size = 2 * len(value.name) if compressed else len(stored)
+    flags = _VALUE_COMP_NAME if compressed else 0
+    data = value.data
+    data_size = 0
+    if value.tombstone:
+        if not differencing:
+            raise HiveModelError(path, f"tombstone value {value.name!r} in a normal hive")
+        flags |= _VALUE_TOMBSTONE
+        vtype, size, data_off = REG_NONE, 0, _NO_CELL
+    else:
+        vtype = value.type
+        if not 0 <= vtype <= 0xFFFFFFFF:
+            raise HiveModelError(path, f"value {value.name!r} type out of range")
+        size = data_size = len(data)
+        if size > 0x7FFFFFFF or -(-size // _SEG) > 0xFFFF:
+            raise HiveModelError(path, f"value {value.name!r} data too large")
+        if size <= C.INLINE_DATA_MAX:
+            data_off = int.from_bytes(data, "little")
+            size |= C.DATA_INLINE_FLAG
+        else:
+            data_off = _put_data(cells, data)
+    off = cells.alloc(_VK.size + len(stored))
+    pos = off + C.BASE_BLOCK_SIZE + 4
+    _VK.pack_into(cells.buf, pos, b"vk", len(stored), size, data_off, vtype, int(flags), 0)
+    cells.buf[pos + _VK.size : pos + _VK.size + len(stored)] = stored
+    return ValueCell(off, name_size, data_size)
+
+
 def _write_values(
     cells: CellAllocator, key: Key, path: str, differencing: bool
 ) -> tuple[int, int, int]:
@@ -182,35 +233,10 @@ def _write_values(
     vk_offsets = []
     max_name = max_data = 0
     for value in key.values:
-        stored, compressed = _stored_name(value.name)
-        if len(value.name) > C.MAX_VALUE_NAME_LENGTH:
-            raise HiveModelError(path, f"value name longer than {C.MAX_VALUE_NAME_LENGTH}")
-        max_name = max(max_name, 2 * len(value.name) if compressed else len(stored))
-        flags = _VALUE_COMP_NAME if compressed else 0
-        data = value.data
-        if value.tombstone:
-            if not differencing:
-                raise HiveModelError(path, f"tombstone value {value.name!r} in a normal hive")
-            flags |= _VALUE_TOMBSTONE
-            vtype, size, data_off = REG_NONE, 0, _NO_CELL
-        else:
-            vtype = value.type
-            if not 0 <= vtype <= 0xFFFFFFFF:
-                raise HiveModelError(path, f"value {value.name!r} type out of range")
-            size = len(data)
-            if size > 0x7FFFFFFF or -(-size // _SEG) > 0xFFFF:
-                raise HiveModelError(path, f"value {value.name!r} data too large")
-            if size <= C.INLINE_DATA_MAX:
-                data_off = int.from_bytes(data, "little")
-                size |= C.DATA_INLINE_FLAG
-            else:
-                data_off = _put_data(cells, data)
-            max_data = max(max_data, len(data))
-        off = cells.alloc(_VK.size + len(stored))
-        pos = off + C.BASE_BLOCK_SIZE + 4
-        _VK.pack_into(cells.buf, pos, b"vk", len(stored), size, data_off, vtype, int(flags), 0)
-        cells.buf[pos + _VK.size : pos + _VK.size + len(stored)] = stored
-        vk_offsets.append(off)
+        vk = write_value(cells, value, path, differencing)
+        vk_offsets.append(vk.offset)
+        max_name = max(max_name, vk.name_size)
+        max_data = max(max_data, vk.data_size)
     list_off = put_offsets(cells, vk_offsets) if vk_offsets else _NO_CELL
     return list_off, max_name, max_data
 
@@ -242,15 +268,36 @@ def write_hive_to(
     return len(buf)
 
 
-def _serialize(hive: Hive) -> bytearray:
-    differencing = hive.is_differencing
-    cells = CellAllocator(hive.last_written)
-    security = SecurityCells()
-    root_name, root_compressed = _stored_name(hive.root.name)
-    root_off = cells.alloc(_NK.size + len(root_name))
+class SecuritySink(Protocol):
+    """Where a key's security descriptor goes: returns its sk cell offset, counting a use."""
+
+    def use(self, cells: CellAllocator, sd: bytes) -> int: ...
+
+
+def write_subtree(
+    cells: CellAllocator,
+    security: SecuritySink,
+    top: Key,
+    *,
+    parent_offset: int,
+    path: str,
+    depth: int,
+    differencing: bool,
+    hive_root: bool = False,
+) -> int:
+    """Store ``top`` and everything below it as fresh cells; return ``top``'s nk offset.
+
+    ``parent_offset`` goes into ``top``'s nk; ``path`` and ``depth`` (below the hive root)
+    name and bound it in errors; ``hive_root`` gives ``top`` the root's flags. Cells are
+    allocated in a fixed order (a key's nk before its lists, values and sk), so the same
+    subtree gives the same bytes. Raises :class:`HiveModelError` for a model the format
+    cannot hold; the cells allocated so far are then garbage (callers discard the buffer).
+    """
+    top_name, top_compressed = _stored_name(top.name)
+    top_off = cells.alloc(_NK.size + len(top_name))
     # Stack entries: (key, nk offset, parent nk offset, path, depth, stored name, compressed).
     stack: list[tuple[Key, int, int, str, int, bytes, bool]] = [
-        (hive.root, root_off, 0, hive.root.name, 0, root_name, root_compressed)
+        (top, top_off, parent_offset, path, depth, top_name, top_compressed)
     ]
     while stack:
         key, nk_off, parent_off, path, depth, stored, compressed = stack.pop()
@@ -287,7 +334,7 @@ def _serialize(hive: Hive) -> bytearray:
                     child_compressed,
                 )
             )
-        subkey_list = _put_subkey_list(cells, entries, path)
+        subkey_list = put_subkey_list(cells, entries, path)
         class_off, class_len = _NO_CELL, 0
         if key.class_name:
             class_bytes = key.class_name.encode("utf-16-le", "surrogatepass")
@@ -295,7 +342,7 @@ def _serialize(hive: Hive) -> bytearray:
         value_list, max_value_name, max_value_data = _write_values(cells, key, path, differencing)
         sk_off = security.use(cells, key.security or DEFAULT_SECURITY_DESCRIPTOR)
         flags = key.flags & ~_DERIVED_KEY_FLAGS
-        if key is hive.root:
+        if hive_root and key is top:
             flags |= _ROOT_FLAGS
         if compressed:
             flags |= _KEY_COMP_NAME
@@ -328,31 +375,77 @@ def _serialize(hive: Hive) -> bytearray:
             class_len,
         )
         cells.buf[pos + _NK.size : pos + _NK.size + len(stored)] = stored
-    cells.close_bin()
-    buf = cells.buf
-    security.finish(buf)
-    # The last 31 UTF-16 units, so the 64-byte field always keeps a terminating NUL.
-    name_tail = hive.file_name.encode("utf-16-le", "surrogatepass")[-62:]
+    return top_off
+
+
+def pack_base_block(
+    buf: bytearray | mmap.mmap,
+    *,
+    sequence: int,
+    last_written: int,
+    minor_version: int,
+    root_offset: int,
+    hive_bins_size: int,
+    file_name: str,
+    flags: int,
+) -> None:
+    """Write a complete base block (§4.1, §4.5) at ``buf[0:4096]``, checksum included.
+
+    Both sequence numbers get ``sequence`` (a clean hive); reserved areas are zeroed; the
+    file name keeps its last 31 UTF-16 units so the 64-byte field stays NUL-terminated;
+    KTM_LOCKED is never written (no transaction-manager state exists for the file).
+    """
+    name_tail = file_name.encode("utf-16-le", "surrogatepass")[-62:]
     _BASE.pack_into(
         buf,
         0,
         b"regf",
+        sequence,
+        sequence,
+        last_written,
         1,
-        1,
-        hive.last_written,
-        1,
-        output_minor_version(hive),
+        minor_version,
         0,
         1,
-        root_off,
-        len(buf) - C.BASE_BLOCK_SIZE,
+        root_offset,
+        hive_bins_size,
         1,
         name_tail.ljust(64, b"\0"),
         bytes(32),
-        hive.flags & _WRITTEN_BASE_FLAGS,
+        flags & _WRITTEN_BASE_FLAGS,
         bytes(360),
         0,
         bytes(3584),
     )
-    _U32.pack_into(buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf))
+    _U32.pack_into(buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf[: C.CHECKSUM_OFFSET]))
+
+
+def _serialize(hive: Hive) -> bytearray:
+    cells = CellAllocator(hive.last_written)
+    security = SecurityCells()
+    root_off = write_subtree(
+        cells,
+        security,
+        hive.root,
+        parent_offset=0,
+        path=hive.root.name,
+        depth=0,
+        differencing=hive.is_differencing,
+        hive_root=True,
+    )
+    cells.close_bin()
+    buf = cells.buf
+    if not isinstance(buf, bytearray):
+        raise TypeError("the fresh writer's allocator holds a bytearray")
+    security.finish(buf)
+    pack_base_block(
+        buf,
+        sequence=1,
+        last_written=hive.last_written,
+        minor_version=output_minor_version(hive),
+        root_offset=root_off,
+        hive_bins_size=len(buf) - C.BASE_BLOCK_SIZE,
+        file_name=hive.file_name,
+        flags=hive.flags,
+    )
     return buf

@@ -21,8 +21,16 @@ Grammar (containerd ``pkg/filters/parser.go``)::
 * Semantics of a selector against a field that is ``(value, present)``: presence tests
   ``present``; ``==`` needs ``present and value == v``; ``!=`` is ``value != v`` (an absent
   field has value ``""``); ``~=`` searches the value (unanchored, like Go's
-  ``MatchString``). [choice] As in containerd, a regular expression that does not compile
-  (Python ``re`` instead of Go RE2) is logged and matches nothing; it is not a parse error.
+  ``MatchString``).
+
+Regular expressions (``~=``) are compiled by :mod:`cimsnap.snapshots.regex` (RE2, linear
+time, bounded size). [choice] As in containerd, a pattern that cannot be used is logged and
+its selector matches nothing; it is *not* a parse error.
+
+Request limits (InvalidArgument, before anything is read): the filter strings of one call
+together hold at most :data:`MAX_FILTER_BYTES` UTF-8 bytes and at most
+:data:`MAX_REGEX_SELECTORS` ``~=`` selectors (each compile of a hostile pattern may cost
+tens of milliseconds).
 
 Syntax errors raise InvalidArgument with containerd's message shape:
 ``filters: parse error: [name==foo >|,|< ]: expected field or quoted: invalid argument``.
@@ -34,15 +42,20 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from cimsnap.errdefs import InvalidArgument
+from cimsnap.snapshots.regex import Regex, compile_regex
 
-__all__ = ["Adaptor", "Filter", "parse", "parse_all"]
+__all__ = ["MAX_FILTER_BYTES", "MAX_REGEX_SELECTORS", "Adaptor", "Filter", "parse", "parse_all"]
+
+#: Most UTF-8 bytes in the filter strings of one call (more is InvalidArgument).
+MAX_FILTER_BYTES: Final = 64 * 1024
+#: Most ``~=`` selectors in the filter strings of one call (more is InvalidArgument).
+MAX_REGEX_SELECTORS: Final = 16
 
 _log = logging.getLogger(__name__)
 
@@ -235,7 +248,7 @@ class _Selector:
     fieldpath: tuple[str, ...]
     operator: _Op
     value: str
-    pattern: re.Pattern[str] | None
+    pattern: Regex | None
 
     def match(self, adaptor: Adaptor) -> bool:
         value, present = adaptor(self.fieldpath)
@@ -247,7 +260,7 @@ class _Selector:
             case _Op.NOT_EQUAL:
                 return value != self.value
             case _Op.MATCHES:
-                return self.pattern is not None and self.pattern.search(value) is not None
+                return self.pattern is not None and self.pattern.search(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,9 +281,11 @@ class Filter:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_regexes: int = MAX_REGEX_SELECTORS) -> None:
         self.text = text
         self.scanner = _Scanner(text)
+        self.max_regexes = max_regexes
+        self.regex_count = 0
 
     def scan(self) -> tuple[int, _Tok, str]:
         """The scanner's next token; an illegal one is a parse error at its position."""
@@ -299,10 +314,12 @@ class _Parser:
         value = self.value(allow_alt_quotes=op is _Op.MATCHES)
         pattern = None
         if op is _Op.MATCHES:
-            try:
-                pattern = re.compile(value)
-            except re.error as e:
-                _log.error("filter regexp %r does not compile (%s); it matches nothing", value, e)
+            self.regex_count += 1
+            if self.regex_count > self.max_regexes:
+                raise _ParseError(
+                    self.scanner.pos, f"more than {MAX_REGEX_SELECTORS} regular expressions"
+                )
+            pattern = compile_regex(value)
         return _Selector(fieldpath, op, value, pattern)
 
     def fieldpath(self) -> tuple[str, ...]:
@@ -354,10 +371,27 @@ def _describe(text: str, err: _ParseError) -> str:
 
 
 def parse(text: str) -> Filter:
-    """Parse one filter string (AND of selectors); raise InvalidArgument on bad syntax."""
+    """Parse one filter string (AND of selectors); raise InvalidArgument on bad syntax.
+
+    The request limits of :func:`parse_all` apply to ``text`` alone.
+    """
+    _check_size([text])
+    return _parse(text, MAX_REGEX_SELECTORS)
+
+
+def _check_size(texts: Sequence[str]) -> None:
+    size = sum(_utf8_size(text) for text in texts)
+    if size > MAX_FILTER_BYTES:
+        raise InvalidArgument(
+            f"filters: {size} bytes of filter text, more than the limit of {MAX_FILTER_BYTES}"
+            ": invalid argument"
+        )
+
+
+def _parse(text: str, max_regexes: int) -> Filter:
     if text == "":
         return Filter(((),))
-    parser = _Parser(text)
+    parser = _Parser(text, max_regexes)
     try:
         return Filter((parser.selectors(),))
     except _ParseError as e:
@@ -365,8 +399,20 @@ def parse(text: str) -> Filter:
 
 
 def parse_all(texts: Sequence[str]) -> Filter:
-    """Parse several filter strings, OR-ed; no strings match everything."""
+    """Parse several filter strings, OR-ed; no strings match everything.
+
+    Raises InvalidArgument for bad syntax, or when ``texts`` together exceed
+    :data:`MAX_FILTER_BYTES` or :data:`MAX_REGEX_SELECTORS` (checked before any parsing).
+    """
+    _check_size(texts)
     alternatives: list[tuple[_Selector, ...]] = []
+    budget = MAX_REGEX_SELECTORS
     for text in texts:
-        alternatives.extend(parse(text).alternatives)
+        parsed = _parse(text, budget).alternatives
+        budget -= sum(s.operator is _Op.MATCHES for alt in parsed for s in alt)
+        alternatives.extend(parsed)
     return Filter(tuple(alternatives))
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -26,7 +26,13 @@ Layout under ``root`` (containerd's cimfs snapshotter, §3.1-3.2):
   absolute symlinks, names Windows cannot hold) fails the commit with FailedPrecondition.
   [choice] Unlike containerd's cimfs snapshotter, a parentless non-extract ``prepare`` is
   allowed (its commit produces a base layer).
-* ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by ``remove`` or ``cleanup``.
+* ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by the background reaper
+  (``remove``'s file work), ``cleanup``, or the cleanup run at every start.
+
+Path safety and permissions: :mod:`cimsnap.snapshots.rootdir` (the root's own directories
+are refused if they are links or not directories; nothing inside is ever followed through
+a link; directories ``0700``, files ``0600``). Durability order and crash points:
+:mod:`cimsnap.snapshots.durability`.
 
 Commit (going beyond containerd, which only commits ``extract`` snapshots):
 
@@ -57,7 +63,7 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
+import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +73,7 @@ from typing import Final
 from cimsnap.clock import MicrosecondClock
 from cimsnap.errdefs import (
     AlreadyExists,
+    Canceled,
     CimsnapError,
     FailedPrecondition,
     InvalidArgument,
@@ -74,11 +81,32 @@ from cimsnap.errdefs import (
     Unavailable,
 )
 from cimsnap.snapshots.filters import parse_all
-from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
+from cimsnap.snapshots.labels import (
+    MAX_LABEL_SIZE,
+    checked_key,
+    checked_label_set,
+    checked_labels,
+    checked_update_paths,
+)
 from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
 from cimsnap.snapshots.mounts import CimfsMountSpec, Mount, cimfs_mount
-from cimsnap.snapshots.reclaim import REMOVAL_PREFIX, destroy_retired, remove_tree, retire_orphans
+from cimsnap.snapshots.reclaim import (
+    CleanupReport,
+    Reaper,
+    destroy_retired,
+    remove_scratch,
+    retire_orphans,
+)
 from cimsnap.snapshots.recovery import recover_snapshot_files
+from cimsnap.snapshots.rootdir import (
+    DIR_MODE,
+    REMOVAL_PREFIX,
+    RootDirs,
+    entry_mode,
+    open_subdir,
+    remove_entry,
+    retire_entry,
+)
 from cimsnap.snapshots.usage import disk_usage
 from cimsnap.store import (
     Info,
@@ -149,47 +177,70 @@ class LayerStack:
 class Snapshotter:
     """Snapshots of ``root``; see the module docstring for layout and semantics.
 
-    The constructor takes ``<root>/lock`` (Unavailable if another snapshotter holds the
-    root), creates ``<root>/metadata.db``, ``<root>/snapshots/`` and
-    ``<root>/snapshots/cim-layers/``, then runs
+    The constructor opens the root (:class:`cimsnap.snapshots.rootdir.RootDirs`:
+    FailedPrecondition if the root, ``snapshots`` or ``snapshots/cim-layers`` is a link or
+    not a directory), takes ``<root>/lock`` (Unavailable if another snapshotter holds the
+    root), creates ``<root>/metadata.db`` (``0600``), then runs
     :func:`cimsnap.snapshots.recovery.recover_snapshot_files` (directories restored, damaged
-    committed layers refused as parents). ``close()`` is idempotent;
-    the object is also a context manager.
+    committed layers refused as parents) and queues one :meth:`cleanup` on the background
+    reaper (leftovers of a crash are reclaimed without delaying the start). ``close()`` is
+    idempotent; the object is also a context manager.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.snapshots_dir = self.root / "snapshots"
-        self.cim_dir = self.snapshots_dir / "cim-layers"
-        self.cim_dir.mkdir(parents=True, exist_ok=True)
-        self._root_lock = _lock_root(self.root)
+        self._dirs = RootDirs.open(self.root)
+        self.snapshots_dir = self._dirs.snapshots
+        self.cim_dir = self._dirs.cim_layers
         try:
+            self._root_lock = _lock_root(self._dirs)
+        except BaseException:
+            self._dirs.close()
+            raise
+        try:
+            self._dirs.create_private_file("metadata.db")
             self._store = Store(self.root / "metadata.db")
+            self._dirs.tighten_metastore()
         except BaseException:
             os.close(self._root_lock)
+            self._dirs.close()
             raise
         self._clock = MicrosecondClock()
         # One CIM writer per directory (cim-format.md §12): builds and cleanup take this.
         self._build_lock = threading.Lock()
+        # Held by Remove across its transaction and a rename back, and by cleanup's
+        # retirement, so cleanup never sees an rm-<id> whose row is coming back.
+        self._names_lock = threading.Lock()
         self._busy_lock = threading.Lock()
         self._busy: set[int] = set()
+        self._reaper = Reaper()
         try:
             with self._store.read() as tx:
                 kinds = id_kinds(tx)
-            self._damaged = recover_snapshot_files(self.snapshots_dir, self.cim_dir, kinds)
+            self._damaged = recover_snapshot_files(self._dirs, kinds)
         except BaseException:
             self.close()
             raise
+        self._reaper.submit(self._startup_cleanup)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the metastore and the root (idempotent); later calls raise Unavailable."""
+        """Stop the reaper (after its running item), release the metastore and the root
+        (idempotent); later calls raise Unavailable."""
+        self._reaper.close()
         self._store.close()
         with self._busy_lock:
             fd, self._root_lock = self._root_lock, -1
         if fd >= 0:
             os.close(fd)  # releases the flock
+            with self._build_lock, self._names_lock:
+                self._dirs.close()
+
+    def wait_reclaimed(self, timeout: float | None = None) -> bool:
+        """Wait until the background reaper has finished the work queued so far (Remove's
+        file work, the start-up cleanup); False if ``timeout`` passed first."""
+        return self._reaper.wait_idle(timeout)
 
     def __enter__(self) -> Snapshotter:
         return self
@@ -243,7 +294,7 @@ class Snapshotter:
     ) -> list[Mount]:
         checked_key("key", key)
         checked = checked_labels(labels)
-        created: Path | None = None
+        created: str | None = None
         try:
             with self._store.write() as tx:
                 ref = create_snapshot(tx, kind, key, parent, checked, self._clock.now_ns())
@@ -252,11 +303,12 @@ class Snapshotter:
                         f'parent "{parent}" has a damaged layer; remove it and pull again: '
                         "failed precondition"
                     )
-                created = self._dir(ref.id)  # anything there now is garbage on failure
-                self._make_dir(ref.id, scratch=kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key)
+                scratch = kind == Kind.ACTIVE and UNPACK_KEY_MARKER not in key
+                self._make_dir(ref.id, scratch=scratch)
+                created = str(ref.id)  # ours now: garbage if the transaction fails
         except BaseException:
             if created is not None:
-                shutil.rmtree(created, ignore_errors=True)
+                remove_entry(self._dirs.snapshots_fd, created)
             raise
         return self._mount(ref)
 
@@ -265,16 +317,33 @@ class Snapshotter:
 
         A fresh ID is referenced by no row, yet a crash after ``mkdir`` but before the
         commit rolls the sequence back and leaves the directory (or a CIM) behind: that
-        content is garbage by construction, so it is removed first.
+        content is garbage by construction. Whatever holds the name (that leftover, or a
+        stray file or symbolic link) is retired to ``rm-<id>[.n]`` without being followed
+        and reclaimed in the background [choice: retire and proceed, rather than skip to
+        another ID: IDs come from the metastore sequence and must match the row].
         """
-        path = self._dir(snapshot_id)
-        if path.exists():
-            _log.warning("removing leftover %s of a rolled-back snapshot", path)
-            shutil.rmtree(path)
+        name = str(snapshot_id)
+        fd = self._dirs.snapshots_fd
+        if entry_mode(fd, name) is not None:
+            _log.warning("retiring leftover snapshots/%s of a rolled-back snapshot", name)
+            retired = retire_entry(fd, name, name)
+            if retired is not None:
+                self._reaper.submit(lambda: remove_entry(fd, retired))
+        image = f"{name}.cim"
+        image_mode = entry_mode(self._dirs.cim_fd, image)
+        if image_mode is not None and stat.S_ISDIR(image_mode):
+            _log.warning("retiring the directory cim-layers/%s", image)
+            retired_image = retire_entry(self._dirs.cim_fd, image, name, ".cim")
+            if retired_image is not None:
+                self._reaper.submit(lambda: remove_entry(self._dirs.cim_fd, retired_image))
         destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
-        path.mkdir()
+        os.mkdir(name, DIR_MODE, dir_fd=fd)
         if scratch:
-            (path / SCRATCH_DIR).mkdir()
+            own = open_subdir(fd, name)
+            try:
+                os.mkdir(SCRATCH_DIR, DIR_MODE, dir_fd=own)
+            finally:
+                os.close(own)
 
     # -- read ------------------------------------------------------------------------
 
@@ -323,19 +392,30 @@ class Snapshotter:
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
 
-    def list(self, filters: Sequence[str] = ()) -> list[Info]:
+    def list(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[Info]:
         """Return the Info of every snapshot matching ``filters`` (containerd filters).
 
         Several filter strings are OR-ed. The result is materialised: no lock is held
         once this returns, so callers may Stat while streaming it. Raises InvalidArgument
-        for bad filter syntax (before reading anything).
+        for bad filter syntax or a filter over the request limits (before reading
+        anything). Matching checks ``cancelled`` before each snapshot and raises Canceled
+        once it is set: regular expressions cost linear time, but a List with many costly
+        ones over many snapshots still takes a while, and nobody may be waiting for it.
         """
         matcher = parse_all(filters)
         with self._store.read() as tx:
             infos = walk_info(tx)
         if not matcher.alternatives:
             return infos
-        return [info for info in infos if matcher.match(info.field)]
+        matched = []
+        for info in infos:
+            if cancelled is not None and cancelled.is_set():
+                raise Canceled("list: canceled by the caller: canceled")
+            if matcher.match(info.field):
+                matched.append(info)
+        return matched
 
     # -- mounts handed back by the differ ---------------------------------------------
 
@@ -429,11 +509,16 @@ class Snapshotter:
         Mask semantics: empty or ``labels`` replaces all labels; ``labels.<k>`` sets ``k``
         from ``info.labels`` or deletes it when absent; empty values are never stored.
         ``info``'s kind, parent and times are ignored. Raises InvalidArgument for any other
-        path or an oversized label, NotFound if the snapshot is missing.
+        path, too many paths, or an oversized label or label set (also after merging, see
+        ``labels``),
+        NotFound if the snapshot is missing.
         """
+        checked_update_paths(fieldpaths)
         labels = checked_labels(info.labels)
         with self._store.write() as tx:
-            return update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            updated = update_info(tx, info.name, labels, fieldpaths, self._clock.now_ns())
+            checked_label_set(updated.labels)  # raising rolls the update back
+            return updated
 
     def commit(
         self,
@@ -460,8 +545,7 @@ class Snapshotter:
         self._claim(ref.id, key)
         try:
             built = materialise_layer(
-                self.snapshots_dir,
-                self.cim_dir,
+                self._dirs,
                 self._build_lock,
                 ref,
                 extract=UNPACK_KEY_MARKER in key,
@@ -476,85 +560,115 @@ class Snapshotter:
                 raise
         finally:
             self._release(ref.id)
-        scratch = self._dir(ref.id) / SCRATCH_DIR
-        try:
-            shutil.rmtree(scratch)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            _log.warning("commit %s: scratch %s left for cleanup: %s", name, scratch, e)
+        remove_scratch(self._dirs, ref.id, SCRATCH_DIR)  # failures: logged, cleanup's
 
     def remove(self, key: str) -> None:
-        """Remove ``key`` (any kind).
+        """Remove ``key`` (any kind); fast, whatever the size of the snapshot.
 
         Raises NotFound if missing; FailedPrecondition if it has children (message
         ``cannot remove snapshot with child``), is being committed, or its directory
         cannot be renamed. The row is deleted and ``snapshots/<id>`` renamed to
-        ``rm-<id>`` in one step (renamed back if the transaction fails); the CIM and the
-        directory are then destroyed, and failures there are only logged (``cleanup``
-        reclaims them).
+        ``rm-<id>`` in one step (renamed back if the transaction fails). The file work
+        (destroying the CIM, deleting ``rm-<id>``) is handed to the background reaper, so
+        the call never waits for heavy I/O under containerd's GC lock (§8.4); if the
+        process dies first, the cleanup run at the next start reclaims the files (no row
+        references them). :meth:`wait_reclaimed` waits for that work.
         """
-        renamed: tuple[Path, Path] | None = None
+        renamed: tuple[str, str] | None = None
+        fd = self._dirs.snapshots_fd
+        with self._names_lock:
+            try:
+                with self._store.write() as tx:
+                    snapshot_id, _ = remove(tx, key)
+                    with self._busy_lock:
+                        self._refuse_busy(snapshot_id, key)
+                    renamed = self._rename_for_removal(snapshot_id)
+            except BaseException:
+                if renamed is not None:
+                    try:
+                        os.rename(renamed[1], renamed[0], src_dir_fd=fd, dst_dir_fd=fd)
+                    except OSError as e:  # the row is back; cleanup must not reap the dir
+                        _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
+                raise
+        self._reaper.submit(lambda: self._reclaim_removed(key, snapshot_id, renamed))
+
+    def _reclaim_removed(self, key: str, snapshot_id: int, renamed: tuple[str, str] | None) -> None:
+        """The reaper's part of a Remove: the CIM, then the retired directory."""
         try:
-            with self._store.write() as tx:
-                snapshot_id, _ = remove(tx, key)
-                with self._busy_lock:
-                    self._refuse_busy(snapshot_id, key)
-                renamed = self._rename_for_removal(snapshot_id)
-        except BaseException:
-            if renamed is not None:
-                try:
-                    os.rename(renamed[1], renamed[0])
-                except OSError as e:  # the row is back; cleanup must not reap the dir
-                    _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
-            raise
-        try:
-            # Only a descendant's CIM forks from this layer's region set, and Remove
-            # refused a snapshot with children: no other live image references it, so the
-            # header scan (O(layers) reads per call, too slow for GC, §8.4) is skipped.
-            # Orphan CIMs that might still name it are garbage for cleanup.
-            destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
+            with self._build_lock:
+                # Only a descendant's CIM forks from this layer's region set, and Remove
+                # refused a snapshot with children: no other live image references it, so
+                # the header scan (O(layers) reads) is skipped. Orphan CIMs that might
+                # still name it are garbage for cleanup.
+                destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
         except (CimsnapError, OSError) as e:
             _log.warning("remove %s: CIM of %d left for cleanup: %s", key, snapshot_id, e)
         if renamed is not None:
-            remove_tree(renamed[1])
+            remove_entry(self._dirs.snapshots_fd, renamed[1])
 
-    def _rename_for_removal(self, snapshot_id: int) -> tuple[Path, Path] | None:
-        source = self._dir(snapshot_id)
-        target = self.snapshots_dir / f"{REMOVAL_PREFIX}{snapshot_id}"
-        if target.is_dir() and source.is_dir():
+    def _rename_for_removal(self, snapshot_id: int) -> tuple[str, str] | None:
+        fd = self._dirs.snapshots_fd
+        source = str(snapshot_id)
+        target = f"{REMOVAL_PREFIX}{snapshot_id}"
+        if entry_mode(fd, source) is None:
+            return None
+        if entry_mode(fd, target) is not None:
             # Stale leftover of an earlier interrupted removal of this ID (IDs are never
-            # reused, so nothing else can own the name); rename() cannot replace it.
-            remove_tree(target)
+            # reused, so nothing else can own the name); rename() cannot replace it. Set
+            # aside (cheap) and reclaimed with the rest, never deleted under the lock.
+            stale = retire_entry(fd, target, str(snapshot_id))
+            if stale is not None:
+                self._reaper.submit(lambda: remove_entry(fd, stale))
         try:
-            os.rename(source, target)
+            os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
         except FileNotFoundError:
             return None
         except OSError as e:
             raise FailedPrecondition(
-                f"failed to rename {source} for removal: {e}: failed precondition"
+                f"failed to rename {self._dir(snapshot_id)} for removal: {e}: failed precondition"
             ) from e
         return source, target
 
     def cleanup(self) -> None:
         """Reclaim every directory, CIM, region and objectid file no snapshot references.
 
+        See :meth:`reclaim`, which also reports what it did.
+        """
+        self.reclaim()
+
+    def reclaim(self) -> CleanupReport:
+        """Reclaim every directory, CIM, region and objectid file no snapshot references.
+
         Idempotent and safe while other calls run: the decision is taken under the
         metastore's write lock and the build lock (no snapshot can be created, removed or
         committed meanwhile); deletion happens after the write lock is released, on
-        entries already renamed out of the way (:mod:`cimsnap.snapshots.reclaim`). Also removes the
-        ``scratch/`` left in committed snapshots by a failed post-commit deletion.
+        entries already renamed out of the way (:mod:`cimsnap.snapshots.reclaim`); an
+        entry already gone (a concurrent Remove's reaper) counts as reclaimed. Entries named
+        like snapshots that are links or files are retired, never followed. Also removes
+        the ``scratch/`` left in committed snapshots by a failed post-commit deletion.
+        Raises FailedPrecondition if the root's own directories were replaced while the
+        daemon ran (nothing is deleted then).
         """
         with self._build_lock:
-            with self._store.write() as tx:
+            self._dirs.check()
+            with self._names_lock, self._store.write() as tx:
                 kinds = id_kinds(tx)
-                retired = retire_orphans(self.snapshots_dir, self.cim_dir, kinds.keys())
+                retired = retire_orphans(self._dirs, kinds.keys())
                 committed = [i for i, kind in kinds.items() if kind == Kind.COMMITTED]
-            destroy_retired(self.cim_dir, retired)
+            report = destroy_retired(self._dirs, retired)
         for snapshot_id in committed:
-            scratch = self._dir(snapshot_id) / SCRATCH_DIR
-            if scratch.is_dir() and not scratch.is_symlink():
-                remove_tree(scratch)
+            remove_scratch(self._dirs, snapshot_id, SCRATCH_DIR)
+        return report
+
+    def _startup_cleanup(self) -> None:
+        """The reaper's first item: reclaim what a crash left (Remove's pending work)."""
+        try:
+            report = self.reclaim()
+        except (CimsnapError, OSError) as e:
+            _log.warning("start-up cleanup failed, left for the next cleanup: %s", e)
+            return
+        if report.reclaimed:
+            _log.info("start-up cleanup reclaimed %d entries", report.reclaimed)
 
     # -- concurrency -----------------------------------------------------------------
 
@@ -573,7 +687,7 @@ class Snapshotter:
             self._busy.discard(snapshot_id)
 
 
-def _lock_root(root: Path) -> int:
+def _lock_root(dirs: RootDirs) -> int:
     """Take ``<root>/lock`` exclusively for this object's lifetime; return the descriptor.
 
     Two snapshotters on one root would each reap the other's in-flight files (cleanup,
@@ -581,10 +695,13 @@ def _lock_root(root: Path) -> int:
     Unavailable, whether in this process or another. The kernel drops the lock when the
     process dies, so a crash never leaves the root locked.
     """
-    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirs.root_fd
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise Unavailable(f"{root} is in use by another snapshotter: unavailable") from None
+        raise Unavailable(f"{dirs.root} is in use by another snapshotter: unavailable") from None
+    os.fchmod(fd, 0o600)  # a lock file made by an older version may be 0644
     return fd

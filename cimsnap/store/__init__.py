@@ -8,7 +8,14 @@ Usage (style.md §2 item 6)::
 Only a clean exit commits; a read transaction always rolls back.
 """
 
-from cimsnap.store.db import DEFAULT_BUSY_TIMEOUT_MS, ReadTx, Store, WouldBlock, WriteTx
+from cimsnap.store.db import (
+    DEFAULT_BUSY_TIMEOUT_MS,
+    ReadTx,
+    Store,
+    WouldBlock,
+    WriteTx,
+    read_only,
+)
 from cimsnap.store.model import (
     Info,
     Kind,
@@ -55,6 +62,7 @@ __all__ = [
     "key_of",
     "migrate",
     "ns_from_datetime",
+    "read_only",
     "remove",
     "schema_version",
     "update_info",

@@ -32,7 +32,7 @@ from typing import Final
 from cimsnap.errdefs import Internal, Unavailable
 from cimsnap.store.schema import MIGRATIONS, Migration, migrate
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "ReadTx", "Store", "WouldBlock", "WriteTx"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "ReadTx", "Store", "WouldBlock", "WriteTx", "read_only"]
 
 #: How long a connection waits for another process's lock before failing.
 DEFAULT_BUSY_TIMEOUT_MS: Final = 10_000
@@ -237,3 +237,22 @@ def _rolled_back(conn: sqlite3.Connection) -> Iterator[ReadTx]:
         tx._end()
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+
+
+@contextmanager
+def read_only(path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Iterator[ReadTx]:
+    """Yield a read transaction on the metastore file ``path``, opened read-only.
+
+    For inspection tools (``cimsnap fsck``): nothing is created, migrated or written, and
+    the file must exist. Raises ``sqlite3.Error`` if it is missing or not a usable
+    database.
+    """
+    uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        with _rolled_back(conn) as tx:
+            yield tx
+    finally:
+        conn.close()

@@ -14,8 +14,11 @@ in the directory references their set, and never files of its parents' sets.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import uuid
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from pathlib import Path
 
 from cimsnap.cim import (
@@ -26,7 +29,13 @@ from cimsnap.cim import (
     region_set_files,
 )
 
-__all__ = ["destroy_cim_layer", "referenced_region_sets", "sweep_unreferenced_regions"]
+__all__ = [
+    "Sweep",
+    "destroy_cim_layer",
+    "referenced_region_sets",
+    "sweep_regions",
+    "sweep_unreferenced_regions",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ def referenced_region_sets(directory: Path, *, excluding: Path | None = None) ->
     for cim in sorted(directory.glob("*.cim")):
         if excluding is not None and cim.name == excluding.name:
             continue
+        if not _is_regular(cim):
+            continue  # a link or stray entry is never read as an image (cleanup retires it)
         try:
             header = read_image_header(cim)
         except FileNotFoundError:
@@ -55,7 +66,9 @@ def destroy_cim_layer(
 ) -> None:
     """Remove the image ``cim_path`` and the region/objectid files only it uses.
 
-    * No ``.cim`` at ``cim_path``: nothing to do (hcsshim's safety check); returns.
+    * No ``.cim`` at ``cim_path``: nothing to do (hcsshim's safety check); returns. A
+      ``cim_path`` that is not a regular file (a symbolic link, ...) is unlinked as itself,
+      never read: nothing else is removed; a directory there is left alone (logged).
     * The ``.cim`` is unlinked first, so a crash never leaves an image whose regions are
       gone; its own region set's files follow unless another image references that set.
       Parents' files are never touched.
@@ -70,6 +83,19 @@ def destroy_cim_layer(
     region file cannot be unlinked (the ``.cim`` is already gone; the sweep finishes it).
     """
     directory = cim_path.parent
+    try:
+        mode = os.lstat(cim_path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        _log.warning("%s is a directory, not an image; left for cleanup", cim_path)
+        return
+    if not stat.S_ISREG(mode):
+        # Never read through a link: its target could name any region set. The entry
+        # itself is removed (unlink never follows).
+        _log.warning("removing %s, which is not a regular file", cim_path)
+        cim_path.unlink(missing_ok=True)
+        return
     try:
         header = read_image_header(cim_path)
     except FileNotFoundError:
@@ -96,19 +122,39 @@ def destroy_cim_layer(
         path.unlink(missing_ok=True)
 
 
-def sweep_unreferenced_regions(directory: Path) -> list[Path]:
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Outcome of one region sweep: whether it ran, and the files it deleted."""
+
+    ran: bool
+    removed: tuple[Path, ...]
+
+
+def sweep_regions(directory: Path) -> Sweep:
     """Delete region/objectid files no image in ``directory`` references, and temp images.
 
     ``cimsnap.cim.reclaim_unreferenced`` does the work under the CIM writers' directory
-    lock; files of an image being written are referenced by no ``.cim`` yet, so a busy
-    directory is skipped (logged) and left for the next sweep. Also skipped (logged) when
-    any image header, or the directory, cannot be read: nothing is deleted then. Returns
-    the paths deleted.
+    lock. Images removed while it reads (a concurrent Remove) reference nothing and do not
+    stop it. It does not run (``ran`` False, logged) only when a CIM writer is active (its
+    files are referenced by no ``.cim`` yet: left for the next sweep) or some image header,
+    or the directory, cannot be read (nothing is deleted then).
     """
     try:
-        return reclaim_unreferenced(directory)
+        return Sweep(True, tuple(reclaim_unreferenced(directory)))
     except CimSharingViolationError:
         _log.info("a CIM writer is active in %s; region sweep postponed", directory)
     except (CimFormatError, OSError) as e:
         _log.warning("cannot read every image in %s (%s); region sweep skipped", directory, e)
-    return []
+    return Sweep(False, ())
+
+
+def sweep_unreferenced_regions(directory: Path) -> list[Path]:
+    """:func:`sweep_regions`, returning only the paths deleted (empty if it did not run)."""
+    return list(sweep_regions(directory).removed)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

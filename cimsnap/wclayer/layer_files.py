@@ -7,6 +7,8 @@ counted or synced as part of a child layer.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 from cimsnap.cim import CimFormatError, read_image_header, region_set_files
@@ -28,11 +30,12 @@ def cim_layer_files(cim_path: Path) -> list[Path]:
 def cim_layer_size(cim_path: Path) -> int:
     """Apparent bytes of the layer's own files (containerd ``cimfs.GetCimUsage``).
 
-    0 if there is no ``.cim``; only the ``.cim`` itself if its header is unreadable
-    (logged). Files of parent region sets never count.
+    0 if there is no ``.cim`` (or something other than a regular file is in its place);
+    only the ``.cim`` itself if its header is unreadable (logged). Files of parent region
+    sets never count; links are never followed.
     """
     try:
-        paths = cim_layer_files(cim_path)
+        paths = cim_layer_files(cim_path) if _is_regular(cim_path) else []
     except FileNotFoundError:
         return 0
     except (CimFormatError, OSError) as e:
@@ -41,9 +44,11 @@ def cim_layer_size(cim_path: Path) -> int:
     total = 0
     for path in paths:
         try:
-            total += path.stat().st_size
+            st = os.lstat(path)  # a link in a layer file's place counts nothing
         except FileNotFoundError:
             continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
     return total
 
 
@@ -52,18 +57,28 @@ def cim_layer_problem(cim_path: Path) -> str | None:
 
     The startup check of containerd-integration.md §8.2: the ``.cim`` exists with a valid
     header (magic ``cimfile0``, supported version) and each of its own region and objectid
-    files exists and is non-empty. Parents are checked as layers of their own.
+    files exists and is non-empty, all of them regular files (a symbolic link in their
+    place is a problem, never followed). Parents are checked as layers of their own.
     """
     try:
-        paths = cim_layer_files(cim_path)
+        paths = cim_layer_files(cim_path) if _is_regular(cim_path) else [cim_path]
     except FileNotFoundError:
         return f"{cim_path} is missing"
     except (CimFormatError, OSError) as e:
         return f"{cim_path}: {e}"
-    for path in paths[1:]:
+    for path in paths:
         try:
-            if path.stat().st_size == 0:
-                return f"{path} is empty"
+            st = os.lstat(path)
         except FileNotFoundError:
             return f"{path} is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path} is not a regular file"
+        if st.st_size == 0 and path != cim_path:
+            return f"{path} is empty"
     return None
+
+
+def _is_regular(path: Path) -> bool:
+    """True if ``path`` itself (not a link's target) is a regular file; raises
+    FileNotFoundError if it is missing."""
+    return stat.S_ISREG(os.lstat(path).st_mode)

@@ -40,6 +40,7 @@ from cimsnap.errdefs import AlreadyExists, NotFound
 from cimsnap.hive import (
     HiveFormatError,
     HiveMergeError,
+    HiveModelError,
     LayerSemantics,
     merge_files,
     open_hive,
@@ -171,6 +172,10 @@ def delta_layer_ops(
             raise LayerExistsError(f"{out} exists already") from e
         except NotFound as e:
             raise LayerParentError(f"parent hive {base} vanished: {e}") from e
+        except HiveModelError as e:
+            # The reader accepts keys the writer cannot store (a name over 255 units); only
+            # the delta brings new keys, so the delta is at fault.
+            raise LayerFormatError(f"{delta.cim_path} holds a key a hive cannot store: {e}") from e
         except (HiveFormatError, HiveMergeError) as e:
             # The delta parsed above, so what fails is the parent's base hive.
             raise LayerParentError(

@@ -6,6 +6,7 @@ error classes: the snapshotter never sees CIM exceptions.
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
@@ -19,12 +20,20 @@ __all__ = ["build_scratch_layer"]
 
 
 def build_scratch_layer(
-    source: Path, cim_path: Path, *, parent: Path | None, busy_timeout: float = 60.0
+    source: Path,
+    cim_path: Path,
+    *,
+    parent: Path | None,
+    busy_timeout: float = 60.0,
+    source_fd: int | None = None,
 ) -> int:
     """Write ``cim_path`` holding the tree at ``source``, forked from ``parent``'s CIM.
 
     ``source`` must be a real directory (not a symlink); an empty one gives an empty
-    layer. Returns the number of files written. The builder commits atomically (regions
+    layer. ``source_fd``: the caller's open descriptor of ``source`` (opened without
+    following links), read instead of the path; ``source`` then only names entries in
+    messages. Nothing below ``source`` is ever followed through a link. Returns the number
+    of files written. The builder commits atomically (regions
     fsynced, ``.cim`` renamed into place), so on any error no ``.cim`` remains.
 
     Raises FailedPrecondition if ``source`` is not a directory, ``parent`` is missing or
@@ -33,18 +42,18 @@ def build_scratch_layer(
     seconds (retried with backoff meanwhile); OSError on I/O failure.
     """
     try:
-        mode = source.lstat().st_mode
+        mode = source.lstat().st_mode if source_fd is None else os.fstat(source_fd).st_mode
     except FileNotFoundError:
         mode = 0
     if not stat.S_ISDIR(mode):
         raise FailedPrecondition(f"scratch {source} is not a directory: failed precondition")
-    if parent is not None and not parent.is_file():
+    if parent is not None and not (parent.is_file() and not parent.is_symlink()):
         raise FailedPrecondition(f"parent layer {parent} is missing: failed precondition")
     deadline = time.monotonic() + busy_timeout
     delay = 0.01
     while True:
         try:
-            report = build_from_directory(source, cim_path, parent=parent)
+            report = build_from_directory(source, cim_path, parent=parent, src_dir_fd=source_fd)
             break
         except CimSharingViolationError as e:
             # One CIM writer per directory (cim-format.md §12): another writer, e.g. the

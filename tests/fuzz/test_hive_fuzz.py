@@ -4,6 +4,7 @@ checker never raises, and nothing runs away in time."""
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 
 import pytest
@@ -11,14 +12,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cimsnap.hive import (
+    Hive,
     HiveFormatError,
+    HiveMergeError,
     HiveModelError,
     HiveReader,
+    Key,
+    LayerSemantics,
+    Value,
     check_hive,
+    merge_files,
     read_hive,
     write_hive,
 )
 from cimsnap.hive import cells as C
+from cimsnap.hive.tree import REG_NONE, REG_SZ
 from tests.unit.hive.forge import delta_hive, sample_hive
 
 SEEDS = (sample_hive(), delta_hive())
@@ -65,3 +73,43 @@ def test_mutated_hives(data: bytes) -> None:
             _ = (key.security, key.class_name, [v.data for v in key.values()])
     problems = check_hive(data)
     assert all(p.what and p.why for p in problems)
+
+
+def _merge_delta() -> bytes:
+    """A delta over ``sample_hive`` touching most of it: edits, tombstones, supersedes."""
+    root = Key("ROOT", inherit_class=True)
+    a = root.add_subkey(Key("a", inherit_class=True, class_name="new"))
+    a.values = [
+        Value("S", REG_SZ, "changed\0".encode("utf-16-le")),
+        Value("big", REG_NONE, b"", tombstone=True),
+    ]
+    a.add_subkey(Key("b", semantics=LayerSemantics.TOMBSTONE))
+    a.add_subkey(Key("c", semantics=LayerSemantics.SUPERSEDE_TREE)).add_subkey(
+        Key("fresh", semantics=LayerSemantics.SUPERSEDE_TREE)
+    )
+    many = root.add_subkey(Key("many", semantics=LayerSemantics.SUPERSEDE_LOCAL))
+    many.add_subkey(Key("k0100", semantics=LayerSemantics.TOMBSTONE))
+    many.add_subkey(Key("k0599a", security=b"\x01\x00\x04\x80" + bytes(16)))
+    return write_hive(Hive(root, minor_version=6, flags=int(C.BaseBlockFlags.LAYERED_KEYS)))
+
+
+_DELTA = _merge_delta()
+
+
+@pytest.mark.timeout(300)
+@given(mutations())
+@settings(max_examples=300, deadline=5000, suppress_health_check=[HealthCheck.too_slow])
+def test_merging_into_a_mutated_base_fails_cleanly_or_succeeds(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    """The incremental merge reads the base lazily: a damaged base gives one of the merge's
+    error classes and no output, never another exception or a hang."""
+    tmp = tmp_path_factory.mktemp("m")
+    (tmp / "b").write_bytes(data)
+    (tmp / "d").write_bytes(_DELTA)
+    try:
+        merge_files(tmp / "b", tmp / "d", tmp / "out")
+    except (HiveFormatError, HiveMergeError, HiveModelError):
+        assert sorted(os.listdir(tmp)) == ["b", "d"]
+    else:
+        assert (tmp / "out").exists()

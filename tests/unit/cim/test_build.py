@@ -84,20 +84,15 @@ def test_problems_are_reported_never_skipped_silently(tmp_path: Path) -> None:
     (src / "locked").mkdir()
     (src / "locked" / "hidden").write_text("x")
     (src / "unreadable").write_text("secret")
-    real_scandir, real_open = os.scandir, os.open
+    real_open = os.open
 
-    def scandir(path: object) -> object:
-        if Path(str(path)).name == "locked":
+    # The walk reaches every directory and file through its parent's descriptor.
+    def open_(path: object, *args: object, **kwargs: object) -> int:
+        if Path(str(path)).name in ("locked", "unreadable"):
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real_scandir(path)  # type: ignore[arg-type]
-
-    def open_(path: object, *args: object) -> int:
-        if Path(str(path)).name == "unreadable":
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real_open(path, *args)  # type: ignore[arg-type]
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(build_module.os, "scandir", scandir)
     mp.setattr(build_module.os, "open", open_)
     try:
         report = build_from_directory(src, tmp_path / "img.cim")

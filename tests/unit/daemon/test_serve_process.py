@@ -87,3 +87,18 @@ def test_non_loopback_tcp_is_refused(tmp_path: Path, sock_dir: Path) -> None:
     args[args.index("--address") + 1] = "tcp://0.0.0.0:0"
     code, err = ServeProcess(args, sock_dir).wait()
     assert code == 1 and "non-loopback" in err
+
+
+def test_stop_signal_right_after_ready_still_drains(tmp_path: Path, sock_dir: Path) -> None:
+    # Regression: the handlers were installed after READY=1, so an immediate SIGTERM
+    # (systemctl stop just after start) killed the process instead of stopping it.
+    sock = sock_dir / "cimsnap.sock"
+    proc = ServeProcess(serve_args(tmp_path, sock), sock_dir)
+    try:
+        assert proc.next_notification() == "READY=1"
+        proc.proc.send_signal(signal.SIGTERM)
+        code, err = proc.wait()
+    finally:
+        proc.terminate()
+    assert code == 0, err
+    assert not sock.exists()

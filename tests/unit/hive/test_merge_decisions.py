@@ -1,13 +1,23 @@
-"""Pins each row of ``cimsnap.hive.merge``'s decision table, and the rules by example."""
+"""Pins each row of the decision table in ``cimsnap.hive.rules``, and the rules by example.
+
+Each test runs against both engines (the ``merge`` fixture): the whole-tree merge on the
+trees, and the incremental merge through files (``merge_files``; the trees are written,
+merged, and read back).
+"""
 
 from __future__ import annotations
 
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from cimsnap.errdefs import InvalidArgument
-from cimsnap.hive.merge import OUTPUT_MINOR_VERSION, HiveMergeError, merge
+from cimsnap.hive.merge import OUTPUT_MINOR_VERSION, HiveMergeError, merge_files
+from cimsnap.hive.merge import merge as whole_tree_merge
+from cimsnap.hive.reader import read_hive
 from cimsnap.hive.tree import (
     REG_DWORD,
     REG_NONE,
@@ -17,8 +27,25 @@ from cimsnap.hive.tree import (
     LayerSemantics,
     Value,
 )
+from cimsnap.hive.writer import write_hive
 
 SEM = LayerSemantics
+Engine = Callable[[Hive, Hive], Hive]
+
+
+def incremental_merge(base: Hive, delta: Hive) -> Hive:
+    """The incremental merge of two trees, through files."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base_path, delta_path, out = Path(tmp, "b"), Path(tmp, "d"), Path(tmp, "out")
+        base_path.write_bytes(write_hive(base))
+        delta_path.write_bytes(write_hive(delta))
+        merge_files(base_path, delta_path, out)
+        return read_hive(out.read_bytes())
+
+
+@pytest.fixture(params=["whole-tree", "incremental"])
+def merge(request: pytest.FixtureRequest) -> Engine:
+    return whole_tree_merge if request.param == "whole-tree" else incremental_merge
 
 
 def sz(name: str, text: str) -> Value:
@@ -43,21 +70,26 @@ def delta_with(node: Key, *, root_sem: SEM = SEM.MERGE) -> Hive:
     return Hive(root=root, minor_version=6, flags=0x2, file_name="delta-name", last_written=70)
 
 
-def test_timestamp_is_the_max_of_both_sides() -> None:
+def test_timestamp_is_the_max_of_both_sides(merge: Engine) -> None:
     later = merge(base_hive(), delta_with(Key("SOFTWARE", last_written=200)))
     earlier = merge(base_hive(), delta_with(Key("SOFTWARE", last_written=10)))
     assert later.root.subkey("software").last_written == 200  # type: ignore[union-attr]
     assert earlier.root.subkey("software").last_written == 100  # type: ignore[union-attr]
 
 
-def test_security_is_the_deltas_when_it_has_one() -> None:
+def test_security_is_the_deltas_when_it_has_one(merge: Engine) -> None:
     mine = merge(base_hive(), delta_with(Key("software", security=b"SD-d")))
-    none = merge(base_hive(), delta_with(Key("software")))
     assert mine.root.subkey("Software").security == b"SD-d"  # type: ignore[union-attr]
+
+
+def test_security_is_the_bases_when_the_delta_key_has_none() -> None:
+    """Only trees can say "no SD": a key read from a file always has one (§4.5), so this
+    row is pinned on the whole-tree merge alone."""
+    none = whole_tree_merge(base_hive(), delta_with(Key("software")))
     assert none.root.subkey("Software").security == b"SD-b"  # type: ignore[union-attr]
 
 
-def test_flags_and_access_bits_come_from_the_delta_except_at_the_root() -> None:
+def test_flags_and_access_bits_come_from_the_delta_except_at_the_root(merge: Engine) -> None:
     delta = delta_with(Key("software", flags=0x10, access_bits=1))
     delta.root.flags, delta.root.access_bits = 0, 0
     merged = merge(base_hive(), delta)
@@ -67,7 +99,7 @@ def test_flags_and_access_bits_come_from_the_delta_except_at_the_root() -> None:
     assert (merged.root.flags, merged.root.access_bits) == (0x8, 2)
 
 
-def test_name_casing_is_the_bases_and_the_root_keeps_its_name() -> None:
+def test_name_casing_is_the_bases_and_the_root_keeps_its_name(merge: Engine) -> None:
     merged = merge(base_hive(), delta_with(Key("SOFTWARE", semantics=SEM.SUPERSEDE_TREE)))
     assert merged.root.name == "ROOT"
     assert [k.name for k in merged.root.subkeys.values()] == ["Software"]
@@ -75,7 +107,9 @@ def test_name_casing_is_the_bases_and_the_root_keeps_its_name() -> None:
     assert new.root.subkey("newkey").name == "NewKey"  # type: ignore[union-attr]
 
 
-def test_replaced_values_keep_place_and_casing_new_ones_append_in_delta_order() -> None:
+def test_replaced_values_keep_place_and_casing_new_ones_append_in_delta_order(
+    merge: Engine,
+) -> None:
     node = Key("software", inherit_class=True)
     node.values = [sz("z2", "new2"), Value("b", REG_DWORD, b"\x07\x00\x00\x00"), sz("z1", "n1")]
     sw = merge(base_hive(), delta_with(node)).root.subkey("software")
@@ -90,7 +124,7 @@ def test_replaced_values_keep_place_and_casing_new_ones_append_in_delta_order() 
     assert sw.values[1].data == b"\x07\x00\x00\x00"
 
 
-def test_duplicate_delta_values_only_the_first_counts() -> None:
+def test_duplicate_delta_values_only_the_first_counts(merge: Engine) -> None:
     node = Key("software", inherit_class=True)
     node.values = [tomb("a"), sz("A", "ignored"), sz("n", "first"), sz("N", "second")]
     node.values += [sz("q", "x"), tomb("Q")]
@@ -104,7 +138,9 @@ def test_duplicate_delta_values_only_the_first_counts() -> None:
     ]
 
 
-def test_duplicate_base_values_collapse_to_the_first_when_the_delta_changes_the_key() -> None:
+def test_duplicate_base_values_collapse_to_the_first_when_the_delta_changes_the_key(
+    merge: Engine,
+) -> None:
     base = base_hive()
     sw = base.root.subkey("software")
     assert sw is not None
@@ -121,7 +157,7 @@ def test_duplicate_base_values_collapse_to_the_first_when_the_delta_changes_the_
     assert untouched.root.subkey("software").values == sw.values  # type: ignore[union-attr]
 
 
-def test_inherit_class_under_supersede_tree_gives_no_class() -> None:
+def test_inherit_class_under_supersede_tree_gives_no_class(merge: Engine) -> None:
     tree = Key("software", semantics=SEM.SUPERSEDE_TREE, inherit_class=True)
     tree.add_subkey(Key("child", semantics=SEM.SUPERSEDE_TREE, inherit_class=True))
     sw = merge(base_hive(), delta_with(tree)).root.subkey("software")
@@ -130,12 +166,12 @@ def test_inherit_class_under_supersede_tree_gives_no_class() -> None:
     assert sw.subkey("child").class_name is None  # type: ignore[union-attr]
 
 
-def test_new_key_with_inherit_class_has_no_class() -> None:
+def test_new_key_with_inherit_class_has_no_class(merge: Engine) -> None:
     new = merge(base_hive(), delta_with(Key("New", inherit_class=True, class_name="ignored")))
     assert new.root.subkey("new").class_name is None  # type: ignore[union-attr]
 
 
-def test_inherit_class_takes_the_bases_class_and_without_it_the_deltas() -> None:
+def test_inherit_class_takes_the_bases_class_and_without_it_the_deltas(merge: Engine) -> None:
     inherit = merge(base_hive(), delta_with(Key("software", inherit_class=True)))
     own = merge(base_hive(), delta_with(Key("software", class_name="deltacls")))
     empty = merge(base_hive(), delta_with(Key("software")))
@@ -144,7 +180,7 @@ def test_inherit_class_takes_the_bases_class_and_without_it_the_deltas() -> None
     assert empty.root.subkey("software").class_name is None  # type: ignore[union-attr]
 
 
-def test_output_hive_fields() -> None:
+def test_output_hive_fields(merge: Engine) -> None:
     merged = merge(base_hive(), delta_with(Key("software")))
     assert merged.minor_version == OUTPUT_MINOR_VERSION == 6
     assert merged.flags == 0
@@ -152,7 +188,7 @@ def test_output_hive_fields() -> None:
     assert merged.last_written == 70
 
 
-def test_a_tombstone_root_is_refused() -> None:
+def test_a_tombstone_root_is_refused(merge: Engine) -> None:
     delta = Hive(root=Key("ROOT", semantics=SEM.TOMBSTONE), flags=0x2)
     with pytest.raises(HiveMergeError) as exc:
         merge(base_hive(), delta)
@@ -173,13 +209,14 @@ def test_a_base_with_layer_marks_is_refused_and_the_error_names_the_key(mark: ob
     child = base.root.subkey("software").subkey("child")  # type: ignore[union-attr]
     mark(child)  # type: ignore[operator]
     with pytest.raises(HiveMergeError) as exc:
-        merge(base, delta_with(Key("software")))
+        whole_tree_merge(base, delta_with(Key("software")))
     assert exc.value.path == "Software\\Child"
 
 
-def test_a_delta_without_the_layered_flag_is_a_plain_overlay() -> None:
-    delta = delta_with(Key("software", inherit_class=True))
+def test_a_delta_without_the_layered_flag_is_a_plain_overlay(merge: Engine) -> None:
+    delta = delta_with(Key("software"))
     delta.flags = 0
+    delta.root.inherit_class = False  # a normal hive has no marks (the writer refuses them)
     delta.root.subkey("software").values = [sz("A", "over")]  # type: ignore[union-attr]
     sw = merge(base_hive(), delta).root.subkey("software")
     assert sw is not None
@@ -187,7 +224,7 @@ def test_a_delta_without_the_layered_flag_is_a_plain_overlay() -> None:
     assert sw.values[0].data == sz("", "over").data
 
 
-def test_tombstones_without_counterparts_have_no_effect() -> None:
+def test_tombstones_without_counterparts_have_no_effect(merge: Engine) -> None:
     node = Key("software", inherit_class=True)
     node.values = [tomb("nope")]
     node.add_subkey(Key("ghost", semantics=SEM.TOMBSTONE))
@@ -201,7 +238,7 @@ def test_tombstones_without_counterparts_have_no_effect() -> None:
     assert set(sw.subkeys) == {"CHILD"}
 
 
-def test_supersede_tree_children_with_other_semantics_act_as_new_keys() -> None:
+def test_supersede_tree_children_with_other_semantics_act_as_new_keys(merge: Engine) -> None:
     tree = Key("software", semantics=SEM.SUPERSEDE_TREE)
     odd = tree.add_subkey(Key("CHILD", semantics=SEM.MERGE, class_name="own"))
     odd.values = [sz("y", "2"), tomb("x")]
@@ -216,7 +253,9 @@ def test_supersede_tree_children_with_other_semantics_act_as_new_keys() -> None:
     assert out.values == []
 
 
-def test_a_delta_root_with_supersede_tree_replaces_everything_but_root_identity() -> None:
+def test_a_delta_root_with_supersede_tree_replaces_everything_but_root_identity(
+    merge: Engine,
+) -> None:
     root = Key("other", semantics=SEM.SUPERSEDE_TREE, inherit_class=True)
     root.add_subkey(Key("Only", semantics=SEM.SUPERSEDE_TREE))
     merged = merge(base_hive(), Hive(root=root, flags=0x2))
@@ -243,7 +282,9 @@ def test_a_delta_root_with_supersede_tree_replaces_everything_but_root_identity(
         ("\U00010428", "\U00010400", False),  # outside the BMP: surrogates are not upcased
     ],
 )
-def test_names_match_by_windows_upcase(base_name: str, delta_name: str, same: bool) -> None:
+def test_names_match_by_windows_upcase(
+    base_name: str, delta_name: str, same: bool, merge: Engine
+) -> None:
     base = Hive(root=Key("ROOT"))
     base.root.add_subkey(Key(base_name)).values = [sz("v", "base")]
     base.root.subkey(base_name).add_subkey(Key("kid"))  # type: ignore[union-attr]
@@ -273,7 +314,7 @@ def test_deep_trees_merge_without_recursion() -> None:
     for i in range(depth):
         node = node.add_subkey(Key(f"K{i}", inherit_class=True))
     node.values = [sz("LEAF", "new")]
-    merged = merge(Hive(root=base_root), Hive(root=delta_root, flags=0x2))
+    merged = whole_tree_merge(Hive(root=base_root), Hive(root=delta_root, flags=0x2))
     node = merged.root
     for i in range(depth):
         node = node.subkeys[f"K{i}"]

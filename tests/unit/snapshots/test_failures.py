@@ -174,5 +174,6 @@ def test_remove_replaces_a_stale_rm_directory(sn: Snapshotter, tmp_path: Path) -
     stale.mkdir()
     (stale / "old").write_text("x")
     sn.remove("k")
+    assert sn.wait_reclaimed(30)
     assert not stale.exists()
     assert not snapshot_dir(mounts).exists()

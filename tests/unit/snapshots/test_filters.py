@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimsnap.errdefs import InvalidArgument
-from cimsnap.snapshots.filters import Adaptor, parse, parse_all
+from cimsnap.snapshots.filters import (
+    MAX_FILTER_BYTES,
+    MAX_REGEX_SELECTORS,
+    Adaptor,
+    parse,
+    parse_all,
+)
+from cimsnap.snapshots.regex import MAX_REGEX_BYTES, compile_regex
 
 # (name, other, labels)
 CORPUS: list[tuple[str, str, dict[str, str]]] = [
@@ -139,3 +146,100 @@ def test_quoted_values_round_trip(value: str) -> None:
     escaped = "".join(f"\\U{ord(c):08x}" if not c.isprintable() or c in '"\\' else c for c in value)
     f = parse(f'other=="{escaped}"')
     assert f.match(adapt(("n", value, {}))) == bool(value)
+
+
+# -- regular expressions: RE2 semantics and the one rule for unusable patterns -------------
+
+
+def _matches(text: str, value: str) -> bool:
+    return parse(text).match(adapt(("n", value, {})))
+
+
+@pytest.mark.timeout(60)  # Python re needs ~2**40 steps here; RE2 is linear
+def test_backtracking_bomb_is_linear() -> None:
+    assert not _matches('other~="(a+)+$"', "a" * 40 + "!")
+    assert _matches('other~="(a+)+$"', "a" * 40)
+    assert not _matches('other~="(x+x+)+y"', "x" * 4000)
+
+
+UNUSABLE = [
+    "(",  # RE2 syntax error
+    "(" * 1000,  # RE2: missing )
+    "(" * 5000 + "a" + ")" * 5000,  # more than MAX_REGEX_BYTES
+    "a{1001}",  # Go and RE2 limit repetition counts to 1000
+    "(?=a)",  # no lookaround in Go
+    "(a)\\1",  # no backreferences in Go
+    "a\\Z",  # Go has \z, not \Z
+    "\\C",  # RE2 accepts "any byte", Go does not
+    "x[ab]{1000}[cd]{1000}[ef]{1000}[gh]{1000}[ij]{1000}",  # program > MAX_REGEX_PROGRAM_SIZE
+]
+
+
+@pytest.mark.parametrize("pattern", UNUSABLE, ids=lambda p: p[:20])
+def test_unusable_patterns_match_nothing(pattern: str, caplog: pytest.LogCaptureFixture) -> None:
+    selector = f"other~={_go_quote(pattern)}"
+    assert len(selector.encode()) <= MAX_FILTER_BYTES
+    f = parse_all([selector])
+    assert not any(f.match(adapt(e)) for e in [*CORPUS, ("n", "", {}), ("n", pattern, {})])
+    # Logged once, shortened: never the whole pattern (or a traceback) per call.
+    (record,) = [r for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(record.getMessage()) < 400 and record.exc_info is None
+    assert compile_regex(pattern) is None
+
+
+def _go_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+GO_SYNTAX = [  # (pattern, matching value, non-matching value)
+    ("^sha256:[0-9a-f]{64}$", "sha256:" + "ab" * 32, "sha256:" + "ab" * 31),
+    ("(?P<word>ab)c", "xabc", "acb"),
+    ("(?i)ABC", "xabc", "ab"),
+    ("\\pL+\\d", "éé7", "77"),
+    ("[[:alpha:]]", "q", "1"),
+    ("\\Q.*\\E", "a.*b", "ab"),
+    ("\\Q\\C\\E", "\\C", "C"),  # \C quoted is a literal, not the byte escape
+    ("a$", "ba", "a\n"),  # $ is end of text (Python re also matched before a final \n)
+    ("(?m)a$", "a\nb", "ab"),
+    ("(?s)a.b", "a\nb", "ab"),
+    ("x\\z", "x", "x\n"),
+    ("(" * 500 + "a" + ")" * 500, "a", "b"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "yes", "no"), GO_SYNTAX, ids=lambda p: str(p)[:20])
+def test_go_regexp_syntax(pattern: str, yes: str, no: str) -> None:
+    f = parse(f"other~={_go_quote(pattern)}")
+    assert f.match(adapt(("n", yes, {})))
+    assert not f.match(adapt(("n", no, {})))
+
+
+def test_lone_surrogate_value_matches_nothing() -> None:
+    assert not _matches('other~="."', "\udc80")
+
+
+def test_deep_nesting_is_never_internal() -> None:
+    # Once a RecursionError (INTERNAL, 207 KB of traceback per call) in Python re.
+    deep = "(" * 100_000
+    assert compile_regex(deep) is None
+    assert compile_regex(deep + "a" + ")" * 100_000) is None
+    with pytest.raises(InvalidArgument):  # the whole filter is over MAX_FILTER_BYTES
+        parse_all([f"name~={deep}"])
+    assert not _matches(f"other~={deep[:MAX_REGEX_BYTES]}", "(")
+
+
+def test_request_limits_are_invalid_argument() -> None:
+    many = ",".join(f"other~=a{i}" for i in range(MAX_REGEX_SELECTORS + 1))
+    with pytest.raises(InvalidArgument):
+        parse(many)
+    split = ["other~=a"] * (MAX_REGEX_SELECTORS + 1)  # the budget spans the strings of a call
+    with pytest.raises(InvalidArgument):
+        parse_all(split)
+    assert parse_all(split[:MAX_REGEX_SELECTORS]).alternatives
+    huge = "name==" + "x" * MAX_FILTER_BYTES
+    for call in (parse, lambda t: parse_all([t])):
+        with pytest.raises(InvalidArgument):
+            call(huge)
+    with pytest.raises(InvalidArgument):
+        parse_all(["name==x"] * (MAX_FILTER_BYTES // 7 + 1))
+    assert MAX_REGEX_BYTES < MAX_FILTER_BYTES

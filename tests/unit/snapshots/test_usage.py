@@ -38,3 +38,12 @@ def test_sparse_file_counts_allocated_bytes(tmp_path: Path) -> None:
     with open(root / "sparse", "wb") as f:
         f.truncate(50 * 1024 * 1024)
     assert disk_usage(root).size < 1024 * 1024
+
+
+def test_a_link_at_the_root_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "big"
+    target.mkdir()
+    (target / "f").write_bytes(b"x" * 100_000)
+    link = tmp_path / "r"
+    link.symlink_to(target)
+    assert disk_usage(link).inodes == 1

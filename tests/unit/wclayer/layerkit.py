@@ -6,10 +6,11 @@ import io
 import os
 import stat
 import tarfile
+import tempfile
 from pathlib import Path
 
 from cimsnap.devtools.synthetic_hive import software_base, software_delta
-from cimsnap.hive import Hive, Key, Value, write_hive
+from cimsnap.hive import Hive, Key, Value, merge_files, write_hive
 from cimsnap.hive.tree import REG_SZ, LayerSemantics
 from cimsnap.wclayer.fileinfo import FileBasicInfo
 from cimsnap.wclayer.routing import HIVES
@@ -156,3 +157,14 @@ class LayerTar:
     def bytes(self) -> bytes:
         self.tar.close()
         return self.buffer.getvalue()
+
+
+def merged_hive(base: bytes, delta: bytes) -> bytes:
+    """What the hive engine's file merge (the one the importer uses) makes of ``base`` and
+    ``delta``: the bytes a layer's merged ``*_BASE`` must equal."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "base").write_bytes(base)
+        (d / "delta").write_bytes(delta)
+        merge_files(d / "base", d / "delta", d / "out")
+        return (d / "out").read_bytes()

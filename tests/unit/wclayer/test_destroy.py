@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import build_from_directory, read_image_header, region_set_files
-from cimsnap.wclayer import destroy_cim_layer, referenced_region_sets, sweep_unreferenced_regions
+from cimsnap.wclayer import (
+    destroy_cim_layer,
+    referenced_region_sets,
+    sweep_regions,
+    sweep_unreferenced_regions,
+)
 
 
 def build(directory: Path, name: str, tmp: Path, parent: str | None = None) -> Path:
@@ -139,3 +144,41 @@ def test_caller_supplied_references_skip_the_scan(chain: tuple[Path, Path, Path]
     destroy_cim_layer(a, referenced_elsewhere={read_image_header(a).own.guid})
     assert not a.exists()
     assert all(p.exists() for p in a_files)
+
+
+def test_sweep_runs_when_an_image_vanishes_while_it_reads(
+    chain: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 11 defect 3: a concurrent Remove unlinks a .cim between the directory listing
+    # and the header read. The race cannot be timed from a test, so the read is wrapped to
+    # unlink first: the image then references nothing, and the sweep still runs.
+    import cimsnap.cim.image_files as image_files
+
+    a, b, c = chain
+    real = image_files.read_image_header
+
+    def vanishing(path: Path) -> object:
+        if path.name == c.name:
+            path.unlink()
+        return real(path)
+
+    c_files = own_files(c)
+    monkeypatch.setattr(image_files, "read_image_header", vanishing)
+    sweep = sweep_regions(a.parent)
+    assert sweep.ran
+    assert sorted(sweep.removed) == sorted(c_files)  # c is gone: its regions are garbage
+    assert all(p.exists() for p in [a, b, *own_files(a), *own_files(b)])
+
+
+def test_destroy_never_reads_through_a_link(chain: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    a, _, c = chain
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.rename(c, outside / "3.cim")
+    link = a.parent / "4.cim"
+    os.symlink(outside / "3.cim", link)  # names c's region set: must not delete it
+    destroy_cim_layer(link)
+    assert not link.is_symlink()
+    assert (outside / "3.cim").exists()
+    named = region_set_files(a.parent, read_image_header(outside / "3.cim").own)
+    assert named and all(p.exists() for p in named)

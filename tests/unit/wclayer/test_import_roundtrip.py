@@ -10,10 +10,10 @@ import pytest
 
 from cimsnap.cim import CimReader, open_image
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
-from cimsnap.hive import merge, read_hive, write_hive
 from cimsnap.wclayer.exporter import export_layer
 from cimsnap.wclayer.importer import import_layer
 from cimsnap.wclayer.routing import HIVES
+from tests.unit.wclayer.layerkit import merged_hive
 
 #: What the importer adds beyond the tars (base: Hives, the *_BASE links, layout; deltas:
 #: the merged *_BASE hives).
@@ -109,21 +109,17 @@ def test_delta_hives_are_merged_along_the_chain(
     root, _, _ = chain
     config = "Files\\Windows\\System32\\config"
     with open_image(root / "cim-layers" / "0.cim") as image:
-        current = {
-            h.base: read_hive(image.reader.open_stream(f"{config}\\{h.config}").read())
-            for h in HIVES
-        }
+        current = {h.base: image.reader.open_stream(f"{config}\\{h.config}").read() for h in HIVES}
     for index in (1, 2):
         with open_image(root / "cim-layers" / f"{index}.cim") as image:
             r = image.reader
             deltas = {e.name.upper(): e.name for e in r.listdir("Hives")}
             for hive in HIVES:
                 name = deltas[hive.delta]
-                current[hive.base] = merge(
-                    current[hive.base], read_hive(r.open_stream(f"Hives\\{name}").read())
-                )
+                delta = r.open_stream(f"Hives\\{name}").read()
+                current[hive.base] = merged_hive(current[hive.base], delta)
                 merged = r.open_stream(f"Hives\\{hive.base}").read()
-                assert merged == write_hive(current[hive.base]), (index, hive.base)
+                assert merged == current[hive.base], (index, hive.base)
                 assert (root / str(index) / "Hives" / hive.base).read_bytes() == merged
 
 

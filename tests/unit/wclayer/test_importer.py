@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import open_image
-from cimsnap.hive import merge, read_hive, write_hive
+from cimsnap.hive import Hive, Key, write_hive
+from cimsnap.hive import cells as hive_cells
 from cimsnap.hive.writer import DEFAULT_SECURITY_DESCRIPTOR
 from cimsnap.wclayer import winmeta
 from cimsnap.wclayer.compression import open_compressed, open_decompressed
@@ -29,6 +30,7 @@ from tests.unit.wclayer.layerkit import (
     base_hives,
     delta_hive,
     filetime,
+    merged_hive,
     snapshot,
 )
 
@@ -143,7 +145,7 @@ def test_delta_layer_hives_and_whiteouts(root: Path) -> None:
     tar.whiteout("Files/d/.wh.x").whiteout("Files/.wh.never").file("Files/b", b"b")
     tar.whiteout("Files/.wh..wh..opq")
     run(root, "2", tar.bytes(), "1")
-    expected = write_hive(merge(read_hive(hives["SYSTEM"]), read_hive(delta)))
+    expected = merged_hive(hives["SYSTEM"], delta)
     assert cim_data(root, "2", "Hives\\SYSTEM_BASE") == expected
     with open_image(root / "cim-layers/2.cim") as image:
         assert image.reader.listdir("Files\\d") == []
@@ -179,11 +181,10 @@ def test_three_layer_chain(root: Path) -> None:
         "2",
         "1",
     )
-    sw1 = read_hive(hives["SOFTWARE"])
-    sw2 = merge(sw1, read_hive(d2))
-    sw3 = merge(sw2, read_hive(d3))
-    assert cim_data(root, "2", "Hives\\SOFTWARE_BASE") == write_hive(sw2)
-    assert cim_data(root, "3", "Hives\\SOFTWARE_BASE") == write_hive(sw3)
+    sw2 = merged_hive(hives["SOFTWARE"], d2)
+    sw3 = merged_hive(sw2, d3)
+    assert cim_data(root, "2", "Hives\\SOFTWARE_BASE") == sw2
+    assert cim_data(root, "3", "Hives\\SOFTWARE_BASE") == sw3
     assert cim_data(root, "1", "Hives\\SOFTWARE_BASE") == hives["SOFTWARE"]
     with open_image(root / "cim-layers/3.cim") as image:
         r = image.reader
@@ -458,4 +459,21 @@ def test_truncated_compressed_stream(root: Path, kind: str) -> None:
             [root / "1"],
             [root / "cim-layers/1.cim"],
         )
+    assert snapshot(root) == before
+
+
+def test_delta_key_a_hive_cannot_store_is_the_layers_fault(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hive reader accepts a 300-unit key name; merging it must fail as bad input."""
+    import_base(root)
+    before = snapshot(root)
+    delta_root = Key("ROOT", inherit_class=True)
+    delta_root.add_subkey(Key("k" * 300))
+    with monkeypatch.context() as m:  # forge the delta: only the writer refuses such names
+        m.setattr(hive_cells, "MAX_KEY_NAME_LENGTH", 1000)
+        delta = write_hive(Hive(root=delta_root, minor_version=6, flags=0x2, file_name="d"))
+    tar = LayerTar().dir("Files").dir("Hives").file("Hives/Software_Delta", delta)
+    with pytest.raises(LayerFormatError, match="Software_Delta holds a key a hive cannot store"):
+        run(root, "2", tar.bytes(), "1")
     assert snapshot(root) == before

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import open_image
-from cimsnap.hive import merge, read_hive, write_hive
+from cimsnap.hive import read_hive
 from cimsnap.wclayer.errors import (
     LayerBusyError,
     LayerCancelledError,
@@ -31,6 +31,7 @@ from tests.unit.wclayer.layerkit import (
     FILE,
     base_hives,
     delta_hive,
+    merged_hive,
     small_hive,
     snapshot,
     software_delta_bytes,
@@ -174,8 +175,8 @@ def test_delta_layer_merges_with_parent_base(root: Path) -> None:
         add_file(w, "Hives\\Software_Delta", software_delta)
         add_file(w, "Hives\\system_delta", system_delta)
         add_file(w, "Files\\b.txt", b"layer 2")
-    expected_software = write_hive(merge(read_hive(hives["SOFTWARE"]), read_hive(software_delta)))
-    expected_system = write_hive(merge(read_hive(hives["SYSTEM"]), read_hive(system_delta)))
+    expected_software = merged_hive(hives["SOFTWARE"], software_delta)
+    expected_system = merged_hive(hives["SYSTEM"], system_delta)
     assert data_of(root, "2", "Hives\\SOFTWARE_BASE") == expected_software
     assert data_of(root, "2", "Hives\\SYSTEM_BASE") == expected_system
     assert (root / "2/Hives/SOFTWARE_BASE").read_bytes() == expected_software
@@ -197,7 +198,7 @@ def test_delta_base_is_searched_up_the_parent_chain(root: Path) -> None:
     with writer(root, "3", "2", "1") as w:
         add_dirs(w, "Hives")
         add_file(w, "Hives\\SYSTEM_DELTA", delta)
-    expected = write_hive(merge(read_hive(hives["SYSTEM"]), read_hive(delta)))
+    expected = merged_hive(hives["SYSTEM"], delta)
     assert data_of(root, "3", "Hives\\SYSTEM_BASE") == expected
 
 

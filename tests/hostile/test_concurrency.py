@@ -1,0 +1,48 @@
+"""50 concurrent clients mixing every RPC on overlapping chains, through the real server.
+
+Fails on any status outside the set expected for its operation (lock errors, deadline
+exceeded = deadlock, INTERNAL), on a lost update or a lost or leaked snapshot. Stat and
+List p99 while the writes run are printed (the target is < 100 ms; a figure, not an
+assert: timing depends on the machine). ``CIMSNAP_STRESS_SECONDS`` sets the duration.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.grpc_harness import ServerThread, server_config, short_socket_dir
+from tests.hostile.workload import check_state, percentile, run_workload
+
+CLIENTS = 50
+SECONDS = float(os.environ.get("CIMSNAP_STRESS_SECONDS", "20"))
+
+
+@pytest.mark.timeout(int(SECONDS) + 600)
+def test_fifty_clients_every_rpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock_dir = short_socket_dir()
+    try:
+        with ServerThread(server_config(tmp_path, sock_dir, max_workers=8)) as server:
+            report = run_workload(server.address, clients=CLIENTS, seconds=SECONDS)
+            problems = check_state(server.address, report)
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    total = sum(report.calls.values())
+    with capsys.disabled():
+        print(
+            f"\nconcurrency: {CLIENTS} clients, {total} calls in {SECONDS:.0f} s; "
+            f"Stat p99 {percentile(report.stat_ms, 0.99):.1f} ms "
+            f"({len(report.stat_ms)} calls), List p99 {percentile(report.list_ms, 0.99):.1f} ms "
+            f"({len(report.list_ms)} calls); target p99 < 100 ms"
+        )
+    assert not report.unexpected, report.unexpected[:20]
+    assert not problems, problems[:20]
+    methods = {name.split(":")[0] for name in report.calls}
+    assert methods == {
+        "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "List", "Usage",
+        "Cleanup",
+    }  # fmt: skip
+    assert report.calls["Commit:OK"] > 0 and report.calls["Remove:OK"] > 0
