@@ -91,21 +91,25 @@ disabled_plugins = [{disabled}]
 
 
 def deploy_config(name: str, base: Path, proxy_socket: str, cimsnap_root: Path) -> str:
-    """deploy/containerd/<name> with only its root, state, socket and opt paths rewritten."""
+    """deploy/containerd/<name> as shipped (a snippet to merge into containerd's config),
+    with only cimsnap's socket and root changed, inside a private root/state/socket config.
+    """
     text = (REPO_ROOT / "deploy" / "containerd" / name).read_text()
-    replacements = {
-        '"/var/lib/containerd"': f'"{base}/root"',
-        '"/run/containerd"': f'"{base}/state"',
-        '"/run/containerd/containerd.sock"': f'"{base}/containerd.sock"',
-        '"/run/containerd/containerd.sock.ttrpc"': f'"{base}/containerd.sock.ttrpc"',
+    for old, new in {
         '"/run/cimsnap/cimsnap.sock"': f'"{proxy_socket}"',
         '"/var/lib/cimsnap"': f'"{cimsnap_root}"',
-        '"/opt/containerd"': f'"{base}/opt"',
-    }
-    for old, new in replacements.items():
+    }.items():
         assert old in text, f"{name} no longer has {old}"
         text = text.replace(old, new)
-    return text
+    head, sep, rest = text.partition("version = 2\n")
+    assert sep, f"{name}: not a version 2 config"
+    private = f'root = "{base}/root"\nstate = "{base}/state"\n'
+    tables = (
+        f'\n[grpc]\n  address = "{base}/containerd.sock"\n'
+        f'[ttrpc]\n  address = "{base}/containerd.sock.ttrpc"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{base}/opt"\n'
+    )
+    return head + sep + private + rest + tables
 
 
 class Containerd:
