@@ -1,11 +1,11 @@
 """containerd 1.7.24 with cimsnap as snapshot proxy AND diff proxy, end to end.
 
-The daemon runs deploy/containerd/config-1.7.toml as shipped (only root, state, socket and
-opt paths rewritten) on a private root; cimsnap's server runs in-process on a private
-socket with ``containerd_address`` pointing at that daemon. ctr 1.7 unpacks client-side
-through the daemon's diff service, whose order ``["cimsnap-diff", "walking"]`` sends every
-layer to cimsnap first (§6.3a): CimFS layers are applied by cimsnap, anything else is
-answered Unimplemented and goes to ``walking``.
+The daemon runs deploy/containerd/config-1.7.toml as shipped (only cimsnap's socket and
+root changed), embedded in a private root/state/socket config; cimsnap's server runs
+in-process on a private socket with ``containerd_address`` pointing at that daemon.
+ctr 1.7 unpacks client-side through the daemon's diff service, whose order
+``["cimsnap-diff", "walking"]`` sends every layer to cimsnap first (§6.3a): CimFS layers
+are applied by cimsnap, anything else is answered Unimplemented and goes to ``walking``.
 """
 
 from __future__ import annotations
