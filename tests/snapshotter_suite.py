@@ -100,13 +100,16 @@ def commit_layer(sn: SnapshotterAPI, name: str, parent: str = "", **files: str) 
     """Prepare ``name``-active on ``parent``, write ``files`` into scratch, commit.
 
     Returns the active's mounts: commit keeps the ID, so their source and ``cimpath`` are
-    the committed layer's directory and CIM.
+    the committed layer's directory and CIM. The layer's CIM exists when this returns: a
+    Commit without files defers its empty CIM, and Usage of the layer builds it.
     """
     key = f"{name}-active"
     mounts = sn.prepare(key, parent, GC_ROOT)
     for rel, text in files.items():
         (snapshot_dir(mounts) / "scratch" / rel).write_text(text)
     sn.commit(name, key, GC_ROOT)
+    if not files:
+        sn.usage(name)
     return mounts
 
 
@@ -321,6 +324,7 @@ def test_never_written_active_commits_as_empty_layer(sn: SnapshotterAPI) -> None
     base_mounts = commit_layer(sn, "base", **{"f.txt": "data"})
     mounts = sn.prepare("k", "base")
     sn.commit("empty", "k")
+    sn.usage("empty")  # builds the deferred empty layer (or waits for its build)
     header = read_image_header(cim_path(mounts))
     base = read_image_header(cim_path(base_mounts))
     assert header.parents == (*base.parents, base.own)
@@ -330,6 +334,7 @@ def test_never_written_active_commits_as_empty_layer(sn: SnapshotterAPI) -> None
 def test_parentless_empty_commit_is_a_base_layer(sn: SnapshotterAPI) -> None:
     mounts = sn.prepare("k")
     sn.commit("empty", "k")
+    sn.view("v", "empty")  # a view mounts the layer: its deferred CIM is built first
     header = read_image_header(cim_path(mounts))
     assert header.parents == ()
 
@@ -350,6 +355,7 @@ def test_extract_commit_keeps_the_differs_cim(sn: SnapshotterAPI, tmp_path: Path
 def test_extract_commit_without_cim_gives_empty_layer(sn: SnapshotterAPI) -> None:
     mounts = sn.prepare("default/3/extract-2 sha256:y", "")
     sn.commit("default/4/sha256:y", "default/3/extract-2 sha256:y")
+    sn.prepare("child", "default/4/sha256:y")  # mounts the layer: its CIM is built first
     assert read_image_header(cim_path(mounts)).parents == ()
 
 

@@ -5,18 +5,25 @@ See the "Commit" part of :mod:`cimsnap.snapshots.snapshotter`'s docstring for th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
 
 from cimsnap.errdefs import FailedPrecondition, NotFound
-from cimsnap.snapshots.rootdir import DIR_MODE, RootDirs, entry_mode, open_subdir
+from cimsnap.snapshots.rootdir import (
+    DIR_MODE,
+    RootDirs,
+    entry_mode,
+    open_subdir,
+    remove_entry,
+)
 from cimsnap.store import SnapshotRef
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_problem
 from cimsnap.wclayer.scratch import build_scratch_layer
 
-__all__ = ["SCRATCH_DIR", "materialise_layer"]
+__all__ = ["SCRATCH_DIR", "build_empty_layer", "can_defer_layer", "materialise_layer"]
 
 #: The writable directory inside ``snapshots/<id>/`` that commit turns into a layer.
 SCRATCH_DIR = "scratch"
@@ -75,6 +82,78 @@ def materialise_layer(
         finally:
             os.close(snapshot_fd)
     return True
+
+
+def can_defer_layer(dirs: RootDirs, snapshot_id: int, *, extract: bool) -> bool:
+    """True if committing active ``snapshot_id`` gives an empty layer (its CIM may wait).
+
+    That is an ``extract`` snapshot whose ``.cim`` was never written, or any other active
+    whose ``scratch/`` is absent or empty. Anything unexpected (a link or file in place of
+    the directories) answers False, so the synchronous path reports it as it always did.
+    """
+    if extract:
+        return entry_mode(dirs.cim_fd, f"{snapshot_id}.cim") is None
+    try:
+        snapshot_fd = open_subdir(dirs.snapshots_fd, str(snapshot_id))
+    except OSError:
+        return False
+    try:
+        try:
+            scratch_fd = open_subdir(snapshot_fd, SCRATCH_DIR)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        try:
+            with os.scandir(scratch_fd) as entries:
+                return next(entries, None) is None
+        finally:
+            os.close(scratch_fd)
+    finally:
+        os.close(snapshot_fd)
+
+
+def build_empty_layer(dirs: RootDirs, snapshot_id: int, parent_id: int | None) -> None:
+    """Build ``cim-layers/<snapshot_id>.cim`` as an empty layer forked from ``parent_id``'s.
+
+    For a committed layer that Commit left pending (:mod:`cimsnap.snapshots.pending`); the
+    caller holds the build lock and has checked that the row is still pending, so no image
+    forks from this one yet. Whatever a crashed earlier build left at ``<id>.cim`` is
+    destroyed first; the layer is built from a freshly made empty ``scratch/`` (a leftover
+    one is deleted first), deleted again afterwards. Same durability as a Commit's build
+    (the CIM writer fsyncs everything before the ``.cim`` appears). NotFound if
+    ``snapshots/<id>`` is gone; errors otherwise as
+    :func:`cimsnap.wclayer.scratch.build_scratch_layer` (FailedPrecondition if the parent's
+    CIM is missing or damaged).
+    """
+    cim_path = dirs.cim_layers / f"{snapshot_id}.cim"
+    parent = None if parent_id is None else dirs.cim_layers / f"{parent_id}.cim"
+    dirs.check()
+    destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
+    snapshot_dir = dirs.snapshots / str(snapshot_id)
+    try:
+        snapshot_fd = open_subdir(dirs.snapshots_fd, str(snapshot_id))
+    except FileNotFoundError:
+        raise NotFound(f"snapshot {snapshot_id} was removed: not found") from None
+    except NotADirectoryError:
+        raise FailedPrecondition(
+            f"{snapshot_dir} is not a directory (never followed; cleanup retires it): "
+            "failed precondition"
+        ) from None
+    try:
+        if entry_mode(snapshot_fd, SCRATCH_DIR) is not None:
+            remove_entry(snapshot_fd, SCRATCH_DIR)
+            if entry_mode(snapshot_fd, SCRATCH_DIR) is not None:  # never build from content
+                raise FailedPrecondition(
+                    f"cannot clear {snapshot_dir / SCRATCH_DIR} to build the empty layer: "
+                    "failed precondition"
+                )
+        _build_from(snapshot_fd, snapshot_dir / SCRATCH_DIR, cim_path, parent)
+        # A concurrent Commit or Cleanup may have removed it already.
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(SCRATCH_DIR, dir_fd=snapshot_fd)
+    finally:
+        os.close(snapshot_fd)
 
 
 def _build_from(snapshot_fd: int, source: Path, cim_path: Path, parent: Path | None) -> None:

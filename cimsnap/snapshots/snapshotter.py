@@ -64,7 +64,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -72,8 +72,9 @@ from cimsnap.clock import MicrosecondClock
 from cimsnap.errdefs import CimsnapError, FailedPrecondition, Unavailable
 from cimsnap.snapshots.filters import parse_all
 from cimsnap.snapshots.labels import MAX_LABEL_SIZE, checked_key, checked_labels
-from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
+from cimsnap.snapshots.layer_commit import SCRATCH_DIR, can_defer_layer, materialise_layer
 from cimsnap.snapshots.mounts import Mount, cimfs_mount
+from cimsnap.snapshots.pending import PendingLayers
 from cimsnap.snapshots.reclaim import (
     CleanupReport,
     Reaper,
@@ -105,6 +106,7 @@ from cimsnap.store import (
     get_info,
     get_snapshot,
     id_kinds,
+    pending_layers,
     remove,
     update_info,
     walk_info,
@@ -160,10 +162,13 @@ class Snapshotter:
         self._busy_lock = threading.Lock()
         self._busy: set[int] = set()
         self._reaper = Reaper()
+        self._layers: PendingLayers | None = None
         try:
             with self._store.read() as tx:
                 kinds = id_kinds(tx)
-            self._damaged = recover_snapshot_files(self._dirs, kinds)
+                pending = pending_layers(tx)
+            self._damaged = recover_snapshot_files(self._dirs, kinds, pending=pending.keys())
+            self._layers = PendingLayers(self._dirs, self._store, self._build_lock, pending)
         except BaseException:
             self.close()
             raise
@@ -172,8 +177,11 @@ class Snapshotter:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the reaper (after its running item), release the metastore and the root
-        (idempotent); later calls raise Unavailable."""
+        """Stop the layer builder and the reaper (after their running items), release the
+        metastore and the root (idempotent); later calls raise Unavailable. Layers still
+        pending stay pending in the metastore: the next start builds them."""
+        if self._layers is not None:
+            self._layers.close()
         self._reaper.close()
         self._store.close()
         with self._busy_lock:
@@ -187,6 +195,33 @@ class Snapshotter:
         """Wait until the background reaper has finished the work queued so far (Remove's
         file work, the start-up cleanup); False if ``timeout`` passed first."""
         return self._reaper.wait_idle(timeout)
+
+    # -- deferred empty layers (cimsnap.snapshots.pending) ---------------------------
+
+    def ensure_layer_cims(self, snapshot_ids: Iterable[int]) -> None:
+        """Return once the layer CIM of every committed snapshot in ``snapshot_ids`` exists.
+
+        The one call for anything about to read, mount or fork from layer CIMs (the
+        differ's Apply before forking from ``parent_ids``, Compare before reading them):
+        a layer whose Commit deferred its empty CIM is built here (its pending parents
+        first), or waited for if the background worker is building it. Other IDs are
+        ignored, so a whole parent chain (immediate parent first, as in
+        :class:`cimsnap.store.SnapshotRef`) may be passed. Costs nothing when no layer is
+        pending. Raises FailedPrecondition if a parent's CIM is missing or damaged,
+        Unavailable if another CIM writer holds the layer directory too long, OSError on
+        I/O failure; the layer then stays pending (retried later).
+        """
+        layers = self._layers
+        if layers is not None and layers:
+            layers.ensure(snapshot_ids)
+
+    def wait_layers(self, timeout: float | None = None) -> bool:
+        """Wait until the background builds queued so far have run; False on timeout."""
+        return self._layers is None or self._layers.wait_idle(timeout)
+
+    def pending_layer_ids(self) -> frozenset[int]:
+        """IDs of committed snapshots whose (empty) layer CIM is not built yet."""
+        return frozenset() if self._layers is None else self._layers.ids()
 
     def __enter__(self) -> Snapshotter:
         return self
@@ -240,6 +275,8 @@ class Snapshotter:
     ) -> list[Mount]:
         checked_key("key", key)
         checked = checked_labels(labels)
+        if parent and (kind == Kind.VIEW or UNPACK_KEY_MARKER not in key):
+            self._ensure_parent(parent)  # runhcs mounts them; an extract's differ ensures
         created: str | None = None
         try:
             with self._store.write() as tx:
@@ -257,6 +294,18 @@ class Snapshotter:
                 remove_entry(self._dirs.snapshots_fd, created)
             raise
         return self._mount(ref)
+
+    def _ensure_parent(self, parent: str) -> None:
+        """Build the pending layers of ``parent``'s chain before a snapshot is created on it
+        (nothing to do in the common case: no layer pending)."""
+        if not self.pending_layer_ids():
+            return
+        try:
+            with self._store.read() as tx:
+                chain = get_snapshot(tx, parent)
+        except CimsnapError:
+            return  # the create reports the missing parent with containerd's message
+        self.ensure_layer_cims((chain.id, *chain.parent_ids))
 
     def _make_dir(self, snapshot_id: int, *, scratch: bool) -> None:
         """Create the directory of a fresh ID, clearing leftovers of a crashed transaction.
@@ -304,6 +353,7 @@ class Snapshotter:
             raise FailedPrecondition(
                 f"requested snapshot {key} not active or view: failed precondition"
             )
+        self.ensure_layer_cims(ref.parent_ids)
         return self._mount(ref)
 
     def stat(self, key: str) -> Info:
@@ -334,6 +384,7 @@ class Snapshotter:
         if info.kind == Kind.ACTIVE:
             return disk_usage(self._dir(snapshot_id))
         if info.kind == Kind.COMMITTED:
+            self.ensure_layer_cims((snapshot_id,))
             own = cim_layer_size(self._cim(snapshot_id))
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
@@ -389,24 +440,76 @@ class Snapshotter:
         with self._store.read() as tx:
             ref = check_commit(tx, key, name, parent)
         self._claim(ref.id, key)
+        extract = UNPACK_KEY_MARKER in key
         try:
-            built = materialise_layer(
-                self._dirs,
-                self._build_lock,
-                ref,
-                extract=UNPACK_KEY_MARKER in key,
-            )
-            recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
-            try:
-                with self._store.write() as tx:
-                    commit_active(tx, key, name, recorded, checked, parent, self._clock.now_ns())
-            except BaseException:
-                if built:  # still active, so no child can have forked from it
-                    destroy_cim_layer(self._cim(ref.id), referenced_elsewhere=frozenset())
-                raise
+            deferred = can_defer_layer(self._dirs, ref.id, extract=extract)
+            if deferred:
+                self._commit_pending(ref, key, name, checked, parent)
+            else:
+                self._commit_built(ref, key, name, checked, parent, extract=extract)
         finally:
             self._release(ref.id)
         remove_scratch(self._dirs, ref.id, SCRATCH_DIR)  # failures: logged, cleanup's
+        if deferred and self._layers is not None:
+            self._layers.schedule(ref.id)
+
+    def _commit_built(
+        self,
+        ref: SnapshotRef,
+        key: str,
+        name: str,
+        labels: Mapping[str, str],
+        parent: str,
+        *,
+        extract: bool,
+    ) -> None:
+        """Commit whose layer exists (Apply wrote it) or is built now from ``scratch/``."""
+        self.ensure_layer_cims(ref.parent_ids)  # the build forks from the parent's CIM
+        built = materialise_layer(self._dirs, self._build_lock, ref, extract=extract)
+        recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
+        try:
+            with self._store.write() as tx:
+                commit_active(tx, key, name, recorded, labels, parent, self._clock.now_ns())
+        except BaseException:
+            if built:  # still active, so no child can have forked from it
+                destroy_cim_layer(self._cim(ref.id), referenced_elsewhere=frozenset())
+            raise
+
+    def _commit_pending(
+        self, ref: SnapshotRef, key: str, name: str, labels: Mapping[str, str], parent: str
+    ) -> None:
+        """Commit of an empty layer: metadata only, the CIM is built afterwards
+        (:mod:`cimsnap.snapshots.pending`)."""
+        layers = self._layers
+        if layers is None:
+            raise Unavailable("snapshotter is closed: unavailable")
+        if ref.parent_ids:  # what the synchronous build would have refused, cheaply
+            parent_id = ref.parent_ids[0]
+            missing = parent_id not in layers.ids() and (
+                entry_mode(self._dirs.cim_fd, f"{parent_id}.cim") is None
+            )
+            if missing or parent_id in self._damaged:
+                raise FailedPrecondition(
+                    f"parent layer {self._cim(parent_id)} is missing or damaged: "
+                    "failed precondition"
+                )
+        recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
+        try:
+            with self._store.write() as tx:
+                commit_active(
+                    tx,
+                    key,
+                    name,
+                    recorded,
+                    labels,
+                    parent,
+                    self._clock.now_ns(),
+                    layer_pending=True,
+                )
+                layers.add(ref.id, ref.parent_ids[0] if ref.parent_ids else None)
+        except BaseException:
+            layers.discard(ref.id)
+            raise
 
     def remove(self, key: str) -> None:
         """Remove ``key`` (any kind); fast, whatever the size of the snapshot.
@@ -436,6 +539,8 @@ class Snapshotter:
                     except OSError as e:  # the row is back; cleanup must not reap the dir
                         _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
                 raise
+        if self._layers is not None:
+            self._layers.discard(snapshot_id)
         self._reaper.submit(lambda: self._reclaim_removed(key, snapshot_id, renamed))
 
     def _reclaim_removed(self, key: str, snapshot_id: int, renamed: tuple[str, str] | None) -> None:
