@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -123,7 +124,26 @@ def settle(sn: SnapshotterAPI) -> None:
         sn.cleanup()
 
 
+def settle_layers(root: Path, timeout: float = 60.0) -> None:
+    """Wait until no committed layer of ``root`` is pending (Commit defers an empty layer's
+    CIM to a background build, which changes files and the row once it is done)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(f"file:{root / 'metadata.db'}?mode=ro", uri=True)
+        try:
+            pending = conn.execute(
+                "SELECT count(*) FROM snapshots WHERE layer_pending = 1"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"{pending} layers still pending after {timeout} s"
+        time.sleep(0.01)
+
+
 def expect_unchanged(root: Path, error: type[Exception], call: Callable[[], object]) -> Exception:
+    settle_layers(root)
     before = state(root)
     with pytest.raises(error) as info:
         call()
