@@ -117,7 +117,7 @@ def check_root(root: Path, *, verify: bool = True) -> FsckReport:
     report.snapshots = len(kinds)
     _check_rows(root, kinds, pending, report, verify)
     _check_snapshot_entries(root, kinds, report)
-    _check_layer_entries(layers, kinds, report)
+    _check_layer_entries(layers, kinds, pending, report)
     return report
 
 
@@ -201,7 +201,9 @@ def _check_snapshot_entries(root: Path, kinds: Mapping[int, Kind], report: FsckR
             report.add(Level.RECLAIMABLE, where, "no snapshot has this ID")
 
 
-def _check_layer_entries(layers: Path, kinds: Mapping[int, Kind], report: FsckReport) -> None:
+def _check_layer_entries(
+    layers: Path, kinds: Mapping[int, Kind], pending: Set[int], report: FsckReport
+) -> None:
     referenced: set[str] = set()
     images: list[os.DirEntry[str]] = []
     others: list[os.DirEntry[str]] = []
@@ -218,8 +220,8 @@ def _check_layer_entries(layers: Path, kinds: Mapping[int, Kind], report: FsckRe
         try:
             header = read_image_header(Path(entry.path))
         except (CimFormatError, OSError) as e:
-            if sid is None or sid not in kinds:
-                continue
+            if sid is None or sid not in kinds or sid in pending:
+                continue  # a pending layer's image is rebuilt at the next start
             report.add(Level.PROBLEM, where, f"unreadable header: {e}")
             continue
         if sid is not None and sid in kinds:
