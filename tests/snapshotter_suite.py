@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -66,9 +66,16 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
+#: The ``sn`` of each root, for :func:`settle_layers`.
+_OPEN: dict[Path, SnapshotterAPI] = {}
+
+
 @pytest.fixture
-def sn(snapshotter_factory: Factory, root: Path) -> SnapshotterAPI:
-    return snapshotter_factory(root)
+def sn(snapshotter_factory: Factory, root: Path) -> Iterator[SnapshotterAPI]:
+    snapshotter = snapshotter_factory(root)
+    _OPEN[root] = snapshotter
+    yield snapshotter
+    _OPEN.pop(root, None)
 
 
 State = tuple[list[Any], list[Any], list[Any], list[str]]
@@ -124,18 +131,26 @@ def settle(sn: SnapshotterAPI) -> None:
         sn.cleanup()
 
 
+def _pending_keys(root: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{root / 'metadata.db'}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT key FROM snapshots WHERE layer_pending = 1")]
+    finally:
+        conn.close()
+
+
 def settle_layers(root: Path, timeout: float = 60.0) -> None:
-    """Wait until no committed layer of ``root`` is pending (Commit defers an empty layer's
-    CIM to a background build, which changes files and the row once it is done)."""
+    """Return once no committed layer of ``root`` is pending: Commit defers an empty
+    layer's CIM to a background build, which changes files and the row when it runs.
+    The fixture's ``sn`` of ``root`` builds them at once (Usage needs the CIM); otherwise
+    this waits for the background builds."""
+    sn = _OPEN.get(root)
+    if sn is not None:
+        for key in _pending_keys(root):
+            sn.usage(key)
     deadline = time.monotonic() + timeout
     while True:
-        conn = sqlite3.connect(f"file:{root / 'metadata.db'}?mode=ro", uri=True)
-        try:
-            pending = conn.execute(
-                "SELECT count(*) FROM snapshots WHERE layer_pending = 1"
-            ).fetchone()[0]
-        finally:
-            conn.close()
+        pending = len(_pending_keys(root))
         if not pending:
             return
         assert time.monotonic() < deadline, f"{pending} layers still pending after {timeout} s"

@@ -198,7 +198,7 @@ def _child(root: Path, target: int, pipe: int) -> None:
         os.write(pipe, (line + "\n").encode())
 
     injector = _Injector(target, report)
-    sn = Snapshotter(root)
+    sn = Snapshotter(root, layer_build_delay=0.0)  # the build's points follow its Commit
     sn.wait_reclaimed()
     # Leftovers of earlier crashes for Cleanup to reclaim: a removal, an orphan directory,
     # an orphan region file.

@@ -23,10 +23,20 @@ from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_problem
 from cimsnap.wclayer.scratch import build_scratch_layer
 
-__all__ = ["SCRATCH_DIR", "build_empty_layer", "can_defer_layer", "materialise_layer"]
+__all__ = [
+    "EMPTY_SOURCE_DIR",
+    "SCRATCH_DIR",
+    "build_empty_layer",
+    "can_defer_layer",
+    "materialise_layer",
+]
 
 #: The writable directory inside ``snapshots/<id>/`` that commit turns into a layer.
 SCRATCH_DIR = "scratch"
+
+#: The empty directory a deferred empty layer is built from (made and deleted by the
+#: build; a name Cleanup's removal of leftover ``scratch/`` trees never races with).
+EMPTY_SOURCE_DIR = ".empty-layer"
 
 
 def materialise_layer(
@@ -119,8 +129,10 @@ def build_empty_layer(dirs: RootDirs, snapshot_id: int, parent_id: int | None) -
     For a committed layer that Commit left pending (:mod:`cimsnap.snapshots.pending`); the
     caller holds the build lock and has checked that the row is still pending, so no image
     forks from this one yet. Whatever a crashed earlier build left at ``<id>.cim`` is
-    destroyed first; the layer is built from a freshly made empty ``scratch/`` (a leftover
-    one is deleted first), deleted again afterwards. Same durability as a Commit's build
+    destroyed first. The committed snapshot's empty ``scratch/`` (Commit leaves it to this
+    build, off the request path) is deleted, and the layer is built from a freshly made
+    empty :data:`EMPTY_SOURCE_DIR` (a leftover one is deleted first), deleted again
+    afterwards. Same durability as a Commit's build
     (the CIM writer fsyncs everything before the ``.cim`` appears). NotFound if
     ``snapshots/<id>`` is gone; errors otherwise as
     :func:`cimsnap.wclayer.scratch.build_scratch_layer` (FailedPrecondition if the parent's
@@ -141,30 +153,38 @@ def build_empty_layer(dirs: RootDirs, snapshot_id: int, parent_id: int | None) -
             "failed precondition"
         ) from None
     try:
-        if entry_mode(snapshot_fd, SCRATCH_DIR) is not None:
-            remove_entry(snapshot_fd, SCRATCH_DIR)
-            if entry_mode(snapshot_fd, SCRATCH_DIR) is not None:  # never build from content
+        remove_entry(snapshot_fd, SCRATCH_DIR)  # failures: logged, Cleanup's
+        if entry_mode(snapshot_fd, EMPTY_SOURCE_DIR) is not None:
+            remove_entry(snapshot_fd, EMPTY_SOURCE_DIR)
+            if entry_mode(snapshot_fd, EMPTY_SOURCE_DIR) is not None:  # never build content
                 raise FailedPrecondition(
-                    f"cannot clear {snapshot_dir / SCRATCH_DIR} to build the empty layer: "
-                    "failed precondition"
+                    f"cannot clear {snapshot_dir / EMPTY_SOURCE_DIR} to build the empty "
+                    "layer: failed precondition"
                 )
-        _build_from(snapshot_fd, snapshot_dir / SCRATCH_DIR, cim_path, parent)
-        # A concurrent Commit or Cleanup may have removed it already.
+        _build_from(
+            snapshot_fd, snapshot_dir / EMPTY_SOURCE_DIR, cim_path, parent, EMPTY_SOURCE_DIR
+        )
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(SCRATCH_DIR, dir_fd=snapshot_fd)
+            os.rmdir(EMPTY_SOURCE_DIR, dir_fd=snapshot_fd)
     finally:
         os.close(snapshot_fd)
 
 
-def _build_from(snapshot_fd: int, source: Path, cim_path: Path, parent: Path | None) -> None:
-    """Build ``cim_path`` from ``<snapshot_fd>/scratch`` (made empty if absent)."""
+def _build_from(
+    snapshot_fd: int,
+    source: Path,
+    cim_path: Path,
+    parent: Path | None,
+    name: str = SCRATCH_DIR,
+) -> None:
+    """Build ``cim_path`` from ``<snapshot_fd>/<name>`` (made empty if absent)."""
     made_source = False
     try:
-        source_fd = open_subdir(snapshot_fd, SCRATCH_DIR)
+        source_fd = open_subdir(snapshot_fd, name)
     except FileNotFoundError:
-        os.mkdir(SCRATCH_DIR, DIR_MODE, dir_fd=snapshot_fd)
+        os.mkdir(name, DIR_MODE, dir_fd=snapshot_fd)
         made_source = True
-        source_fd = open_subdir(snapshot_fd, SCRATCH_DIR)
+        source_fd = open_subdir(snapshot_fd, name)
     except NotADirectoryError:
         raise FailedPrecondition(
             f"scratch {source} is not a directory: failed precondition"
@@ -173,7 +193,7 @@ def _build_from(snapshot_fd: int, source: Path, cim_path: Path, parent: Path | N
         build_scratch_layer(source, cim_path, parent=parent, source_fd=source_fd)
     except BaseException:
         if made_source:  # leave the snapshot as it was
-            os.rmdir(SCRATCH_DIR, dir_fd=snapshot_fd)
+            os.rmdir(name, dir_fd=snapshot_fd)
         raise
     finally:
         os.close(source_fd)

@@ -6,8 +6,11 @@ in the same transaction as today, and returns. The layer's CIM is an empty fork 
 parent's CIM, so it is a pure function of the parent and can always be reproduced; it is
 built:
 
-* by the background worker of :class:`PendingLayers`, queued by Commit (and, at start, for
-  every pending row the metastore holds: a crash before or during a build loses nothing);
+* by the background worker of :class:`PendingLayers`, queued by Commit to start
+  :data:`DEFAULT_BUILD_DELAY` seconds later (a build is 7 fsyncs and CPU under the GIL:
+  run during a burst of calls it would slow them down, and a layer removed meanwhile, as
+  containerd does with short-lived snapshots, is never built), and at start, at once, for
+  every pending row the metastore holds (a crash before or during a build loses nothing);
 * at the latest by whoever needs the file, through :meth:`PendingLayers.ensure`
   (``Snapshotter.ensure_layer_cims``): Prepare and View of non-extract snapshots (runhcs
   mounts their parents), Mounts, Commit of a scratch child (it forks from the parent),
@@ -33,24 +36,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
+from typing import Final
 
-from cimsnap.errdefs import CimsnapError
+from cimsnap.errdefs import CimsnapError, NotFound
 from cimsnap.snapshots.layer_commit import build_empty_layer
 from cimsnap.snapshots.reclaim import Reaper
 from cimsnap.snapshots.rootdir import RootDirs
 from cimsnap.store import Store, clear_layer_pending, layer_pending
 
-__all__ = ["PendingLayers"]
+__all__ = ["DEFAULT_BUILD_DELAY", "PendingLayers"]
 
 _log = logging.getLogger(__name__)
+
+#: Seconds between a Commit and the background build of its empty layer [choice: long
+#: enough to keep builds out of a burst of snapshot calls, short enough that a layer
+#: nobody asks for is on disk about a second later].
+DEFAULT_BUILD_DELAY: Final = 1.0
 
 
 class PendingLayers:
     """The pending layers of one snapshotter root and the worker that builds them.
 
     ``pending`` maps each pending snapshot ID to its parent's ID (None for a base layer),
-    as :func:`cimsnap.store.pending_layers` reads it at start; each is queued for a build.
+    as :func:`cimsnap.store.pending_layers` reads it at start; each is queued for a build
+    at once. ``delay``: seconds a Commit's build waits (:data:`DEFAULT_BUILD_DELAY`).
     Thread-safe. ``close()`` finishes the build running, drops the queue (the rows stay
     pending, so the next start builds them) and is idempotent.
     """
@@ -61,15 +72,19 @@ class PendingLayers:
         store: Store,
         build_lock: threading.Lock,
         pending: Mapping[int, int | None],
+        *,
+        delay: float = DEFAULT_BUILD_DELAY,
     ) -> None:
         self._dirs = dirs
         self._store = store
         self._build_lock = build_lock
+        self._delay = delay
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._pending: dict[int, int | None] = dict(pending)
         self._worker = Reaper(name="cimsnap-layers")
         for snapshot_id in sorted(self._pending):
-            self.schedule(snapshot_id)
+            self.schedule(snapshot_id, delayed=False)
 
     def __bool__(self) -> bool:
         """True while some layer is pending (a cheap check for the request paths)."""
@@ -91,9 +106,11 @@ class PendingLayers:
         with self._lock:
             self._pending.pop(snapshot_id, None)
 
-    def schedule(self, snapshot_id: int) -> None:
-        """Queue a background build of ``snapshot_id`` (and its pending parents)."""
-        self._worker.submit(lambda: self._background(snapshot_id))
+    def schedule(self, snapshot_id: int, *, delayed: bool = True) -> None:
+        """Queue a background build of ``snapshot_id`` (and its pending parents), to start
+        after the delay (``delayed``) or as soon as the worker is free."""
+        due = time.monotonic() + (self._delay if delayed else 0.0)
+        self._worker.submit(lambda: self._background(snapshot_id, due))
 
     def ensure(self, snapshot_ids: Iterable[int]) -> None:
         """Return once the CIM of every layer in ``snapshot_ids`` exists (built here if
@@ -124,6 +141,7 @@ class PendingLayers:
 
     def close(self) -> None:
         """Stop the worker after its running build (idempotent)."""
+        self._stop.set()
         self._worker.close()
 
     def _build(self, snapshot_id: int) -> None:
@@ -140,9 +158,14 @@ class PendingLayers:
                     clear_layer_pending(wtx, snapshot_id)
             self.discard(snapshot_id)
 
-    def _background(self, snapshot_id: int) -> None:
+    def _background(self, snapshot_id: int, due: float) -> None:
+        remaining = due - time.monotonic()
+        if remaining > 0 and self._stop.wait(remaining):
+            return  # closing: the row stays pending, the next start builds it
         try:
             self.ensure((snapshot_id,))
+        except NotFound:
+            self.discard(snapshot_id)  # removed while it was being built
         except (CimsnapError, OSError) as e:
             _log.warning(
                 "empty layer of snapshot %d not built (retried when needed and at the next "

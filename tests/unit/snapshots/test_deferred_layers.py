@@ -62,7 +62,7 @@ def test_commit_returns_before_the_cim_exists_and_ensure_builds_it(
         assert not cim_path(mounts).exists()
         assert sn.pending_layer_ids() == {sid}
         assert pending_rows(root) == [sid]
-        assert not (snapshot_dir(mounts) / "scratch").exists()
+        assert (snapshot_dir(mounts) / "scratch").is_dir()  # the build deletes it
     sn.ensure_layer_cims((sid, 12345))  # unknown IDs are ignored
     assert valid(cim_path(mounts))
     header = read_image_header(cim_path(mounts))
@@ -70,6 +70,7 @@ def test_commit_returns_before_the_cim_exists_and_ensure_builds_it(
     assert header.parents == (*base_header.parents, base_header.own)
     assert sn.pending_layer_ids() == frozenset()
     assert pending_rows(root) == []
+    assert sorted(p.name for p in snapshot_dir(mounts).iterdir()) == []
 
 
 def test_background_build_needs_no_caller(sn: Snapshotter, root: Path) -> None:
