@@ -39,11 +39,18 @@ Commit (going beyond containerd, which only commits ``extract`` snapshots):
 * Key containing ``extract`` whose ``<id>.cim`` exists (the differ's Apply wrote it): the
   layer is checked (header, own region files present) and the commit is pure metadata;
   the CIM writer made it durable before the ``.cim`` became visible.
-* Any other active snapshot, including an ``extract`` one whose ``.cim`` was never written
-  ([choice] for the spec's open case: treat it like a never-written active rather than
-  fail, so an empty layer in an image still commits): the ``scratch/`` directory (or an
-  empty one) is converted by the CIM builder into ``<id>.cim`` forked from the parent's
-  CIM. A never-written snapshot therefore commits as an empty layer.
+* An empty layer (an ``extract`` snapshot whose ``.cim`` was never written, [choice] for
+  the spec's open case: commit it as an empty layer rather than fail; or any other active
+  whose ``scratch/`` is absent or empty) commits as metadata only: the row is committed
+  with ``layer_pending`` set, and the CIM, an empty fork of the parent's, is built later
+  (:mod:`cimsnap.snapshots.pending`): by a background worker about a second later, or
+  at once by whoever needs the file first (:meth:`Snapshotter.ensure_layer_cims`: Prepare
+  and View of non-extract children, Mounts, Usage, a scratch Commit on it, the differ).
+  The parent's CIM must exist (or be pending) or Commit fails with FailedPrecondition,
+  as the synchronous build would have.
+* An active with content in ``scratch/``: the CIM builder converts it into ``<id>.cim``
+  forked from the parent's CIM before the metadata commits (the parent's CIM is built
+  first if it is pending).
 * The builder writes region files under fresh GUIDs and renames the ``.cim`` into place
   after fsyncing everything, so a crash leaves no half-visible layer; the metadata commits
   only after the data is durable (§8.2). If the metadata commit fails the new CIM is
@@ -130,8 +137,10 @@ class Snapshotter:
     not a directory), takes ``<root>/lock`` (Unavailable if another snapshotter holds the
     root), creates ``<root>/metadata.db`` (``0600``), then runs
     :func:`cimsnap.snapshots.recovery.recover_snapshot_files` (directories restored, damaged
-    committed layers refused as parents) and queues one :meth:`cleanup` on the background
-    reaper (leftovers of a crash are reclaimed without delaying the start). ``close()`` is
+    committed layers refused as parents), queues one :meth:`cleanup` on the background
+    reaper (leftovers of a crash are reclaimed without delaying the start) and the build
+    of every layer still pending. ``layer_build_delay``: seconds between a Commit and the
+    background build of its empty layer (:mod:`cimsnap.snapshots.pending`). ``close()`` is
     idempotent; the object is also a context manager.
     """
 
