@@ -5,7 +5,6 @@ See the "Commit" part of :mod:`cimsnap.snapshots.snapshotter`'s docstring for th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
@@ -34,9 +33,9 @@ __all__ = [
 #: The writable directory inside ``snapshots/<id>/`` that commit turns into a layer.
 SCRATCH_DIR = "scratch"
 
-#: The empty directory a deferred empty layer is built from (made and deleted by the
-#: build; a name Cleanup's removal of leftover ``scratch/`` trees never races with).
-EMPTY_SOURCE_DIR = ".empty-layer"
+#: The private, always empty directory under the root that deferred empty layers are
+#: built from (:func:`build_empty_layer`).
+EMPTY_SOURCE_DIR = "empty"
 
 
 def materialise_layer(
@@ -129,55 +128,55 @@ def build_empty_layer(dirs: RootDirs, snapshot_id: int, parent_id: int | None) -
     For a committed layer that Commit left pending (:mod:`cimsnap.snapshots.pending`); the
     caller holds the build lock and has checked that the row is still pending, so no image
     forks from this one yet. Whatever a crashed earlier build left at ``<id>.cim`` is
-    destroyed first. The committed snapshot's empty ``scratch/`` (Commit leaves it to this
-    build, off the request path) is deleted, and the layer is built from a freshly made
-    empty :data:`EMPTY_SOURCE_DIR` (a leftover one is deleted first), deleted again
-    afterwards. Same durability as a Commit's build
-    (the CIM writer fsyncs everything before the ``.cim`` appears). NotFound if
-    ``snapshots/<id>`` is gone; errors otherwise as
-    :func:`cimsnap.wclayer.scratch.build_scratch_layer` (FailedPrecondition if the parent's
-    CIM is missing or damaged).
+    destroyed first. The source is ``<root>/``:data:`EMPTY_SOURCE_DIR`, a private directory
+    kept empty for this purpose (made on first use, re-made if anything is found in it: a
+    layer is never built from content), so a build costs no directory creation or removal.
+    The committed snapshot's own empty ``scratch/`` is left for the caller to reclaim.
+    Same durability as a Commit's build (the CIM writer fsyncs everything before the
+    ``.cim`` appears). Errors as :func:`cimsnap.wclayer.scratch.build_scratch_layer`
+    (FailedPrecondition if the parent's CIM is missing or damaged).
     """
     cim_path = dirs.cim_layers / f"{snapshot_id}.cim"
     parent = None if parent_id is None else dirs.cim_layers / f"{parent_id}.cim"
     dirs.check()
     destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
-    snapshot_dir = dirs.snapshots / str(snapshot_id)
+    source_fd = _empty_source(dirs)
     try:
-        snapshot_fd = open_subdir(dirs.snapshots_fd, str(snapshot_id))
-    except FileNotFoundError:
-        raise NotFound(f"snapshot {snapshot_id} was removed: not found") from None
-    except NotADirectoryError:
-        raise FailedPrecondition(
-            f"{snapshot_dir} is not a directory (never followed; cleanup retires it): "
-            "failed precondition"
-        ) from None
-    try:
-        remove_entry(snapshot_fd, SCRATCH_DIR)  # failures: logged, Cleanup's
-        if entry_mode(snapshot_fd, EMPTY_SOURCE_DIR) is not None:
-            remove_entry(snapshot_fd, EMPTY_SOURCE_DIR)
-            if entry_mode(snapshot_fd, EMPTY_SOURCE_DIR) is not None:  # never build content
-                raise FailedPrecondition(
-                    f"cannot clear {snapshot_dir / EMPTY_SOURCE_DIR} to build the empty "
-                    "layer: failed precondition"
-                )
-        _build_from(
-            snapshot_fd, snapshot_dir / EMPTY_SOURCE_DIR, cim_path, parent, EMPTY_SOURCE_DIR
+        build_scratch_layer(
+            dirs.root / EMPTY_SOURCE_DIR, cim_path, parent=parent, source_fd=source_fd
         )
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(EMPTY_SOURCE_DIR, dir_fd=snapshot_fd)
     finally:
-        os.close(snapshot_fd)
+        os.close(source_fd)
 
 
-def _build_from(
-    snapshot_fd: int,
-    source: Path,
-    cim_path: Path,
-    parent: Path | None,
-    name: str = SCRATCH_DIR,
-) -> None:
-    """Build ``cim_path`` from ``<snapshot_fd>/<name>`` (made empty if absent)."""
+def _empty_source(dirs: RootDirs) -> int:
+    """Open ``<root>/empty`` (never through a link), made or re-made empty as needed."""
+    for attempt in range(2):
+        try:
+            fd = open_subdir(dirs.root_fd, EMPTY_SOURCE_DIR)
+        except FileNotFoundError:
+            os.mkdir(EMPTY_SOURCE_DIR, DIR_MODE, dir_fd=dirs.root_fd)
+            fd = open_subdir(dirs.root_fd, EMPTY_SOURCE_DIR)
+        except NotADirectoryError:  # a link or file in its place: removed, never followed
+            remove_entry(dirs.root_fd, EMPTY_SOURCE_DIR)
+            continue
+        with os.scandir(fd) as entries:  # reads through a duplicate of fd
+            empty = next(entries, None) is None
+        if empty:
+            os.lseek(fd, 0, os.SEEK_SET)  # the duplicate shared the directory position
+            return fd
+        os.close(fd)
+        if attempt == 0:
+            remove_entry(dirs.root_fd, EMPTY_SOURCE_DIR)
+    raise FailedPrecondition(
+        f"{dirs.root / EMPTY_SOURCE_DIR} cannot be made empty to build an empty layer: "
+        "failed precondition"
+    )
+
+
+def _build_from(snapshot_fd: int, source: Path, cim_path: Path, parent: Path | None) -> None:
+    """Build ``cim_path`` from ``<snapshot_fd>/scratch`` (made empty if absent)."""
+    name = SCRATCH_DIR
     made_source = False
     try:
         source_fd = open_subdir(snapshot_fd, name)

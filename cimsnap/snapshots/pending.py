@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from cimsnap.errdefs import CimsnapError, NotFound
@@ -62,6 +62,8 @@ class PendingLayers:
     ``pending`` maps each pending snapshot ID to its parent's ID (None for a base layer),
     as :func:`cimsnap.store.pending_layers` reads it at start; each is queued for a build
     at once. ``delay``: seconds a Commit's build waits (:data:`DEFAULT_BUILD_DELAY`).
+    ``built(id)`` is called after each build (the snapshotter hands the deletion of the
+    committed snapshot's empty ``scratch/`` to its reaper).
     Thread-safe. ``close()`` finishes the build running, drops the queue (the rows stay
     pending, so the next start builds them) and is idempotent.
     """
@@ -74,11 +76,13 @@ class PendingLayers:
         pending: Mapping[int, int | None],
         *,
         delay: float = DEFAULT_BUILD_DELAY,
+        built: Callable[[int], None] | None = None,
     ) -> None:
         self._dirs = dirs
         self._store = store
         self._build_lock = build_lock
         self._delay = delay
+        self._built = built
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: dict[int, int | None] = dict(pending)
@@ -157,6 +161,8 @@ class PendingLayers:
                 with self._store.write() as wtx:
                     clear_layer_pending(wtx, snapshot_id)
             self.discard(snapshot_id)
+        if state and self._built is not None:
+            self._built(snapshot_id)
 
     def _background(self, snapshot_id: int, due: float) -> None:
         remaining = due - time.monotonic()

@@ -26,6 +26,8 @@ Layout under ``root`` (containerd's cimfs snapshotter, §3.1-3.2):
   absolute symlinks, names Windows cannot hold) fails the commit with FailedPrecondition.
   [choice] Unlike containerd's cimfs snapshotter, a parentless non-extract ``prepare`` is
   allowed (its commit produces a base layer).
+* ``empty/`` [cimsnap]: a private directory kept empty, the source of deferred empty
+  layers (:func:`cimsnap.snapshots.layer_commit.build_empty_layer`).
 * ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by the background reaper
   (``remove``'s file work), ``cleanup``, or the cleanup run at every start.
 
@@ -178,7 +180,12 @@ class Snapshotter:
                 pending = pending_layers(tx)
             self._damaged = recover_snapshot_files(self._dirs, kinds, pending=pending.keys())
             self._layers = PendingLayers(
-                self._dirs, self._store, self._build_lock, pending, delay=layer_build_delay
+                self._dirs,
+                self._store,
+                self._build_lock,
+                pending,
+                delay=layer_build_delay,
+                built=self._reclaim_scratch,
             )
         except BaseException:
             self.close()
@@ -462,7 +469,7 @@ class Snapshotter:
             self._release(ref.id)
         if not deferred:
             remove_scratch(self._dirs, ref.id, SCRATCH_DIR)  # failures: logged, cleanup's
-        elif self._layers is not None:  # its build deletes the empty scratch/ (a rmdir
+        elif self._layers is not None:  # the empty scratch/ goes after the build (a rmdir
             self._layers.schedule(ref.id)  # costs ~1 ms under load: off the request path)
 
     def _commit_built(
@@ -622,6 +629,10 @@ class Snapshotter:
         for snapshot_id in committed:
             remove_scratch(self._dirs, snapshot_id, SCRATCH_DIR)
         return report
+
+    def _reclaim_scratch(self, snapshot_id: int) -> None:
+        """Hand the deletion of a committed snapshot's ``scratch/`` to the reaper."""
+        self._reaper.submit(lambda: remove_scratch(self._dirs, snapshot_id, SCRATCH_DIR))
 
     def _startup_cleanup(self) -> None:
         """The reaper's first item: reclaim what a crash left (Remove's pending work)."""

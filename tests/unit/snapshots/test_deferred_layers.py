@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cimsnap.cim import Severity, read_image_header, verify_path
+from cimsnap.cim.regions import open_image
 from cimsnap.errdefs import FailedPrecondition
 from cimsnap.snapshots.fsck import Level, check_root
 from cimsnap.snapshots.pending import PendingLayers
@@ -70,7 +71,9 @@ def test_commit_returns_before_the_cim_exists_and_ensure_builds_it(
     assert header.parents == (*base_header.parents, base_header.own)
     assert sn.pending_layer_ids() == frozenset()
     assert pending_rows(root) == []
+    assert sn.wait_reclaimed(30)  # the reaper deletes the committed snapshot's scratch/
     assert sorted(p.name for p in snapshot_dir(mounts).iterdir()) == []
+    assert sorted((root / "empty").iterdir()) == []  # the build's source stays empty
 
 
 def test_background_build_needs_no_caller(sn: Snapshotter, root: Path) -> None:
@@ -113,7 +116,9 @@ def test_prepare_or_view_of_a_child_waits_for_the_parent_cim(sn: Snapshotter, cr
 def test_a_chain_of_pending_layers_builds_base_first(
     sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid: None)  # no worker
+    monkeypatch.setattr(
+        PendingLayers, "schedule", lambda self, sid, delayed=True: None
+    )  # no worker
     # Extract snapshots (a Prepare of a non-extract child would build its parents).
     a = sn.prepare("ns/1/extract-a")
     sn.commit("A", "ns/1/extract-a")
@@ -134,7 +139,7 @@ def test_a_chain_of_pending_layers_builds_base_first(
 def test_scratch_commit_on_a_pending_parent_builds_the_parent_first(
     sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid: None)
+    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid, delayed=True: None)
     empty = sn.prepare("e")
     sn.commit("E", "e")
     mounts = sn.prepare("k")  # parentless, rebased onto E by its commit
@@ -148,7 +153,7 @@ def test_scratch_commit_on_a_pending_parent_builds_the_parent_first(
 def test_usage_and_mounts_build_a_pending_layer(
     sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid: None)
+    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid, delayed=True: None)
     a = sn.prepare("a")
     sn.commit("A", "a")
     usage = sn.usage("A")
@@ -166,7 +171,9 @@ def test_restart_builds_what_is_pending_and_fsck_says_so(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as patch, Snapshotter(root) as sn:
-        patch.setattr(PendingLayers, "schedule", lambda self, sid: None)  # "crash" before
+        patch.setattr(
+            PendingLayers, "schedule", lambda self, sid, delayed=True: None
+        )  # "crash" before
         commit_layer(sn, "base", f="data")
         other = sn.prepare("o", "base")
         sn.commit("other", "o")
@@ -209,6 +216,20 @@ def test_deferred_commit_refuses_a_parent_whose_cim_is_gone(sn: Snapshotter, roo
         sn.commit("empty", "k")
     assert sn.stat("k").kind == Kind.ACTIVE
     assert pending_rows(root) == []
+
+
+def test_the_empty_source_is_remade_if_anything_is_in_it(
+    sn: Snapshotter, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid, delayed=True: None)
+    (root / "empty").mkdir(mode=0o700)
+    (root / "empty" / "intruder").write_text("never part of a layer")
+    mounts = sn.prepare("k")
+    sn.commit("empty-layer", "k")
+    sn.usage("empty-layer")
+    with open_image(cim_path(mounts)) as image:
+        assert [path for path, _ in image.reader.walk() if path] == []
+    assert sorted((root / "empty").iterdir()) == []
 
 
 def test_cleanup_never_reclaims_a_layer_being_built(sn: Snapshotter, root: Path) -> None:
