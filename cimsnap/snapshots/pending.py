@@ -12,9 +12,10 @@ built:
   containerd does with short-lived snapshots, is never built), and at start, at once, for
   every pending row the metastore holds (a crash before or during a build loses nothing);
 * at the latest by whoever needs the file, through :meth:`PendingLayers.ensure`
-  (``Snapshotter.ensure_layer_cims``): Prepare and View of non-extract snapshots (runhcs
-  mounts their parents), Mounts, Commit of a scratch child (it forks from the parent),
-  Usage of the layer, and the differ before it forks a layer from its parents.
+  (``Snapshotter.ensure_layer_cims``): Prepare and View of any child (the mounts they
+  return name the parents' CIMs, which runhcs mounts and any differ, ours or containerd's
+  own on Windows, forks from), Mounts, Commit of a scratch child (it forks from the
+  parent), Usage of the layer, and our differ before it forks a layer from its parents.
 
 Rules that keep it crash-safe (the durability order is unchanged: data, directory,
 metadata):

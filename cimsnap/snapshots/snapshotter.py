@@ -47,7 +47,8 @@ Commit (going beyond containerd, which only commits ``extract`` snapshots):
   with ``layer_pending`` set, and the CIM, an empty fork of the parent's, is built later
   (:mod:`cimsnap.snapshots.pending`): by a background worker about a second later, or
   at once by whoever needs the file first (:meth:`Snapshotter.ensure_layer_cims`: Prepare
-  and View of non-extract children, Mounts, Usage, a scratch Commit on it, the differ).
+  and View of any child, since the mounts they return name the parents' CIMs; Mounts;
+  Usage; a scratch Commit on it; the differ).
   The parent's CIM must exist (or be pending) or Commit fails with FailedPrecondition,
   as the synchronous build would have.
 * An active with content in ``scratch/``: the CIM builder converts it into ``<id>.cim``
@@ -293,8 +294,10 @@ class Snapshotter:
     ) -> list[Mount]:
         checked_key("key", key)
         checked = checked_labels(labels)
-        if parent and (kind == Kind.VIEW or UNPACK_KEY_MARKER not in key):
-            self._ensure_parent(parent)  # runhcs mounts them; an extract's differ ensures
+        if parent:
+            # Every mount returned names the parents' CIMs, and whoever uses it (runhcs,
+            # our differ, containerd's own cimfs differ on Windows) reads them.
+            self._ensure_parent(parent)
         created: str | None = None
         try:
             with self._store.write() as tx:

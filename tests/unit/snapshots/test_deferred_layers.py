@@ -103,8 +103,6 @@ def test_prepare_or_view_of_a_child_waits_for_the_parent_cim(sn: Snapshotter, cr
         thread.start()
         time.sleep(0.3)
         assert thread.is_alive() and seen == []  # waiting for the build
-        # An extract Prepare does not wait: the differ ensures before it forks.
-        sn.prepare("default/9/extract-x sha256:x", "empty")
         assert not cim_path(mounts).exists()
     finally:
         lock.release()
@@ -119,13 +117,14 @@ def test_a_chain_of_pending_layers_builds_base_first(
     monkeypatch.setattr(
         PendingLayers, "schedule", lambda self, sid, delayed=True: None
     )  # no worker
-    # Extract snapshots (a Prepare of a non-extract child would build its parents).
-    a = sn.prepare("ns/1/extract-a")
-    sn.commit("A", "ns/1/extract-a")
-    b = sn.prepare("ns/2/extract-b", "A")
-    sn.commit("B", "ns/2/extract-b")
-    c = sn.prepare("ns/3/extract-c", "B")
-    sn.commit("C", "ns/3/extract-c")
+    # Parentless actives rebased by their Commit: a Prepare on a pending parent would
+    # build it, a Commit only records it.
+    a = sn.prepare("a")
+    sn.commit("A", "a")
+    b = sn.prepare("ns/2/extract-b")
+    sn.commit("B", "ns/2/extract-b", None, "A")
+    c = sn.prepare("c")
+    sn.commit("C", "c", None, "B")
     assert len(sn.pending_layer_ids()) == 3
     assert not cim_path(a).exists()
     sn.ensure_layer_cims((int(snapshot_dir(c).name),))
@@ -150,7 +149,7 @@ def test_scratch_commit_on_a_pending_parent_builds_the_parent_first(
     assert read_image_header(cim_path(mounts)).parents == (parent.own,)
 
 
-def test_usage_and_mounts_build_a_pending_layer(
+def test_usage_and_an_extract_prepare_build_a_pending_layer(
     sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid, delayed=True: None)
@@ -161,10 +160,11 @@ def test_usage_and_mounts_build_a_pending_layer(
     assert usage.size >= sum(p.stat().st_size for p in cim_layer_files(cim_path(a)))
     b = sn.prepare("default/1/extract-b sha256:b", "")
     sn.commit("B", "default/1/extract-b sha256:b")  # extract without a CIM: empty, pending
-    sn.prepare("default/2/extract-c sha256:c", "B")
     assert not cim_path(b).exists()
-    sn.mounts("default/2/extract-c sha256:c")
+    # The unpacker's next layer: its mounts name B's CIM, which the differ forks from.
+    mounts = sn.prepare("default/2/extract-c sha256:c", "B")
     assert valid(cim_path(b))
+    assert sn.mounts("default/2/extract-c sha256:c") == mounts
 
 
 def test_restart_builds_what_is_pending_and_fsck_says_so(
