@@ -69,6 +69,7 @@ containerd-style messages. ``OSError`` from the filesystem propagates unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -314,6 +315,14 @@ class Snapshotter:
             if created is not None:
                 remove_entry(self._dirs.snapshots_fd, created)
             raise
+        if ref.parent_ids and self.pending_layer_ids().intersection(ref.parent_ids):
+            # The parent's Commit (pending) raced the check above: build it now, or undo.
+            try:
+                self.ensure_layer_cims(ref.parent_ids)
+            except BaseException:
+                with contextlib.suppress(CimsnapError, OSError):
+                    self.remove(key)
+                raise
         return self._mount(ref)
 
     def _ensure_parent(self, parent: str) -> None:

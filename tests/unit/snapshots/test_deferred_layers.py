@@ -17,7 +17,7 @@ import pytest
 
 from cimsnap.cim import Severity, read_image_header, verify_path
 from cimsnap.cim.regions import open_image
-from cimsnap.errdefs import FailedPrecondition
+from cimsnap.errdefs import FailedPrecondition, NotFound
 from cimsnap.snapshots.fsck import Level, check_root
 from cimsnap.snapshots.pending import PendingLayers
 from cimsnap.snapshots.snapshotter import Kind, Snapshotter
@@ -276,3 +276,27 @@ def test_a_version_1_metastore_is_migrated_with_nothing_pending(tmp_path: Path) 
         assert store.schema_version == len(MIGRATIONS) == 2
         with store.read() as tx:
             assert pending_layers(tx) == {}
+
+
+def test_a_prepare_racing_its_parents_commit_still_gets_the_parent_cim(
+    sn: Snapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check before the create transaction saw the parent still active (its Commit
+    # had not returned); the create then found it committed and pending.
+    monkeypatch.setattr(PendingLayers, "schedule", lambda self, sid, delayed=True: None)
+    monkeypatch.setattr(Snapshotter, "_ensure_parent", lambda self, parent: None)
+    base = commit_layer(sn, "base", f="data")
+    mounts = sn.prepare("k", "base")
+    sn.commit("empty", "k")
+    sn.view("v", "empty")
+    assert valid(cim_path(mounts))
+    # If that build fails, the new snapshot is undone and the error returned.
+    sn.prepare("k2", "base")
+    sn.commit("empty2", "k2")
+    for path in cim_layer_files(cim_path(base)):
+        path.unlink()
+    with pytest.raises(FailedPrecondition):
+        sn.prepare("child", "empty2")
+    with pytest.raises(NotFound):
+        sn.stat("child")
+    assert sn.stat("empty2").kind == Kind.COMMITTED
