@@ -38,3 +38,17 @@ def test_the_suite_detects_a_lost_snapshot(tmp_path: Path, monkeypatch: pytest.M
     result = run_crash_suite(tmp_path, select=lambda label: label.startswith("remove("))
     assert result.lost >= 1
     assert any("remove(c)" in failure for failure in result.failures)
+
+
+def test_the_deferred_build_of_an_empty_layer_survives_every_kill(tmp_path: Path) -> None:
+    # Commit(Z) records an empty layer as pending and returns; the background build (kill
+    # points before, during and after it, and around the COMMIT clearing the flag) and a
+    # Remove of the layer. After each kill the restart must rebuild whatever is pending.
+    result = run_crash_suite(
+        tmp_path, select=lambda label: label.startswith(("commit(Z,z)", "remove(Z)"))
+    )
+    assert result.failures == []
+    labels = [label for label in result.labels if label.startswith("commit(Z,z)")]
+    assert labels.count("commit(Z,z):before-commit") == 2  # the row, then the flag
+    assert "commit(Z,z):rename" in labels  # the .cim appearing, after the Commit
+    assert result.kill_points >= 20 and result.survived == result.kill_points
