@@ -82,6 +82,7 @@ class ServerThread:
         self._stop = asyncio.Event()
         address = check_address(self.config)
         snapshotter = Snapshotter(self.config.root_path)
+        self.snapshotter = snapshotter  # for tests that wait for its background work
         try:
             api: SnapshotterAPI = self._wrap(snapshotter) if self._wrap else snapshotter
             services, calls, close = build_services(self.config, snapshotter, self.metrics, api)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -65,9 +66,16 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
+#: The ``sn`` of each root, for :func:`settle_layers`.
+_OPEN: dict[Path, SnapshotterAPI] = {}
+
+
 @pytest.fixture
-def sn(snapshotter_factory: Factory, root: Path) -> SnapshotterAPI:
-    return snapshotter_factory(root)
+def sn(snapshotter_factory: Factory, root: Path) -> Iterator[SnapshotterAPI]:
+    snapshotter = snapshotter_factory(root)
+    _OPEN[root] = snapshotter
+    yield snapshotter
+    _OPEN.pop(root, None)
 
 
 State = tuple[list[Any], list[Any], list[Any], list[str]]
@@ -100,13 +108,16 @@ def commit_layer(sn: SnapshotterAPI, name: str, parent: str = "", **files: str) 
     """Prepare ``name``-active on ``parent``, write ``files`` into scratch, commit.
 
     Returns the active's mounts: commit keeps the ID, so their source and ``cimpath`` are
-    the committed layer's directory and CIM.
+    the committed layer's directory and CIM. The layer's CIM exists when this returns: a
+    Commit without files defers its empty CIM, and Usage of the layer builds it.
     """
     key = f"{name}-active"
     mounts = sn.prepare(key, parent, GC_ROOT)
     for rel, text in files.items():
         (snapshot_dir(mounts) / "scratch" / rel).write_text(text)
     sn.commit(name, key, GC_ROOT)
+    if not files:
+        sn.usage(name)
     return mounts
 
 
@@ -120,7 +131,37 @@ def settle(sn: SnapshotterAPI) -> None:
         sn.cleanup()
 
 
+def _pending_keys(root: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{root / 'metadata.db'}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in conn.execute("SELECT key FROM snapshots WHERE layer_pending = 1")]
+    finally:
+        conn.close()
+
+
+def settle_layers(root: Path, timeout: float = 60.0) -> None:
+    """Return once no committed layer of ``root`` is pending: Commit defers an empty
+    layer's CIM to a background build, which changes files and the row when it runs.
+    The fixture's ``sn`` of ``root`` builds them at once (Usage needs the CIM) and waits
+    for its reaper; otherwise this waits for the background builds."""
+    sn = _OPEN.get(root)
+    if sn is not None:
+        for key in _pending_keys(root):
+            sn.usage(key)
+        wait = getattr(sn, "wait_reclaimed", None)
+        if wait is not None:  # a build hands the committed snapshot's scratch/ to the reaper
+            assert wait(60)
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = len(_pending_keys(root))
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"{pending} layers still pending after {timeout} s"
+        time.sleep(0.01)
+
+
 def expect_unchanged(root: Path, error: type[Exception], call: Callable[[], object]) -> Exception:
+    settle_layers(root)
     before = state(root)
     with pytest.raises(error) as info:
         call()
@@ -321,15 +362,18 @@ def test_never_written_active_commits_as_empty_layer(sn: SnapshotterAPI) -> None
     base_mounts = commit_layer(sn, "base", **{"f.txt": "data"})
     mounts = sn.prepare("k", "base")
     sn.commit("empty", "k")
+    sn.usage("empty")  # builds the deferred empty layer (or waits for its build)
     header = read_image_header(cim_path(mounts))
     base = read_image_header(cim_path(base_mounts))
     assert header.parents == (*base.parents, base.own)
+    settle(sn)  # the empty scratch/ is deleted in the background after the build
     assert not (snapshot_dir(mounts) / "scratch").exists()
 
 
 def test_parentless_empty_commit_is_a_base_layer(sn: SnapshotterAPI) -> None:
     mounts = sn.prepare("k")
     sn.commit("empty", "k")
+    sn.view("v", "empty")  # a view mounts the layer: its deferred CIM is built first
     header = read_image_header(cim_path(mounts))
     assert header.parents == ()
 
@@ -350,6 +394,7 @@ def test_extract_commit_keeps_the_differs_cim(sn: SnapshotterAPI, tmp_path: Path
 def test_extract_commit_without_cim_gives_empty_layer(sn: SnapshotterAPI) -> None:
     mounts = sn.prepare("default/3/extract-2 sha256:y", "")
     sn.commit("default/4/sha256:y", "default/3/extract-2 sha256:y")
+    sn.prepare("child", "default/4/sha256:y")  # mounts the layer: its CIM is built first
     assert read_image_header(cim_path(mounts)).parents == ()
 
 

@@ -63,13 +63,21 @@ class RpcMetrics:
             registry=self.registry,
         )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
+        # The labelled series per (method, code): labels() costs a lock and a tuple per call.
+        self._children: dict[tuple[str, str], tuple[Counter, Counter | None, Histogram]] = {}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         """Record one finished RPC; ``code`` is the status name, e.g. ``"OK"``."""
-        self._requests.labels(method, code).inc()
-        if code != "OK":
-            self._errors.labels(method, code).inc()
-        self._latency.labels(method).observe(seconds)
+        children = self._children.get((method, code))
+        if children is None:  # first RPC of this method and code: look the series up once
+            errors = self._errors.labels(method, code) if code != "OK" else None
+            children = (self._requests.labels(method, code), errors, self._latency.labels(method))
+            self._children[(method, code)] = children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     def serve(self, address: str) -> int:
         """Start the HTTP endpoint on ``HOST:PORT``; return the bound port (for port 0)."""

@@ -1,5 +1,6 @@
 """The crash suite: SIGKILL at every durable step of Prepare, View, Commit (a scratch
-tree, and an ``extract`` snapshot whose layer an Apply wrote), the layer write itself,
+tree, an ``extract`` snapshot whose layer an Apply wrote, and an empty layer whose CIM
+Commit defers to the background build), the layer write itself, the deferred build,
 Remove (with its background file work) and Cleanup (of planted crash leftovers), then
 restart, compare with what was acknowledged, and ``fsck``.
 
@@ -13,10 +14,12 @@ How (the order under test is written in :mod:`cimsnap.snapshots.durability`):
    starts and once it is acknowledged (returned).
 3. The parent reopens the root (recovery, start-up cleanup), and checks every
    acknowledged effect: created snapshots exist with their kind, committed layers hold
-   the bytes written, removed ones are gone; the one operation in flight may have
-   happened or not, but entirely. Then it closes the root and runs
-   :func:`cimsnap.snapshots.fsck.check_root`: no problem may remain (reclaimable leftovers
-   are allowed only before the start-up cleanup; after it, none is expected either).
+   the bytes written (an empty layer: its parent's bytes, read through its rebuilt CIM),
+   removed ones are gone; the one operation in flight may have happened or not, but
+   entirely. No layer may stay pending once the restarted snapshotter's builds ran. Then
+   it closes the root and runs :func:`cimsnap.snapshots.fsck.check_root`: no problem may
+   remain (reclaimable leftovers are allowed only before the start-up cleanup; after it,
+   none is expected either).
 
 ``python -m cimsnap.devtools.crashpoints`` runs it and prints one JSON line.
 
@@ -106,6 +109,17 @@ def scenario() -> tuple[Step, ...]:
             deletes=("b",),
             content=(("B", "g", b"two"), ("B", "f", b"one")),
         ),
+        # An empty layer: Commit records it pending; the background build (waited for
+        # after the step, so its kill points carry this step's label) makes its CIM.
+        Step("prepare", ("z", "B"), creates=(("z", Kind.ACTIVE),)),
+        Step(
+            "commit",
+            ("Z", "z"),
+            creates=(("Z", Kind.COMMITTED),),
+            deletes=("z",),
+            content=(("Z", "g", b"two"), ("Z", "f", b"one")),
+        ),
+        Step("remove", ("Z",), deletes=("Z",)),
         Step("view", ("v", "B"), creates=(("v", Kind.VIEW),)),
         Step("remove", ("v",), deletes=("v",)),
         Step("prepare", ("c", "B"), creates=(("c", Kind.ACTIVE),), scratch=(("h", b"x"),)),
@@ -184,7 +198,7 @@ def _child(root: Path, target: int, pipe: int) -> None:
         os.write(pipe, (line + "\n").encode())
 
     injector = _Injector(target, report)
-    sn = Snapshotter(root)
+    sn = Snapshotter(root, layer_build_delay=0.0)  # the build's points follow its Commit
     sn.wait_reclaimed()
     # Leftovers of earlier crashes for Cleanup to reclaim: a removal, an orphan directory,
     # an orphan region file.
@@ -209,6 +223,7 @@ def _child(root: Path, target: int, pipe: int) -> None:
                         (scratch / name).write_bytes(data)
             report(f"ack {index}")  # the call returned (and the scratch files are written)
             sn.wait_reclaimed()  # Remove's file work is part of this step's kill points
+            sn.wait_layers()  # and so is the deferred build of an empty layer
     sn.close()
     report("labels " + "|".join(injector.labels))
 
@@ -306,6 +321,10 @@ def _check(root: Path, lines: list[str]) -> list[str]:
     with Snapshotter(root) as sn:
         if not sn.wait_reclaimed(120):
             wrong.append("start-up cleanup did not finish")
+        if not sn.wait_layers(120):
+            wrong.append("start-up builds of pending layers did not finish")
+        if sn.pending_layer_ids():
+            wrong.append(f"layers still pending after restart: {sorted(sn.pending_layer_ids())}")
         for key in keys:
             try:
                 kind: Kind | None = sn.stat(key).kind

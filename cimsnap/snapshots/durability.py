@@ -25,6 +25,13 @@ Per operation (the steps in order; a crash between any two is safe):
   ``.cim`` (the next Commit destroys and rebuilds it); after (5), the scratch tree is
   deleted (a crash leaves it for Cleanup). An ``extract`` snapshot whose ``.cim`` the
   differ wrote with the same protocol commits metadata only.
+* **Commit of an empty layer** (:mod:`cimsnap.snapshots.pending`): (1) one transaction
+  commits the row with ``layer_pending = 1``, nothing else; the call returns. (2) Later,
+  under the build lock, a build re-reads the row, destroys any ``<id>.cim`` an earlier
+  crashed build left, writes the empty fork of the parent's CIM with the CIM writer's
+  steps (1)-(4) above, and (3) only then a transaction clears ``layer_pending``. A crash
+  anywhere leaves a pending row, and the next start builds it again. Nothing forks from a
+  pending layer (whoever needs its CIM waits for step 3), so rebuilding it is safe.
 * **Remove**: one transaction deletes the row and renames ``snapshots/<id>`` to
   ``rm-<id>``, then COMMIT (a failed COMMIT renames it back; a crash before COMMIT leaves
   ``rm-<id>`` with a live row, which recovery at start renames back). After the

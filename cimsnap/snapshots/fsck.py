@@ -12,7 +12,12 @@ Unavailable). What it reports:
 * **reclaimable** leftovers (``Cleanup``, run at every start, removes them; not damage):
   directories and ``.cim`` files of IDs without a row, ``rm-*`` entries, region and
   objectid files no image references, temporary images, links and strays named like ours.
-* **notes**: entries whose names are not the snapshotter's (left alone by everyone).
+* **notes**: entries whose names are not the snapshotter's (left alone by everyone), and
+  committed empty layers whose CIM is still pending (Commit deferred it; the next start
+  builds it from the parent, :mod:`cimsnap.snapshots.pending`). A pending layer is not
+  damage: its CIM is missing, half-written or complete, and its files count like any
+  other image's (a complete one protects its regions; a half-written one's are
+  reclaimable).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import fcntl
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,7 +37,7 @@ from cimsnap.cim import CimFormatError, Severity, read_image_header, verify_path
 from cimsnap.errdefs import Unavailable
 from cimsnap.snapshots.reclaim import snapshot_id
 from cimsnap.snapshots.rootdir import REMOVAL_PREFIX
-from cimsnap.store import Kind, id_kinds, read_only
+from cimsnap.store import Kind, id_kinds, pending_layers, read_only
 from cimsnap.wclayer.layer_files import cim_layer_problem
 
 __all__ = ["Finding", "FsckReport", "Level", "check_root", "findings_as_json"]
@@ -108,10 +113,11 @@ def check_root(root: Path, *, verify: bool = True) -> FsckReport:
             return report
     with _root_unused(root), read_only(root / "metadata.db") as tx:
         kinds = id_kinds(tx)
+        pending = pending_layers(tx).keys()
     report.snapshots = len(kinds)
-    _check_rows(root, kinds, report, verify)
+    _check_rows(root, kinds, pending, report, verify)
     _check_snapshot_entries(root, kinds, report)
-    _check_layer_entries(layers, kinds, report)
+    _check_layer_entries(layers, kinds, pending, report)
     return report
 
 
@@ -135,7 +141,9 @@ def _root_unused(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_rows(root: Path, kinds: Mapping[int, Kind], report: FsckReport, verify: bool) -> None:
+def _check_rows(
+    root: Path, kinds: Mapping[int, Kind], pending: Set[int], report: FsckReport, verify: bool
+) -> None:
     snapshots = root / "snapshots"
     for sid, kind in sorted(kinds.items()):
         directory = snapshots / str(sid)
@@ -144,9 +152,9 @@ def _check_rows(root: Path, kinds: Mapping[int, Kind], report: FsckReport, verif
         except FileNotFoundError:
             mode = 0
         if not stat.S_ISDIR(mode):
-            pending = (snapshots / f"{REMOVAL_PREFIX}{sid}").is_dir()
+            removing = (snapshots / f"{REMOVAL_PREFIX}{sid}").is_dir()
             why = f"{kind.name.lower()} snapshot without its directory"
-            if pending:
+            if removing:
                 why += f" (rm-{sid} holds it: the next start restores it)"
             if mode != 0:
                 why += ": a link or file is in its place"
@@ -154,6 +162,13 @@ def _check_rows(root: Path, kinds: Mapping[int, Kind], report: FsckReport, verif
         if kind != Kind.COMMITTED:
             continue
         cim = snapshots / "cim-layers" / f"{sid}.cim"
+        if sid in pending:
+            report.add(
+                Level.NOTE,
+                f"snapshots/cim-layers/{sid}.cim",
+                "empty layer pending (Commit deferred its CIM): the next start builds it",
+            )
+            continue
         problem = cim_layer_problem(cim)
         if problem is not None:
             report.add(Level.PROBLEM, f"snapshots/cim-layers/{sid}.cim", problem)
@@ -186,7 +201,9 @@ def _check_snapshot_entries(root: Path, kinds: Mapping[int, Kind], report: FsckR
             report.add(Level.RECLAIMABLE, where, "no snapshot has this ID")
 
 
-def _check_layer_entries(layers: Path, kinds: Mapping[int, Kind], report: FsckReport) -> None:
+def _check_layer_entries(
+    layers: Path, kinds: Mapping[int, Kind], pending: Set[int], report: FsckReport
+) -> None:
     referenced: set[str] = set()
     images: list[os.DirEntry[str]] = []
     others: list[os.DirEntry[str]] = []
@@ -203,8 +220,8 @@ def _check_layer_entries(layers: Path, kinds: Mapping[int, Kind], report: FsckRe
         try:
             header = read_image_header(Path(entry.path))
         except (CimFormatError, OSError) as e:
-            if sid is None or sid not in kinds:
-                continue
+            if sid is None or sid not in kinds or sid in pending:
+                continue  # a pending layer's image is rebuilt at the next start
             report.add(Level.PROBLEM, where, f"unreadable header: {e}")
             continue
         if sid is not None and sid in kinds:

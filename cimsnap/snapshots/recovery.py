@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 from cimsnap.snapshots.rootdir import DIR_MODE, REMOVAL_PREFIX, RootDirs, entry_mode, retire_entry
 from cimsnap.store import Kind
@@ -16,7 +16,9 @@ __all__ = ["recover_snapshot_files"]
 _log = logging.getLogger(__name__)
 
 
-def recover_snapshot_files(dirs: RootDirs, kinds: Mapping[int, Kind]) -> frozenset[int]:
+def recover_snapshot_files(
+    dirs: RootDirs, kinds: Mapping[int, Kind], *, pending: Set[int] = frozenset()
+) -> frozenset[int]:
     """Restore the directory of every snapshot in ``kinds``; return damaged committed IDs.
 
     * Every row gets its ``snapshots/<id>`` back (the metastore is the source of truth):
@@ -30,6 +32,8 @@ def recover_snapshot_files(dirs: RootDirs, kinds: Mapping[int, Kind]) -> frozens
       ID returned; the snapshotter then refuses it as a parent (FailedPrecondition) until
       it is removed and pulled again. [choice] Opening does not fail: that would also
       block the Remove needed to repair it (the peers' top complaint, §8.4).
+    * Committed IDs in ``pending`` (empty layers whose CIM Commit deferred) are not checked:
+      their CIM is rebuilt from the parent (:mod:`cimsnap.snapshots.pending`).
 
     Raises OSError if a directory cannot be created or renamed.
     """
@@ -50,7 +54,7 @@ def recover_snapshot_files(dirs: RootDirs, kinds: Mapping[int, Kind]) -> frozens
                 os.rename(removing, name, src_dir_fd=fd, dst_dir_fd=fd)
             else:
                 os.mkdir(name, DIR_MODE, dir_fd=fd)
-        if kind != Kind.COMMITTED:
+        if kind != Kind.COMMITTED or snapshot_id in pending:
             continue
         problem = cim_layer_problem(dirs.cim_layers / f"{snapshot_id}.cim")
         if problem is not None:

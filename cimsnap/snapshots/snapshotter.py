@@ -26,6 +26,8 @@ Layout under ``root`` (containerd's cimfs snapshotter, §3.1-3.2):
   absolute symlinks, names Windows cannot hold) fails the commit with FailedPrecondition.
   [choice] Unlike containerd's cimfs snapshotter, a parentless non-extract ``prepare`` is
   allowed (its commit produces a base layer).
+* ``empty/`` [cimsnap]: a private directory kept empty, the source of deferred empty
+  layers (:func:`cimsnap.snapshots.layer_commit.build_empty_layer`).
 * ``snapshots/rm-<id>/``: a snapshot being removed; reclaimed by the background reaper
   (``remove``'s file work), ``cleanup``, or the cleanup run at every start.
 
@@ -39,11 +41,19 @@ Commit (going beyond containerd, which only commits ``extract`` snapshots):
 * Key containing ``extract`` whose ``<id>.cim`` exists (the differ's Apply wrote it): the
   layer is checked (header, own region files present) and the commit is pure metadata;
   the CIM writer made it durable before the ``.cim`` became visible.
-* Any other active snapshot, including an ``extract`` one whose ``.cim`` was never written
-  ([choice] for the spec's open case: treat it like a never-written active rather than
-  fail, so an empty layer in an image still commits): the ``scratch/`` directory (or an
-  empty one) is converted by the CIM builder into ``<id>.cim`` forked from the parent's
-  CIM. A never-written snapshot therefore commits as an empty layer.
+* An empty layer (an ``extract`` snapshot whose ``.cim`` was never written, [choice] for
+  the spec's open case: commit it as an empty layer rather than fail; or any other active
+  whose ``scratch/`` is absent or empty) commits as metadata only: the row is committed
+  with ``layer_pending`` set, and the CIM, an empty fork of the parent's, is built later
+  (:mod:`cimsnap.snapshots.pending`): by a background worker about a second later, or
+  at once by whoever needs the file first (:meth:`Snapshotter.ensure_layer_cims`: Prepare
+  and View of any child, since the mounts they return name the parents' CIMs; Mounts;
+  Usage; a scratch Commit on it; the differ).
+  The parent's CIM must exist (or be pending) or Commit fails with FailedPrecondition,
+  as the synchronous build would have.
+* An active with content in ``scratch/``: the CIM builder converts it into ``<id>.cim``
+  forked from the parent's CIM before the metadata commits (the parent's CIM is built
+  first if it is pending).
 * The builder writes region files under fresh GUIDs and renames the ``.cim`` into place
   after fsyncing everything, so a crash leaves no half-visible layer; the metadata commits
   only after the data is durable (§8.2). If the metadata commit fails the new CIM is
@@ -65,7 +75,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -88,8 +98,9 @@ from cimsnap.snapshots.labels import (
     checked_labels,
     checked_update_paths,
 )
-from cimsnap.snapshots.layer_commit import SCRATCH_DIR, materialise_layer
+from cimsnap.snapshots.layer_commit import SCRATCH_DIR, can_defer_layer, materialise_layer
 from cimsnap.snapshots.mounts import CimfsMountSpec, Mount, cimfs_mount
+from cimsnap.snapshots.pending import DEFAULT_BUILD_DELAY, PendingLayers
 from cimsnap.snapshots.reclaim import (
     CleanupReport,
     Reaper,
@@ -122,6 +133,7 @@ from cimsnap.store import (
     get_snapshot,
     id_kinds,
     key_of,
+    pending_layers,
     remove,
     update_info,
     walk_info,
@@ -182,12 +194,14 @@ class Snapshotter:
     not a directory), takes ``<root>/lock`` (Unavailable if another snapshotter holds the
     root), creates ``<root>/metadata.db`` (``0600``), then runs
     :func:`cimsnap.snapshots.recovery.recover_snapshot_files` (directories restored, damaged
-    committed layers refused as parents) and queues one :meth:`cleanup` on the background
-    reaper (leftovers of a crash are reclaimed without delaying the start). ``close()`` is
+    committed layers refused as parents), queues one :meth:`cleanup` on the background
+    reaper (leftovers of a crash are reclaimed without delaying the start) and the build
+    of every layer still pending. ``layer_build_delay``: seconds between a Commit and the
+    background build of its empty layer (:mod:`cimsnap.snapshots.pending`). ``close()`` is
     idempotent; the object is also a context manager.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, layer_build_delay: float = DEFAULT_BUILD_DELAY) -> None:
         self.root = Path(root)
         self._dirs = RootDirs.open(self.root)
         self.snapshots_dir = self._dirs.snapshots
@@ -214,10 +228,20 @@ class Snapshotter:
         self._busy_lock = threading.Lock()
         self._busy: set[int] = set()
         self._reaper = Reaper()
+        self._layers: PendingLayers | None = None
         try:
             with self._store.read() as tx:
                 kinds = id_kinds(tx)
-            self._damaged = recover_snapshot_files(self._dirs, kinds)
+                pending = pending_layers(tx)
+            self._damaged = recover_snapshot_files(self._dirs, kinds, pending=pending.keys())
+            self._layers = PendingLayers(
+                self._dirs,
+                self._store,
+                self._build_lock,
+                pending,
+                delay=layer_build_delay,
+                built=self._reclaim_scratch,
+            )
         except BaseException:
             self.close()
             raise
@@ -226,8 +250,11 @@ class Snapshotter:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the reaper (after its running item), release the metastore and the root
-        (idempotent); later calls raise Unavailable."""
+        """Stop the layer builder and the reaper (after their running items), release the
+        metastore and the root (idempotent); later calls raise Unavailable. Layers still
+        pending stay pending in the metastore: the next start builds them."""
+        if self._layers is not None:
+            self._layers.close()
         self._reaper.close()
         self._store.close()
         with self._busy_lock:
@@ -241,6 +268,33 @@ class Snapshotter:
         """Wait until the background reaper has finished the work queued so far (Remove's
         file work, the start-up cleanup); False if ``timeout`` passed first."""
         return self._reaper.wait_idle(timeout)
+
+    # -- deferred empty layers (cimsnap.snapshots.pending) ---------------------------
+
+    def ensure_layer_cims(self, snapshot_ids: Iterable[int]) -> None:
+        """Return once the layer CIM of every committed snapshot in ``snapshot_ids`` exists.
+
+        The one call for anything about to read, mount or fork from layer CIMs (the
+        differ's Apply before forking from ``parent_ids``, Compare before reading them):
+        a layer whose Commit deferred its empty CIM is built here (its pending parents
+        first), or waited for if the background worker is building it. Other IDs are
+        ignored, so a whole parent chain (immediate parent first, as in
+        :class:`cimsnap.store.SnapshotRef`) may be passed. Costs nothing when no layer is
+        pending. Raises FailedPrecondition if a parent's CIM is missing or damaged,
+        Unavailable if another CIM writer holds the layer directory too long, OSError on
+        I/O failure; the layer then stays pending (retried later).
+        """
+        layers = self._layers
+        if layers is not None and layers:
+            layers.ensure(snapshot_ids)
+
+    def wait_layers(self, timeout: float | None = None) -> bool:
+        """Wait until the background builds queued so far have run; False on timeout."""
+        return self._layers is None or self._layers.wait_idle(timeout)
+
+    def pending_layer_ids(self) -> frozenset[int]:
+        """IDs of committed snapshots whose (empty) layer CIM is not built yet."""
+        return frozenset() if self._layers is None else self._layers.ids()
 
     def __enter__(self) -> Snapshotter:
         return self
@@ -294,6 +348,10 @@ class Snapshotter:
     ) -> list[Mount]:
         checked_key("key", key)
         checked = checked_labels(labels)
+        if parent:
+            # Every mount returned names the parents' CIMs, and whoever uses it (runhcs,
+            # our differ, containerd's own cimfs differ on Windows) reads them.
+            self._ensure_parent(parent)
         created: str | None = None
         try:
             with self._store.write() as tx:
@@ -310,7 +368,27 @@ class Snapshotter:
             if created is not None:
                 remove_entry(self._dirs.snapshots_fd, created)
             raise
+        if ref.parent_ids and self.pending_layer_ids().intersection(ref.parent_ids):
+            # The parent's Commit (pending) raced the check above: build it now, or undo.
+            try:
+                self.ensure_layer_cims(ref.parent_ids)
+            except BaseException:
+                with contextlib.suppress(CimsnapError, OSError):
+                    self.remove(key)
+                raise
         return self._mount(ref)
+
+    def _ensure_parent(self, parent: str) -> None:
+        """Build the pending layers of ``parent``'s chain before a snapshot is created on it
+        (nothing to do in the common case: no layer pending)."""
+        if not self.pending_layer_ids():
+            return
+        try:
+            with self._store.read() as tx:
+                chain = get_snapshot(tx, parent)
+        except CimsnapError:
+            return  # the create reports the missing parent with containerd's message
+        self.ensure_layer_cims((chain.id, *chain.parent_ids))
 
     def _make_dir(self, snapshot_id: int, *, scratch: bool) -> None:
         """Create the directory of a fresh ID, clearing leftovers of a crashed transaction.
@@ -358,6 +436,7 @@ class Snapshotter:
             raise FailedPrecondition(
                 f"requested snapshot {key} not active or view: failed precondition"
             )
+        self.ensure_layer_cims(ref.parent_ids)
         return self._mount(ref)
 
     def stat(self, key: str) -> Info:
@@ -388,6 +467,7 @@ class Snapshotter:
         if info.kind == Kind.ACTIVE:
             return disk_usage(self._dir(snapshot_id))
         if info.kind == Kind.COMMITTED:
+            self.ensure_layer_cims((snapshot_id,))
             own = cim_layer_size(self._cim(snapshot_id))
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
@@ -543,24 +623,77 @@ class Snapshotter:
         with self._store.read() as tx:
             ref = check_commit(tx, key, name, parent)
         self._claim(ref.id, key)
+        extract = UNPACK_KEY_MARKER in key
         try:
-            built = materialise_layer(
-                self._dirs,
-                self._build_lock,
-                ref,
-                extract=UNPACK_KEY_MARKER in key,
-            )
-            recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
-            try:
-                with self._store.write() as tx:
-                    commit_active(tx, key, name, recorded, checked, parent, self._clock.now_ns())
-            except BaseException:
-                if built:  # still active, so no child can have forked from it
-                    destroy_cim_layer(self._cim(ref.id), referenced_elsewhere=frozenset())
-                raise
+            deferred = can_defer_layer(self._dirs, ref.id, extract=extract)
+            if deferred:
+                self._commit_pending(ref, key, name, checked, parent)
+            else:
+                self._commit_built(ref, key, name, checked, parent, extract=extract)
         finally:
             self._release(ref.id)
-        remove_scratch(self._dirs, ref.id, SCRATCH_DIR)  # failures: logged, cleanup's
+        if not deferred:
+            remove_scratch(self._dirs, ref.id, SCRATCH_DIR)  # failures: logged, cleanup's
+        elif self._layers is not None:  # the empty scratch/ goes after the build (a rmdir
+            self._layers.schedule(ref.id)  # costs ~1 ms under load: off the request path)
+
+    def _commit_built(
+        self,
+        ref: SnapshotRef,
+        key: str,
+        name: str,
+        labels: Mapping[str, str],
+        parent: str,
+        *,
+        extract: bool,
+    ) -> None:
+        """Commit whose layer exists (Apply wrote it) or is built now from ``scratch/``."""
+        self.ensure_layer_cims(ref.parent_ids)  # the build forks from the parent's CIM
+        built = materialise_layer(self._dirs, self._build_lock, ref, extract=extract)
+        recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
+        try:
+            with self._store.write() as tx:
+                commit_active(tx, key, name, recorded, labels, parent, self._clock.now_ns())
+        except BaseException:
+            if built:  # still active, so no child can have forked from it
+                destroy_cim_layer(self._cim(ref.id), referenced_elsewhere=frozenset())
+            raise
+
+    def _commit_pending(
+        self, ref: SnapshotRef, key: str, name: str, labels: Mapping[str, str], parent: str
+    ) -> None:
+        """Commit of an empty layer: metadata only, the CIM is built afterwards
+        (:mod:`cimsnap.snapshots.pending`)."""
+        layers = self._layers
+        if layers is None:
+            raise Unavailable("snapshotter is closed: unavailable")
+        if ref.parent_ids:  # what the synchronous build would have refused, cheaply
+            parent_id = ref.parent_ids[0]
+            missing = parent_id not in layers.ids() and (
+                entry_mode(self._dirs.cim_fd, f"{parent_id}.cim") is None
+            )
+            if missing or parent_id in self._damaged:
+                raise FailedPrecondition(
+                    f"parent layer {self._cim(parent_id)} is missing or damaged: "
+                    "failed precondition"
+                )
+        recorded = disk_usage(self._dir(ref.id), exclude=frozenset({SCRATCH_DIR}))
+        try:
+            with self._store.write() as tx:
+                commit_active(
+                    tx,
+                    key,
+                    name,
+                    recorded,
+                    labels,
+                    parent,
+                    self._clock.now_ns(),
+                    layer_pending=True,
+                )
+                layers.add(ref.id, ref.parent_ids[0] if ref.parent_ids else None)
+        except BaseException:
+            layers.discard(ref.id)
+            raise
 
     def remove(self, key: str) -> None:
         """Remove ``key`` (any kind); fast, whatever the size of the snapshot.
@@ -590,6 +723,8 @@ class Snapshotter:
                     except OSError as e:  # the row is back; cleanup must not reap the dir
                         _log.error("remove %s: cannot rename %s back: %s", key, renamed[1], e)
                 raise
+        if self._layers is not None:
+            self._layers.discard(snapshot_id)
         self._reaper.submit(lambda: self._reclaim_removed(key, snapshot_id, renamed))
 
     def _reclaim_removed(self, key: str, snapshot_id: int, renamed: tuple[str, str] | None) -> None:
@@ -659,6 +794,10 @@ class Snapshotter:
         for snapshot_id in committed:
             remove_scratch(self._dirs, snapshot_id, SCRATCH_DIR)
         return report
+
+    def _reclaim_scratch(self, snapshot_id: int) -> None:
+        """Hand the deletion of a committed snapshot's ``scratch/`` to the reaper."""
+        self._reaper.submit(lambda: remove_scratch(self._dirs, snapshot_id, SCRATCH_DIR))
 
     def _startup_cleanup(self) -> None:
         """The reaper's first item: reclaim what a crash left (Remove's pending work)."""

@@ -31,6 +31,8 @@ class Migration:
 #: a numeric ID from a sequence (``AUTOINCREMENT``: a committed ID is never handed out
 #: again, even after the row is deleted), a unique key shared by keys and committed names,
 #: the kind, a parent link, nanosecond timestamps, recorded usage, labels in their own table.
+#: Version 2 adds ``layer_pending`` (1: a committed empty layer whose CIM, a fork of its
+#: parent's, is still to be built; see :mod:`cimsnap.snapshots.pending`).
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "snapshots and labels",
@@ -56,6 +58,14 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (snapshot_id, name)
             ) STRICT, WITHOUT ROWID
             """,
+        ),
+    ),
+    Migration(
+        "layer_pending: committed empty layers whose CIM is built after the Commit",
+        (
+            "ALTER TABLE snapshots ADD COLUMN layer_pending INTEGER NOT NULL DEFAULT 0 "
+            "CHECK (layer_pending IN (0, 1))",
+            "CREATE INDEX snapshots_layer_pending ON snapshots (id) WHERE layer_pending = 1",
         ),
     ),
 )

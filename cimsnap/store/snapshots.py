@@ -18,6 +18,7 @@ from cimsnap.store.model import Info, Kind, SnapshotRef, Usage, datetime_from_ns
 
 __all__ = [
     "check_commit",
+    "clear_layer_pending",
     "commit_active",
     "create_snapshot",
     "get_info",
@@ -25,6 +26,8 @@ __all__ = [
     "id_kinds",
     "id_map",
     "key_of",
+    "layer_pending",
+    "pending_layers",
     "remove",
     "update_info",
     "walk_info",
@@ -236,17 +239,21 @@ def commit_active(
     labels: Mapping[str, str],
     parent: str,
     now_ns: int,
+    *,
+    layer_pending: bool = False,
 ) -> int:
     """Turn active ``key`` into committed ``name`` keeping its ID; return the ID.
 
     Labels are replaced (not inherited), ``created == updated == now_ns``, ``usage`` is
-    recorded. Preconditions and errors are those of :func:`check_commit`.
+    recorded. ``layer_pending`` marks the layer as an empty one whose CIM is still to be
+    built (:func:`clear_layer_pending` once it is). Preconditions and errors are those of
+    :func:`check_commit`.
     """
     ref = check_commit(tx, key, name, parent)
     conn = tx.connection
     conn.execute(
         "UPDATE snapshots SET key = ?, kind = ?, parent_id = ?, created_ns = ?, updated_ns = ?, "
-        "size_bytes = ?, inode_count = ? WHERE id = ?",
+        "size_bytes = ?, inode_count = ?, layer_pending = ? WHERE id = ?",
         (
             name,
             int(Kind.COMMITTED),
@@ -255,6 +262,7 @@ def commit_active(
             now_ns,
             usage.size,
             usage.inodes,
+            int(layer_pending),
             ref.id,
         ),
     )
@@ -331,3 +339,35 @@ def key_of(tx: ReadTx, snapshot_id: int) -> str:
     if row is None:
         raise NotFound(f"snapshot id {snapshot_id}: not found")
     return str(row[0])
+
+
+def pending_layers(tx: ReadTx) -> dict[int, int | None]:
+    """Return every committed snapshot whose layer is pending, mapped to its parent's ID.
+
+    A metastore older than schema version 2 (read by ``cimsnap fsck`` without migrating)
+    has none.
+    """
+    conn = tx.connection
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) < 2:
+        return {}
+    rows = conn.execute(
+        "SELECT id, parent_id FROM snapshots WHERE layer_pending = 1 AND kind = ?",
+        (int(Kind.COMMITTED),),
+    )
+    return {int(i): None if p is None else int(p) for i, p in rows}
+
+
+def layer_pending(tx: ReadTx, snapshot_id: int) -> bool | None:
+    """True if the layer of ``snapshot_id`` is pending, False if not, None if no such row."""
+    row = tx.connection.execute(
+        "SELECT layer_pending FROM snapshots WHERE id = ?", (snapshot_id,)
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def clear_layer_pending(tx: WriteTx, snapshot_id: int) -> bool:
+    """Record that the layer of ``snapshot_id`` now exists; False if the row is gone."""
+    cursor = tx.connection.execute(
+        "UPDATE snapshots SET layer_pending = 0 WHERE id = ?", (snapshot_id,)
+    )
+    return cursor.rowcount == 1

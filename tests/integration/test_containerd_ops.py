@@ -147,6 +147,8 @@ def test_image_removal_collects_the_layer_snapshot(
     )
     with SnapshotsClient(str(cimsnap.socket)) as ours:
         layer = backend(ours, chain_id)
+        # A Commit without Apply defers the empty layer's CIM; Usage needs it, so builds it.
+        ours.usage(layer.name)
         cims = cimsnap.root / "snapshots" / "cim-layers"
         on_disk = sorted(p.name for p in cims.iterdir())
         assert any(n.endswith(".cim") for n in on_disk) and any(

@@ -28,6 +28,10 @@ class RemoteSnapshotter(SnapshotsClient):
         super().__init__(self._server.address)
         self._closed = False
 
+    def wait_reclaimed(self, timeout: float | None = None) -> bool:
+        """Wait for the served snapshotter's reaper (it runs in this process)."""
+        return self._server.snapshotter.wait_reclaimed(timeout)
+
     def close(self) -> None:
         if self._closed:
             return
