@@ -29,7 +29,24 @@ keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 mkdir -p "$CACHE"
 work="$(mktemp -d "$CACHE/.fetch.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-echo "deb [signed-by=$keyring] http://deb.debian.org/debian trixie main" >"$work/trixie.list"
+# The Debian mirror this machine's apt already uses (deb822 .sources or one-line lists):
+# the first archive URI that serves a Debian release suite, not a -security or -updates one.
+mirror="$(
+    {
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -r "$f" ] || continue
+            awk 'BEGIN{RS=""; FS="\n"} {u=""; s=""
+                 for (i=1;i<=NF;i++) { if ($i ~ /^URIs:/) u=$i; if ($i ~ /^Suites:/) s=$i }
+                 if (u != "" && s ~ /(bookworm|trixie|stable)( |$)/) {
+                     sub(/^URIs:[ \t]*/, "", u); split(u, a, " "); print a[1] } }' "$f"
+        done
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | awk '$1 == "deb" { for (i=2;i<=NF;i++) if ($i !~ /^\[/ && $i !~ /\]$/) {
+                     if ($(i+1) !~ /-(security|updates|backports)/) print $i; break } }'
+    } | grep -v -- '-security' | head -n1 || true
+)"
+[ -n "$mirror" ] || { echo "containerd-1.7: no Debian mirror found in the apt sources" >&2; exit 1; }
+echo "deb [signed-by=$keyring] $mirror trixie main" >"$work/trixie.list"
 apt_opts=(
     -o "Dir::Etc::SourceList=$work/trixie.list"
     -o "Dir::Etc::SourceParts=/dev/null"

@@ -566,6 +566,7 @@ class Snapshotter:
         )
         self._claim(ref.id, key)
         try:
+            self.ensure_layer_cims(ref.parent_ids)  # the import forks from the parent's CIM
             if target.cim_path.exists():
                 raise AlreadyExists(f"snapshot {key!r}: its layer was applied already")
             yield target
@@ -575,6 +576,7 @@ class Snapshotter:
     def layer_stack(self, spec: CimfsMountSpec) -> LayerStack:
         """Return the layer CIMs that the mount ``spec`` shows (checked like extract_target)."""
         key, ref = self._checked_mount(spec)
+        self.ensure_layer_cims(ref.parent_ids)  # the export reads these CIMs
         own = self._cim(ref.id)
         cims = tuple(self._cim(i) for i in ref.parent_ids)
         if ref.kind == Kind.ACTIVE and own.exists():
