@@ -107,6 +107,24 @@ def _fast(con: Any) -> struct.Struct:
     return struct.Struct("<" + "".join(codes))
 
 
+def _fast_subset(con: Any, wanted: tuple[str, ...]) -> struct.Struct:
+    """A ``struct.Struct`` of a fixed ``Bytes`` declaration that unpacks only the ``wanted``
+    fields (in declaration order) and skips the others as pad bytes."""
+    codes = []
+    names = []
+    for leaf in leaves(con):
+        if leaf.code is None:
+            raise TypeError(f"{leaf.name}: no struct equivalent")
+        if leaf.name in wanted:
+            codes.append(leaf.code)
+            names.append(leaf.name)
+        else:
+            codes.append(f"{leaf.size}x")
+    if tuple(names) != wanted:
+        raise TypeError(f"fields {wanted} are not all in declaration order in {names}")
+    return struct.Struct("<" + "".join(codes))
+
+
 def field_spans(con: Any) -> dict[str, tuple[int, int]]:
     """Each leaf field's ``(start, end)`` byte span in a fixed-size declaration."""
     found: dict[str, tuple[int, int]] = {}
@@ -121,6 +139,20 @@ def field_spans(con: Any) -> dict[str, tuple[int, int]]:
 USTAR_FAST: Final = _fast(USTAR_HEADER)
 GNU_TAIL_FAST: Final = _fast(GNU_HEADER_TAIL)
 STAR_TAIL_FAST: Final = _fast(STAR_HEADER_TAIL)
+#: The ustar fields an entry needs, the rest skipped (10 bytes objects instead of 17).
+USTAR_ENTRY_FIELDS: Final = (
+    "name",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime",
+    "linkname",
+    "magic",
+    "version",
+    "prefix",
+)
+USTAR_ENTRY_FAST: Final = _fast_subset(USTAR_HEADER, USTAR_ENTRY_FIELDS)
 USTAR_SPANS: Final = field_spans(USTAR_HEADER)
 #: Offset of the part where GNU and STAR headers differ from ustar (``prefix`` onwards).
 TAIL_OFFSET: Final = USTAR_SPANS["prefix"][0]

@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
+from zlib import adler32
 
 from cimsnap.wclayer.errors import LayerStateError
 from cimsnap.wclayer.tarformat import (
@@ -70,7 +71,7 @@ from cimsnap.wclayer.tarformat import (
     STAR_TRAILER_START,
     TAIL_OFFSET,
     TYPEFLAG_AT,
-    USTAR_FAST,
+    USTAR_ENTRY_FAST,
     USTAR_SPANS,
     Octets,
     TarFormatError,
@@ -96,6 +97,9 @@ _SIZE_START, _SIZE_END = USTAR_SPANS["size"]
 _CHKSUM_START, _CHKSUM_END = USTAR_SPANS["chksum"]
 #: mode, uid, gid, size and mtime are contiguous; one translate() checks them all.
 _NUMBERS_START, _NUMBERS_END = USTAR_SPANS["mode"][0], USTAR_SPANS["mtime"][1]
+_HALF: Final = BLOCK_SIZE // 2
+#: Eight spaces (the checksum field as counted) minus the 1 of the field's own adler32.
+_SPACES_SUM_MINUS_ONE: Final = 8 * 0x20 - 1
 _PLAIN_OCTAL: Final = b"01234567 \0"
 _OCTAL_DIGITS: Final = b"01234567"
 
@@ -423,7 +427,17 @@ class TarReader:
                 return None
             if first_offset is None:
                 first_offset = block_offset
-            check_header_sum(buf, at, buf[at + _CHKSUM_START : at + _CHKSUM_END], block_offset)
+            # Fast path: the field holds exactly what tar writers put there ("%06o\0 " of the
+            # unsigned sum, the field counted as spaces); anything else gets the full check.
+            # adler32's low half of <= 256 bytes is 1 + their plain sum (see header_sum).
+            field = buf[at + _CHKSUM_START : at + _CHKSUM_END]
+            if field != b"%06o\0 " % (
+                (adler32(buf[at : at + _HALF]) & 0xFFFF)
+                + (adler32(buf[at + _HALF : at + BLOCK_SIZE]) & 0xFFFF)
+                - (adler32(field) & 0xFFFF)
+                + _SPACES_SUM_MINUS_ONE
+            ):
+                check_header_sum(buf, at, field, block_offset)
             typeflag = chr(buf[at + TYPEFLAG_AT])
             if typeflag not in META_TYPES:
                 return self._entry(
@@ -490,18 +504,11 @@ class TarReader:
             raw_gid,
             raw_size,
             raw_mtime,
-            _sum,
-            _type,
             raw_link,
             magic,
             version,
-            _uname,
-            _gname,
-            _major,
-            _minor,
             raw_prefix,
-            _pad,
-        ) = USTAR_FAST.unpack_from(buf, at)
+        ) = USTAR_ENTRY_FAST.unpack_from(buf, at)
         mode = uid = gid = size = mtime = -1
         if not buf[at + _NUMBERS_START : at + _NUMBERS_END].translate(None, _PLAIN_OCTAL):
             # Plain octal text everywhere: int() is exact; odd spacing falls to the strict path.

@@ -15,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cimsnap.wclayer.errors import LayerFormatError, LayerStateError
-from cimsnap.wclayer.tarformat import USTAR_FAST, USTAR_HEADER, parse_number, parse_pax
+from cimsnap.wclayer.tarformat import (
+    USTAR_ENTRY_FAST,
+    USTAR_ENTRY_FIELDS,
+    USTAR_FAST,
+    USTAR_HEADER,
+    parse_number,
+    parse_pax,
+)
 from cimsnap.wclayer.tarstream import (
     TarEntry,
     TarFormatError,
@@ -498,3 +505,65 @@ class Unseekable(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self.raw.readinto(buffer) or 0
+
+
+# --- the reader's fast paths agree with the strict rules -----------------------------------
+
+_CHECKSUM_ENCODINGS = (
+    lambda v: b"%06o\0 " % v,  # what tarfile and Go write (the reader's fast path)
+    lambda v: b"%07o\0" % v,
+    lambda v: b" %06o\0" % v,
+    lambda v: b"%07o " % v,
+    lambda v: b"%o" % v,
+    lambda v: b"%06o  " % v,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF), min_size=1, max_size=90),
+    filler=st.binary(min_size=32, max_size=32),
+    signed=st.booleans(),
+    encoding=st.sampled_from(range(len(_CHECKSUM_ENCODINGS))),
+    delta=st.sampled_from((0, 0, 0, 1, -1, 8, 0o100)),
+)
+def test_checksum_fast_path_agrees_with_tarfile(
+    name: str, filler: bytes, signed: bool, encoding: int, delta: int
+) -> None:
+    """Whatever the checksum's spelling, the reader accepts exactly the blocks whose stored
+    value is their unsigned or signed sum (tarfile's rule), and reads them the same."""
+    block = bytearray(make_tar([info(name.rstrip("/") or "n", b"data")], tarfile.GNU_FORMAT))
+    block[265:297] = filler  # uname: arbitrary bytes make the signed and unsigned sums differ
+    block[148:156] = b" " * 8
+    unsigned_sum, signed_sum = tarfile.calc_chksums(bytes(block[:512]))
+    value = (signed_sum if signed and signed_sum >= 0 else unsigned_sum) + delta
+    block[148:156] = _CHECKSUM_ENCODINGS[encoding](value).ljust(8, b"\0")[:8]
+    ours: list[tuple[str, bytes]] | None
+    try:
+        ours = [(e.header.name, data) for e, data in read_all(bytes(block))]
+    except TarFormatError as e:
+        assert "checksum" in e.reason and e.offset == 0
+        ours = None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(block)), mode="r|") as tar:
+            theirs: list[tuple[str, bytes]] | None = []
+            for member in tar:
+                extracted = tar.extractfile(member)
+                assert theirs is not None and extracted is not None
+                theirs.append((member.name, extracted.read()))
+    except tarfile.ReadError:
+        theirs = None
+    assert ours == theirs
+    assert (ours is not None) == (value in (unsigned_sum, signed_sum))
+
+
+def test_entry_unpacker_is_a_subset_of_the_declaration() -> None:
+    ti, _ = info("dir/name", b"")
+    ti.linkname = "target"
+    block = ti.tobuf(tarfile.USTAR_FORMAT)
+    parsed = USTAR_HEADER.parse(block)
+    assert USTAR_ENTRY_FAST.size == USTAR_HEADER.sizeof()
+    fast = USTAR_ENTRY_FAST.unpack_from(block)
+    assert dict(zip(USTAR_ENTRY_FIELDS, fast, strict=True)) == {
+        k: parsed[k] for k in USTAR_ENTRY_FIELDS
+    }
