@@ -20,6 +20,8 @@ from cimsnap.wclayer.tarformat import (
     USTAR_ENTRY_FIELDS,
     USTAR_FAST,
     USTAR_HEADER,
+    USTAR_NUMBER_FIELDS,
+    USTAR_NUMBERS_FAST,
     parse_number,
     parse_pax,
 )
@@ -567,3 +569,40 @@ def test_entry_unpacker_is_a_subset_of_the_declaration() -> None:
     assert dict(zip(USTAR_ENTRY_FIELDS, fast, strict=True)) == {
         k: parsed[k] for k in USTAR_ENTRY_FIELDS
     }
+
+
+def test_number_unpacker_covers_the_numeric_fields() -> None:
+    ti, _ = info("n", b"12345")
+    ti.uid, ti.gid = 0o1234, 0o7654321
+    block = ti.tobuf(tarfile.USTAR_FORMAT)
+    parsed = USTAR_HEADER.parse(block)
+    start = sum(sub.sizeof() for sub in USTAR_HEADER.subcons[:1])
+    raw = USTAR_NUMBERS_FAST.unpack_from(block, start)
+    assert dict(zip(USTAR_NUMBER_FIELDS, raw, strict=True)) == {
+        k: parsed[k] for k in USTAR_NUMBER_FIELDS
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.text(alphabet="01234567 \0", max_size=12), min_size=5, max_size=5))
+def test_numeric_fast_path_agrees_with_the_strict_parser(fields: list[str]) -> None:
+    """Octal fields with any spacing: the reader's one-pass parse accepts and computes
+    exactly what parse_number does field by field (or both refuse)."""
+    widths = [8, 8, 8, 12, 12]
+    data = make_tar([info("n", b"")], tarfile.USTAR_FORMAT)
+    names = ["mode", "uid", "gid", "size", "mtime"]
+    raws = [f.encode()[:w].ljust(w, b"\0") for f, w in zip(fields, widths, strict=True)]
+    for name, raw in zip(names, raws, strict=True):
+        data = patch_field(data, 0, name, raw)
+    expected: list[int] | None
+    try:
+        expected = [parse_number(raw, name, 0) for name, raw in zip(names, raws, strict=True)]
+    except TarFormatError:
+        expected = None
+    try:
+        entries = TarReader(io.BytesIO(data + bytes(1024)))
+        header = next(iter(entries)).header
+        got: list[int] | None = [header.mode, header.uid, header.gid, header.size, header.mtime]
+    except TarFormatError:
+        got = None
+    assert got == expected
