@@ -46,11 +46,18 @@ def split_components(path: str) -> list[str]:
     return parts
 
 
+#: Parents remembered by a :class:`PathParser` before its memo starts over.
+MEMO_LIMIT: Final = 1024
+
+
 class PathParser:
     """:func:`split_components` with validated parent paths remembered.
 
     Validity is a pure function of the string, so the memo never goes stale; builds call
-    the writer with many paths sharing few parents, which makes this the hot path.
+    the writer with many paths sharing few parents, which makes this the hot path. The memo
+    is bounded (:data:`MEMO_LIMIT` parents, then it starts over): layer tars list siblings
+    together, so a small memo keeps nearly every hit, while an unbounded one cost ~30 MB
+    (each parent's component strings) on a 250,000-entry layer.
     """
 
     __slots__ = ("_valid_parents",)
@@ -65,6 +72,8 @@ class PathParser:
             return split_components(path)
         components = self._valid_parents.get(parent)
         if components is None:
+            if len(self._valid_parents) >= MEMO_LIMIT:
+                self._valid_parents.clear()
             components = self._valid_parents[parent] = split_components(parent)
         check_name(name)
         _check_length(path)

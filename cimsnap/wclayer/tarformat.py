@@ -9,6 +9,7 @@ documents the behaviour they add up to.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from collections.abc import Mapping
@@ -107,6 +108,37 @@ def _fast(con: Any) -> struct.Struct:
     return struct.Struct("<" + "".join(codes))
 
 
+def _fast_subset(con: Any, wanted: tuple[str, ...]) -> struct.Struct:
+    """A ``struct.Struct`` of a fixed ``Bytes`` declaration that unpacks only the ``wanted``
+    fields (in declaration order) and skips the others as pad bytes."""
+    codes = []
+    names = []
+    for leaf in leaves(con):
+        if leaf.code is None:
+            raise TypeError(f"{leaf.name}: no struct equivalent")
+        if leaf.name in wanted:
+            codes.append(leaf.code)
+            names.append(leaf.name)
+        else:
+            codes.append(f"{leaf.size}x")
+    if tuple(names) != wanted:
+        raise TypeError(f"fields {wanted} are not all in declaration order in {names}")
+    return struct.Struct("<" + "".join(codes))
+
+
+def _fast_run(con: Any, wanted: tuple[str, ...]) -> struct.Struct:
+    """A ``struct.Struct`` of the contiguous ``wanted`` fields of a fixed ``Bytes``
+    declaration, to unpack a slice holding just those fields."""
+    found = [leaf for leaf in leaves(con) if leaf.name in wanted]
+    if any(leaf.code is None for leaf in found):
+        raise TypeError(f"fields {wanted}: one has no struct equivalent")
+    names = tuple(leaf.name for leaf in found)
+    spans = field_spans(con)
+    if names != wanted or any(spans[a][1] != spans[b][0] for a, b in itertools.pairwise(names)):
+        raise TypeError(f"fields {wanted} are not contiguous and in declaration order")
+    return struct.Struct("<" + "".join(str(leaf.code) for leaf in found))
+
+
 def field_spans(con: Any) -> dict[str, tuple[int, int]]:
     """Each leaf field's ``(start, end)`` byte span in a fixed-size declaration."""
     found: dict[str, tuple[int, int]] = {}
@@ -121,6 +153,12 @@ def field_spans(con: Any) -> dict[str, tuple[int, int]]:
 USTAR_FAST: Final = _fast(USTAR_HEADER)
 GNU_TAIL_FAST: Final = _fast(GNU_HEADER_TAIL)
 STAR_TAIL_FAST: Final = _fast(STAR_HEADER_TAIL)
+#: The ustar fields an entry needs besides its numbers, the rest skipped as pad bytes.
+USTAR_ENTRY_FIELDS: Final = ("name", "linkname", "magic", "version", "prefix")
+USTAR_ENTRY_FAST: Final = _fast_subset(USTAR_HEADER, USTAR_ENTRY_FIELDS)
+#: The contiguous numeric fields, unpacked from their own span (not from the whole block).
+USTAR_NUMBER_FIELDS: Final = ("mode", "uid", "gid", "size", "mtime")
+USTAR_NUMBERS_FAST: Final = _fast_run(USTAR_HEADER, USTAR_NUMBER_FIELDS)
 USTAR_SPANS: Final = field_spans(USTAR_HEADER)
 #: Offset of the part where GNU and STAR headers differ from ustar (``prefix`` onwards).
 TAIL_OFFSET: Final = USTAR_SPANS["prefix"][0]
@@ -307,7 +345,9 @@ def parse_pax(body: Octets, offset: int) -> Mapping[str, str]:
             for line in lines:
                 length, _, record = line.partition(" ")
                 key, equals, value = record.partition("=")
-                if not (equals and key and length.isdigit() and int(length) == len(line) + 1):
+                # The canonical spelling of the length only (no sign, space or leading zero:
+                # those records take the exact path, which decides on them).
+                if not (equals and key and str(len(line) + 1) == length):
                     break
                 records[key] = value
             else:

@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, Protocol
+from zlib import adler32
 
 from cimsnap.wclayer.errors import LayerStateError
 from cimsnap.wclayer.tarformat import (
@@ -70,7 +71,9 @@ from cimsnap.wclayer.tarformat import (
     STAR_TRAILER_START,
     TAIL_OFFSET,
     TYPEFLAG_AT,
-    USTAR_FAST,
+    USTAR_ENTRY_FAST,
+    USTAR_NUMBER_FIELDS,
+    USTAR_NUMBERS_FAST,
     USTAR_SPANS,
     Octets,
     TarFormatError,
@@ -95,8 +98,15 @@ _NAME_END: Final = USTAR_SPANS["name"][1]
 _SIZE_START, _SIZE_END = USTAR_SPANS["size"]
 _CHKSUM_START, _CHKSUM_END = USTAR_SPANS["chksum"]
 #: mode, uid, gid, size and mtime are contiguous; one translate() checks them all.
-_NUMBERS_START, _NUMBERS_END = USTAR_SPANS["mode"][0], USTAR_SPANS["mtime"][1]
+_NUMBERS_START = USTAR_SPANS[USTAR_NUMBER_FIELDS[0]][0]
+_NUMBERS_END = USTAR_SPANS[USTAR_NUMBER_FIELDS[-1]][1]
+_HALF: Final = BLOCK_SIZE // 2
+#: Eight spaces (the checksum field as counted) minus the 1 of the field's own adler32.
+_SPACES_SUM_MINUS_ONE: Final = 8 * 0x20 - 1
+_MAGIC, _VERSION = MAGIC_USTAR[:6], MAGIC_USTAR[6:]
 _PLAIN_OCTAL: Final = b"01234567 \0"
+_NUL_TO_SPACE: Final = bytes.maketrans(b"\0", b" ")
+_OCTAL_BASES: Final = (8,) * len(USTAR_NUMBER_FIELDS)
 _OCTAL_DIGITS: Final = b"01234567"
 
 __all__ = [
@@ -256,11 +266,12 @@ class TarReader:
     def __iter__(self) -> Iterator[TarEntry]:
         return self
 
-    def __next__(self) -> TarEntry:
-        entry = self.next()
-        if entry is None:
-            raise StopIteration
-        return entry
+    def next(self) -> TarEntry | None:
+        """Return the next entry, or None at the end of the archive."""
+        try:
+            return self.__next__()
+        except StopIteration:
+            return None
 
     # -- buffer ----------------------------------------------------------------------------
 
@@ -382,8 +393,8 @@ class TarReader:
         self._pos += padded
         return body
 
-    def next(self) -> TarEntry | None:
-        """Return the next entry, or None at the end of the archive."""
+    def __next__(self) -> TarEntry:
+        """Return the next entry; StopIteration at the end of the archive."""
         entry = self._current
         if entry is not None:
             self._current = None
@@ -395,7 +406,7 @@ class TarReader:
                 else:
                     self._skip(skip, entry.header.name)
         if self._done:
-            return None
+            raise StopIteration
         pax: Mapping[str, str] | None = None
         long_name: str | None = None
         long_link: str | None = None
@@ -414,16 +425,26 @@ class TarReader:
                             offset=self.position,
                         )
                     self._done = True
-                    return None
+                    raise StopIteration
                 buf = self._buf
                 at = block
             block_offset = self._base + at
             if buf[at] == 0 and buf.count(0, at, at + BLOCK_SIZE) == BLOCK_SIZE:
                 self._end_of_archive(block_offset, first_offset)
-                return None
+                raise StopIteration
             if first_offset is None:
                 first_offset = block_offset
-            check_header_sum(buf, at, buf[at + _CHKSUM_START : at + _CHKSUM_END], block_offset)
+            # Fast path: the field holds exactly what tar writers put there ("%06o\0 " of the
+            # unsigned sum, the field counted as spaces); anything else gets the full check.
+            # adler32's low half of <= 256 bytes is 1 + their plain sum (see header_sum).
+            field = buf[at + _CHKSUM_START : at + _CHKSUM_END]
+            if field != b"%06o\0 " % (
+                (adler32(buf[at : at + _HALF]) & 0xFFFF)
+                + (adler32(buf[at + _HALF : at + BLOCK_SIZE]) & 0xFFFF)
+                - (adler32(field) & 0xFFFF)
+                + _SPACES_SUM_MINUS_ONE
+            ):
+                check_header_sum(buf, at, field, block_offset)
             typeflag = chr(buf[at + TYPEFLAG_AT])
             if typeflag not in META_TYPES:
                 return self._entry(
@@ -437,8 +458,13 @@ class TarReader:
                 size = parse_number(raw_size, "size", block_offset)
                 if size < 0:
                     raise TarFormatError("negative size", offset=block_offset)
-            kind = "PAX header" if typeflag in "xg" else "GNU long name"
-            body = self._body(size, kind, block_offset)
+            padded = size + (-size) % BLOCK_SIZE
+            if size <= MAX_SPECIAL_SIZE and len(buf) - self._pos >= padded:
+                body: Octets = buf[self._pos : self._pos + size]  # _body's common case
+                self._pos += padded
+            else:
+                kind = "PAX header" if typeflag in "xg" else "GNU long name"
+                body = self._body(size, kind, block_offset)
             if typeflag == "x" or typeflag == "g":
                 records = parse_pax(body, block_offset)
                 if typeflag == "g":
@@ -483,71 +509,62 @@ class TarReader:
         long_name: str | None,
         long_link: str | None,
     ) -> TarEntry:
-        (
-            raw_name,
-            raw_mode,
-            raw_uid,
-            raw_gid,
-            raw_size,
-            raw_mtime,
-            _sum,
-            _type,
-            raw_link,
-            magic,
-            version,
-            _uname,
-            _gname,
-            _major,
-            _minor,
-            raw_prefix,
-            _pad,
-        ) = USTAR_FAST.unpack_from(buf, at)
+        raw_name, raw_link, magic, version, raw_prefix = USTAR_ENTRY_FAST.unpack_from(buf, at)
+        numbers = buf[at + _NUMBERS_START : at + _NUMBERS_END]
         mode = uid = gid = size = mtime = -1
-        if not buf[at + _NUMBERS_START : at + _NUMBERS_END].translate(None, _PLAIN_OCTAL):
-            # Plain octal text everywhere: int() is exact; odd spacing falls to the strict path.
+        if not numbers.translate(None, _PLAIN_OCTAL):
+            # Only octal digits, spaces and NULs: with NULs made spaces, int() accepts exactly
+            # the fields Go's parseOctal does, except an empty one (ValueError, strict path).
             try:
-                mode = int(raw_mode.strip(b" \0") or b"0", 8)
-                uid = int(raw_uid.strip(b" \0") or b"0", 8)
-                gid = int(raw_gid.strip(b" \0") or b"0", 8)
-                size = int(raw_size.strip(b" \0") or b"0", 8)
-                mtime = int(raw_mtime.strip(b" \0") or b"0", 8)
+                mode, uid, gid, size, mtime = map(
+                    int, USTAR_NUMBERS_FAST.unpack(numbers.translate(_NUL_TO_SPACE)), _OCTAL_BASES
+                )
             except ValueError:
                 mode = -1
         if mode < 0:
+            raw_mode, raw_uid, raw_gid, raw_size, raw_mtime = USTAR_NUMBERS_FAST.unpack(numbers)
             mode = parse_number(raw_mode, "mode", block_offset)
             uid = parse_number(raw_uid, "uid", block_offset)
             gid = parse_number(raw_gid, "gid", block_offset)
             size = parse_number(raw_size, "size", block_offset)
             mtime = parse_number(raw_mtime, "mtime", block_offset)
         atime = ctime = None
-        magic_version = magic + version
-        if magic_version == MAGIC_USTAR:
-            if buf[at + STAR_TRAILER_START : at + STAR_TRAILER_END] == STAR_TRAILER:
+        if magic == _MAGIC and version == _VERSION:
+            if buf.startswith(STAR_TRAILER, at + STAR_TRAILER_START, at + STAR_TRAILER_END):
                 star = STAR_TAIL_FAST.unpack_from(buf, at + TAIL_OFFSET)
                 raw_prefix = star[0]
                 atime = parse_optional_number(star[1], "atime", block_offset)
                 ctime = parse_optional_number(star[2], "ctime", block_offset)
-            raw_name = join_prefix(raw_prefix, raw_name)
-        elif magic_version == MAGIC_GNU:
-            raw_name = cstr(raw_name)
-            gnu = GNU_TAIL_FAST.unpack_from(buf, at + TAIL_OFFSET)
-            atime = parse_optional_number(gnu[0], "atime", block_offset)
-            ctime = parse_optional_number(gnu[1], "ctime", block_offset)
-            if typeflag == "S" and gnu[GNU_ISEXTENDED_INDEX] != b"\0":
-                self._skip_sparse_extensions(block_offset)
         else:
-            raw_name = cstr(raw_name)
+            raw_prefix = b"\0"  # GNU and v7 headers have no prefix
+            if magic + version == MAGIC_GNU:
+                gnu = GNU_TAIL_FAST.unpack_from(buf, at + TAIL_OFFSET)
+                atime = parse_optional_number(gnu[0], "atime", block_offset)
+                ctime = parse_optional_number(gnu[1], "ctime", block_offset)
+                if typeflag == "S" and gnu[GNU_ISEXTENDED_INDEX] != b"\0":
+                    self._skip_sparse_extensions(block_offset)
         # Overrides first (GNU long names win over PAX, as in Go): the ustar field they
         # replace is never decoded, so a long name cut mid-character there is harmless.
         if pax:
             if not PAX_OVERRIDE_KEYS.isdisjoint(pax):
                 size, uid, gid = pax_overrides(pax, size, uid, gid, block_offset)
-            name = long_name or pax.get("path") or decode_name(raw_name, "name", block_offset)
+            name = long_name or pax.get("path") or ""
             linkname = long_link or pax.get("linkpath") or ""
         else:
             pax = _EMPTY_PAX
-            name = long_name or decode_name(raw_name, "name", block_offset)
+            name = long_name or ""
             linkname = long_link or ""
+        if not name:
+            # The ustar name: NUL-terminated, ``prefix/name`` when the prefix is set.
+            end = raw_name.find(0)
+            if end >= 0:
+                raw_name = raw_name[:end]
+            if raw_prefix[0]:
+                raw_name = join_prefix(raw_prefix, raw_name)
+            try:
+                name = raw_name.decode()
+            except UnicodeDecodeError:
+                name = decode_name(raw_name, "name", block_offset)  # raises, naming the byte
         if not linkname and raw_link[0]:
             linkname = decode_name(cstr(raw_link), "linkname", block_offset)
         if size < 0:

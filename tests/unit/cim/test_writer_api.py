@@ -12,6 +12,7 @@ from cimsnap.cim import errors
 from cimsnap.cim.content import State
 from cimsnap.cim.file_metadata import NULL_DACL_SECURITY_DESCRIPTOR, FileMetadata
 from cimsnap.cim.format import REPARSE_LENGTH_FAST, SD_LENGTH_FAST, FileAttribute
+from cimsnap.cim.image_paths import MEMO_LIMIT, PathParser, split_components
 from cimsnap.cim.regions import open_image
 from cimsnap.cim.writer import CimWriter
 
@@ -270,3 +271,15 @@ def test_exists(tmp_path: Path) -> None:
         assert not writer.exists("missing\\g")
         assert not writer.exists("d\\f\\under-a-file")
         assert writer.state is State.OPEN
+
+
+def test_path_parser_memo_is_bounded_and_starts_over() -> None:
+    """More distinct parents than the memo holds: every path still splits and validates the
+    same, and the memo never grows past its limit."""
+    parser = PathParser()
+    for i in range(MEMO_LIMIT * 2 + 3):
+        path = f"Files\\d{i}\\sub\\f{i}.txt"
+        assert parser.components(path) == split_components(path)
+        assert len(parser._valid_parents) <= MEMO_LIMIT
+    with pytest.raises(errors.CimInvalidNameError):
+        parser.components("Files\\d1\\bad:name\\x")

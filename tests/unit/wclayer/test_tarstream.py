@@ -15,7 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cimsnap.wclayer.errors import LayerFormatError, LayerStateError
-from cimsnap.wclayer.tarformat import USTAR_FAST, USTAR_HEADER, parse_number, parse_pax
+from cimsnap.wclayer.tarformat import (
+    USTAR_ENTRY_FAST,
+    USTAR_ENTRY_FIELDS,
+    USTAR_FAST,
+    USTAR_HEADER,
+    USTAR_NUMBER_FIELDS,
+    USTAR_NUMBERS_FAST,
+    parse_number,
+    parse_pax,
+)
 from cimsnap.wclayer.tarstream import (
     TarEntry,
     TarFormatError,
@@ -498,3 +507,102 @@ class Unseekable(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self.raw.readinto(buffer) or 0
+
+
+# --- the reader's fast paths agree with the strict rules -----------------------------------
+
+_CHECKSUM_ENCODINGS = (
+    lambda v: b"%06o\0 " % v,  # what tarfile and Go write (the reader's fast path)
+    lambda v: b"%07o\0" % v,
+    lambda v: b" %06o\0" % v,
+    lambda v: b"%07o " % v,
+    lambda v: b"%o" % v,
+    lambda v: b"%06o  " % v,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FF), min_size=1, max_size=90),
+    filler=st.binary(min_size=32, max_size=32),
+    signed=st.booleans(),
+    encoding=st.sampled_from(range(len(_CHECKSUM_ENCODINGS))),
+    delta=st.sampled_from((0, 0, 0, 1, -1, 8, 0o100)),
+)
+def test_checksum_fast_path_agrees_with_tarfile(
+    name: str, filler: bytes, signed: bool, encoding: int, delta: int
+) -> None:
+    """Whatever the checksum's spelling, the reader accepts exactly the blocks whose stored
+    value is their unsigned or signed sum (tarfile's rule), and reads them the same."""
+    block = bytearray(make_tar([info(name.rstrip("/") or "n", b"data")], tarfile.GNU_FORMAT))
+    block[265:297] = filler  # uname: arbitrary bytes make the signed and unsigned sums differ
+    block[148:156] = b" " * 8
+    unsigned_sum, signed_sum = tarfile.calc_chksums(bytes(block[:512]))
+    value = (signed_sum if signed and signed_sum >= 0 else unsigned_sum) + delta
+    block[148:156] = _CHECKSUM_ENCODINGS[encoding](value).ljust(8, b"\0")[:8]
+    ours: list[tuple[str, bytes]] | None
+    try:
+        ours = [(e.header.name, data) for e, data in read_all(bytes(block))]
+    except TarFormatError as e:
+        assert "checksum" in e.reason and e.offset == 0
+        ours = None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(block)), mode="r|") as tar:
+            theirs: list[tuple[str, bytes]] | None = []
+            for member in tar:
+                extracted = tar.extractfile(member)
+                assert theirs is not None and extracted is not None
+                theirs.append((member.name, extracted.read()))
+    except tarfile.ReadError:
+        theirs = None
+    assert ours == theirs
+    assert (ours is not None) == (value in (unsigned_sum, signed_sum))
+
+
+def test_entry_unpacker_is_a_subset_of_the_declaration() -> None:
+    ti, _ = info("dir/name", b"")
+    ti.linkname = "target"
+    block = ti.tobuf(tarfile.USTAR_FORMAT)
+    parsed = USTAR_HEADER.parse(block)
+    assert USTAR_ENTRY_FAST.size == USTAR_HEADER.sizeof()
+    fast = USTAR_ENTRY_FAST.unpack_from(block)
+    assert dict(zip(USTAR_ENTRY_FIELDS, fast, strict=True)) == {
+        k: parsed[k] for k in USTAR_ENTRY_FIELDS
+    }
+
+
+def test_number_unpacker_covers_the_numeric_fields() -> None:
+    ti, _ = info("n", b"12345")
+    ti.uid, ti.gid = 0o1234, 0o7654321
+    block = ti.tobuf(tarfile.USTAR_FORMAT)
+    parsed = USTAR_HEADER.parse(block)
+    start = sum(sub.sizeof() for sub in USTAR_HEADER.subcons[:1])
+    raw = USTAR_NUMBERS_FAST.unpack_from(block, start)
+    assert dict(zip(USTAR_NUMBER_FIELDS, raw, strict=True)) == {
+        k: parsed[k] for k in USTAR_NUMBER_FIELDS
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.text(alphabet="01234567 \0", max_size=12), min_size=5, max_size=5))
+def test_numeric_fast_path_agrees_with_the_strict_parser(fields: list[str]) -> None:
+    """Octal fields with any spacing: the reader's one-pass parse accepts and computes
+    exactly what parse_number does field by field (or both refuse)."""
+    widths = [8, 8, 8, 12, 12]
+    data = make_tar([info("n", b"")], tarfile.USTAR_FORMAT)
+    names = ["mode", "uid", "gid", "size", "mtime"]
+    raws = [f.encode()[:w].ljust(w, b"\0") for f, w in zip(fields, widths, strict=True)]
+    for name, raw in zip(names, raws, strict=True):
+        data = patch_field(data, 0, name, raw)
+    expected: list[int] | None
+    try:
+        expected = [parse_number(raw, name, 0) for name, raw in zip(names, raws, strict=True)]
+    except TarFormatError:
+        expected = None
+    try:
+        entries = TarReader(io.BytesIO(data + bytes(1024)))
+        header = next(iter(entries)).header
+        got: list[int] | None = [header.mode, header.uid, header.gid, header.size, header.mtime]
+    except TarFormatError:
+        got = None
+    assert got == expected
