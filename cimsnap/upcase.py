@@ -1,8 +1,8 @@
 """Windows' upcase table: the per-UTF-16-code-unit uppercase mapping of NTFS and CimFS.
 
-CimFS stores this table in every image (cim-format.md §5) and sorts link tables with it
-(§7.3); the registry compares key and value names with the same per-code-unit mapping
-(windows-layer-import.md §4.4). Python's ``str.upper()`` is not a substitute: it maps
+CimFS stores this table in every image and sorts link tables with it
+(§7.3); the registry compares key and value names with the same per-code-unit mapping.
+Python's ``str.upper()`` is not a substitute: it maps
 ``ß`` to ``SS`` and differs from Windows at 244 BMP code points (µ U+00B5, ı U+0131,
 ſ U+017F, the titlecase digraphs U+01C5..., and more).
 

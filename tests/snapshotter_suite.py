@@ -1,6 +1,6 @@
 """The snapshotter behaviour suite, written once and run against every implementation.
 
-Modelled on containerd's ``core/snapshots/testsuite`` (containerd-integration.md §4) plus
+Modelled on containerd's ``core/snapshots/testsuite`` plus
 the API contract of §2.2 and cimsnap's own commit/cleanup rules. Every test takes the
 fixture ``snapshotter_factory``: a callable ``factory(root: Path)`` returning a fresh object
 with the :class:`cimsnap.snapshots.snapshotter.Snapshotter` API on ``root`` (the in-process suite

@@ -1,9 +1,9 @@
 """Errors raised by :mod:`cimsnap.cim` (a small hierarchy under :class:`CimError`).
 
-* :class:`CimFormatError`: an image's bytes break the format (cim-format.md). It names the
+* :class:`CimFormatError`: an image's bytes break the format. It names the
   object, its region and offset, and why.
-* :class:`CimApiError` and its subclasses: a request that the Windows CimFS API would refuse
-  (cim-format.md §12), raised by the writer and by reader lookups. Each carries the Win32
+* :class:`CimApiError` and its subclasses: a request that the Windows CimFS API would refuse,
+  raised by the writer and by reader lookups. Each carries the Win32
   error it mirrors in ``winerror``, so callers test classes, never messages.
 """
 

@@ -1,4 +1,4 @@
-"""The ``.cim`` file header and region-set file names (cim-format.md §2, §3.1-§3.4).
+"""The ``.cim`` file header and region-set file names.
 
 :func:`parse_image_header` and :func:`parse_region_header` are sans-IO; the two path
 functions are the only file access here (the ``.cim`` is tiny and read once).

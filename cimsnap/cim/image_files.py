@@ -3,7 +3,7 @@
 This is the only module of the writer that touches the filesystem. Format code hands it
 finished bytes; it decides file names, buffering, durability and cleanup.
 
-Durability protocol (cim-format.md §2, §3; the commit contract of :class:`ImageFiles`):
+Durability protocol (the CimFS format; the commit contract of :class:`ImageFiles`):
 
 1. Region and objectid files are created directly under their final GUID names
    (``region_<guid>_<n>``, ``objectid_<guid>_<n>``). No ``.cim`` references a fresh GUID,

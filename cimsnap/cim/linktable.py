@@ -1,4 +1,4 @@
-"""Link tables: directory entries and alternate-stream tables (cim-format.md §7.2-§7.4).
+"""Link tables: directory entries and alternate-stream tables.
 
 :class:`LinkTable` validates the header eagerly and entries lazily; every name offset and
 length is checked against the buffer before it is read, so a hostile table raises

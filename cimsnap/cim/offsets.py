@@ -1,4 +1,4 @@
-"""RegionOffset: the u64 address of every CimFS object (cim-format.md §1, §3.3).
+"""RegionOffset: the u64 address of every CimFS object.
 
 Bits 0-47 are the byte offset inside one region file, bits 48-63 the *global* region index
 (parents' regions first, the image's own last, §3.3). The value 0 is the null offset

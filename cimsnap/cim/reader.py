@@ -1,4 +1,4 @@
-"""Read a classic CimFS image from its region buffers (cim-format.md §13).
+"""Read a classic CimFS image from its region buffers.
 
 :class:`CimReader` is sans-IO: it takes the regions in global order (§3.3) as buffers
 (``memoryview`` of bytes or of an ``mmap``) and the Filesystem object's RegionOffset.

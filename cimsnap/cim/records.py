@@ -1,4 +1,4 @@
-"""Decoded file records and stream descriptors (cim-format.md §7, §7.1).
+"""Decoded file records and stream descriptors.
 
 Pure functions from bytes to frozen records; bounds are the caller's (the reader slices
 exactly the structure's size before calling). A bad stream type raises CimFormatError.

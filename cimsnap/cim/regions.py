@@ -1,4 +1,4 @@
-"""Open an image's files: the edge module of the reader (cim-format.md §2, §3.3, §13).
+"""Open an image's files: the edge module of the reader.
 
 :func:`open_image` reads the ``.cim`` header, maps every region file of the parents and
 the image (parents first, §3.3) read-only, checks each region header, and hands the

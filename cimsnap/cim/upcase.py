@@ -1,4 +1,4 @@
-"""Name rules of CimFS: the one link-table sort key (cim-format.md §5, §7.3) and name checks.
+"""Name rules of CimFS: the one link-table sort key and name checks.
 
 Every name comparison in :mod:`cimsnap.cim` goes through :class:`NameOrder`: the writer
 sorts link tables with it, the reader binary-searches with it, and ``verify`` checks order

@@ -1,4 +1,4 @@
-"""Check every invariant of cim-format.md on an open image and list the problems.
+"""Check every invariant of the CimFS format on an open image and list the problems.
 
 :func:`verify_reader` is sans-IO (it walks a :class:`CimReader`); :func:`verify_image`
 adds the file-level checks (region and objectid headers); :func:`verify_path` opens an

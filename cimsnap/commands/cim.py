@@ -4,7 +4,7 @@ r"""``cimsnap cim``: inspect, check and build CimFS images on any OS.
 * ``cim stat IMAGE PATH``: everything the record holds, plus its alternate streams.
 * ``cim cat IMAGE PATH[:STREAM]``: the bytes of a file's default or alternate stream.
 * ``cim tree IMAGE [PATH]``: every path below PATH.
-* ``cim verify IMAGE``: check every invariant of the format (cim-format.md); lists errors
+* ``cim verify IMAGE``: check every invariant of the format; lists errors
   and warnings (conventions a Windows-written image may legitimately break).
 * ``cim build SRC_DIR OUT.cim [--parent PARENT.cim]``: build an image from a directory.
 

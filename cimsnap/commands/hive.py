@@ -4,7 +4,7 @@ r"""``cimsnap hive``: inspect, query, merge and check registry hive files.
   ``--json`` prints one object with the base-block fields and a flat list of keys (path,
   layer semantics, InheritClass, class, values with tombstone marks).
 * ``hive get HIVE KEY VALUE``: one value, decoded by type (``""`` names the default value).
-* ``hive merge BASE DELTA OUT``: ORMergeHives (windows-layer-import.md §4.4) into a new file.
+* ``hive merge BASE DELTA OUT``: ORMergeHives into a new file.
 * ``hive check HIVE``: full structural validation; problems are listed one per line.
 
 Exit codes: 0 success; 1 the operation failed (missing file, key or value, malformed hive,

@@ -1,6 +1,6 @@
 """Listening addresses of the gRPC server: parsing, policy and unix-socket preparation.
 
-Forms accepted (containerd-integration §5.7): a unix socket path (``/run/x.sock``,
+Forms accepted: a unix socket path (``/run/x.sock``,
 ``unix:///run/x.sock``, ``unix:/run/x.sock``) or ``tcp://HOST:PORT`` for Windows hosts,
 where grpcio has no named-pipe transport. TCP has no authentication, so a host that is not
 loopback is refused unless the operator opts in (``insecure_listen``).

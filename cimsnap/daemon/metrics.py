@@ -7,7 +7,7 @@ Exposed series (all labelled with the full gRPC method name ``service/Method``):
 - ``cimsnap_grpc_request_duration_seconds{method}``: latency histogram.
 
 Recording is always on (it is cheap); the HTTP endpoint only exists when
-``metrics_address`` is configured (peer proxies' convention, containerd-integration §10).
+``metrics_address`` is configured (the convention of other containerd proxy plugins).
 """
 
 from __future__ import annotations

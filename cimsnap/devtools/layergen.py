@@ -19,7 +19,7 @@ The model holds only what the tars declare. What an importer synthesises (base l
 the ``Hives`` directory, the ``Hives\*_BASE`` links to the config hives and ``layout``;
 delta layers: the merged ``Hives\*_BASE``) is not in it.
 
-Tar conventions (windows-layer-import.md §1, §6): PAX format; ``Files/`` (and
+Tar conventions: PAX format; ``Files/`` (and
 ``Hives/`` in delta layers) at the root; directories before their children, children
 sorted by name (whiteouts of a directory first), no trailing slash on directory names;
 hard links (typeflag 1) always after their target; symlinks and junctions as typeflag 2
@@ -96,9 +96,9 @@ __all__ = [
 
 #: FILETIME of the Unix epoch (100 ns units since 1601-01-01).
 EPOCH_AS_FILETIME: Final = 116_444_736_000_000_000
-#: The attribute bits a CIM stores or derives (cim-format.md §7).
+#: The attribute bits a CIM stores or derives.
 STORED_ATTRIBUTES: Final = 0x1 | 0x2 | 0x4 | 0x10 | 0x20 | 0x200 | 0x400
-#: What a CIM holds for a file that came with no SD (windows-layer-import.md §1.3).
+#: What a CIM holds for a file that came with no SD.
 NULL_DACL_SECURITY_DESCRIPTOR: Final = bytes([1, 0, 4, 0x80]) + bytes(16)
 #: Config hive file -> the name of its differencing hive in a delta layer (§1.2).
 BASE_HIVES: Final = ("SYSTEM", "SOFTWARE", "SAM", "SECURITY", "DEFAULT")

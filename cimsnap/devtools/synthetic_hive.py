@@ -1,7 +1,7 @@
 r"""Synthetic SOFTWARE-like hives and differencing deltas, for benchmarks and scale tests.
 
 :func:`software_base` builds a normal hive shaped like a Windows SOFTWARE hive (see
-windows-layer-import.md §6): a wide ``Classes\CLSID`` / ``Interface`` / ProgID section,
+the Windows layer format): a wide ``Classes\CLSID`` / ``Interface`` / ProgID section,
 a 32-bit ``WOW6432Node`` mirror, Component Based Servicing packages with many values,
 SideBySide winners, Installer components, plus deep vendor trees, and
 ``Microsoft\Windows NT\CurrentVersion`` with ``CurrentBuild``. Values mix REG_SZ paths,

@@ -1,7 +1,7 @@
 """cimsnap's differ: Apply (layer blob -> CIM layer) and Compare (CIM layer -> blob).
 
 Plain types only (``Descriptor``, ``Mount``); ``cimsnap.daemon.diff_service`` adapts it to
-gRPC. Contracts follow containerd's cimfs differ (containerd-integration §3.5, §5.4).
+gRPC. Contracts follow containerd's cimfs differ.
 
 **Apply** (:meth:`Differ.apply`):
 

@@ -1,4 +1,4 @@
-"""Registry hive (regf) engine: read, write and check hives (windows-layer-import.md §4).
+"""Registry hive (regf) engine: read, write and check hives.
 
 The in-memory model lives in :mod:`cimsnap.hive.tree`; :func:`read_hive` and
 :func:`open_hive` build it from a file, :func:`write_hive` serializes it as a fresh regf,

@@ -1,7 +1,4 @@
-"""Cell placement for the regf writer: hive bins, 8-byte cells, free tails (§4.5).
-
-Section numbers refer to windows-layer-import.md.
-"""
+"""Cell placement for the regf writer: hive bins, 8-byte cells, free tails (§4.5)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """regf on-disk structures, declared once with construct, plus their derived fast packers.
 
-Every structure of a registry hive file (windows-layer-import.md §4.1, §4.3, §4.5) is
+Every structure of a registry hive file is
 declared here under the names used by Suhanov's specification; logic modules import these
 declarations and never restate a layout. Hot paths (the reader walking ~10^6 cells, the
 writer emitting them) use :class:`FastLayout` objects built from the same declarations by

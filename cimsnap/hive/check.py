@@ -1,4 +1,4 @@
-"""Full structural validation of a regf image (windows-layer-import.md §4.1, §4.5).
+"""Full structural validation of a regf image.
 
 :func:`check_hive` never raises for bad input: it returns every :class:`Problem` it finds.
 It is the self-consistency checker §4.5 asks for, run on everything the writer produces.

@@ -77,7 +77,7 @@ class DirtyHiveError(HiveFormatError):
 
     The hive was not cleanly flushed; its ``.LOG1``/``.LOG2`` transaction logs must be
     replayed (load the hive once on Windows, or use a log-aware tool) before cimsnap can
-    use it. Replaying logs is out of scope (windows-layer-import.md §5 #31).
+    use it. Replaying logs is out of scope.
     """
 
 

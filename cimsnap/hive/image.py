@@ -1,4 +1,4 @@
-"""Bounds-checked access to the cells of a regf image (windows-layer-import.md §4.1).
+"""Bounds-checked access to the cells of a regf image.
 
 :class:`HiveImage` validates the base block and the hive-bin chain once, then hands out
 cells by offset, each checked before use: in range, 8-byte aligned, allocated, inside the

@@ -1,6 +1,6 @@
 """ORMergeHives in O(delta): edit a copy of the base hive in place (§4.4, §4.5).
 
-Section numbers refer to windows-layer-import.md. The rules and every undocumented
+The rules and every undocumented
 choice come from :mod:`cimsnap.hive.rules`, the functions the whole-tree
 :func:`cimsnap.hive.merge.merge` calls too; the result, read back as a tree, equals that
 merge's (``tests/unit/hive/test_incremental.py``). :func:`merge_into` works on buffers;

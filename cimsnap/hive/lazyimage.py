@@ -1,6 +1,6 @@
 """A regf image read on demand through ``read_at``, never mapped (§4.1).
 
-Section numbers refer to windows-layer-import.md. Used by the incremental merge
+Used by the incremental merge
 (:mod:`cimsnap.hive.incremental`) to read a base hive of any size in bounded memory.
 """
 

@@ -1,11 +1,11 @@
 """ORMergeHives on in-memory trees: the whole-tree merge, kept as the test oracle.
 
-:func:`merge` applies the rules of :mod:`cimsnap.hive.rules` (windows-layer-import.md
-§4.4, with its decision table) to two :class:`~cimsnap.hive.tree.Hive` models. It needs
-both hives decoded whole, so files are merged by the incremental engine instead
-(:func:`merge_files`, see :mod:`cimsnap.hive.incremental`), which calls the same rule
-functions; this module stays because the property tests compare the two, and because it
-is the plain statement of what a merge means.
+:func:`merge` applies the rules of :mod:`cimsnap.hive.rules` (with its decision
+table) to two :class:`~cimsnap.hive.tree.Hive` models. It needs both hives decoded
+whole, so files are merged by the incremental engine instead (:func:`merge_files`, see
+:mod:`cimsnap.hive.incremental`), which calls the same rule functions; this module stays
+because the property tests compare the two, and because it is the plain statement of
+what a merge means.
 
 **Sharing, not copying.** Inputs are never mutated. A base subtree that the delta does not
 touch is placed in the result *by reference*, and unchanged delta values likewise, so the

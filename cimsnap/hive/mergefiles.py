@@ -3,7 +3,7 @@
 :func:`merge_files` is what ``cimsnap hive merge`` and the layer importer call. It owns
 file names, the copy, fsync and cleanup; the merge itself is
 :func:`cimsnap.hive.incremental.merge_into`, on memory maps, so the base is never read
-whole (windows-layer-import.md §4.4, §4.5).
+whole.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Read a whole regf file into a :class:`~cimsnap.hive.tree.Hive` (§4.1, §4.3).
 
-Section numbers refer to windows-layer-import.md.
 
 :func:`read_hive` materialises every key and value; :func:`open_hive` does the same for a
 file path. For browsing without materialising, use :class:`cimsnap.hive.view.HiveReader`.

@@ -1,4 +1,4 @@
-"""Freeing the cells of a base hive edited in place (windows-layer-import.md §4.1, §4.5).
+"""Freeing the cells of a base hive edited in place.
 
 :class:`CellRelease` is the incremental merge's side of a cell's life: a cell the merged
 hive no longer uses is marked free and pooled for reuse by the

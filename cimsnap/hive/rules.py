@@ -1,4 +1,4 @@
-"""The rules of ORMergeHives (windows-layer-import.md §4.4), shared by both merge engines.
+"""The rules of ORMergeHives, shared by both merge engines.
 
 For one key path, with ``b`` the base node (or none) and ``d`` the delta node (or none):
 

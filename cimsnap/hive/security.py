@@ -1,7 +1,4 @@
-"""Security cells (sk) for the regf writer and the default descriptor (§4.1, §4.5).
-
-Section numbers refer to windows-layer-import.md.
-"""
+"""Security cells (sk) for the regf writer and the default descriptor (§4.1, §4.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The sk cells of an existing hive, edited in place (windows-layer-import.md §4.1, §4.5).
+"""The sk cells of an existing hive, edited in place.
 
 :class:`SecurityRing` is the incremental merge's counterpart of the writer's
 :class:`~cimsnap.hive.security.SecurityCells`: keys gain and lose references to sk cells,

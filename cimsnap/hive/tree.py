@@ -2,8 +2,8 @@
 
 A :class:`Hive` is what a regf file means, free of cell layout: the reader produces one,
 the writer serializes one, and ``merge(base, delta)`` maps two of them to a third. Names
-keep their stored casing; lookups use :func:`name_key`, Windows' per-code-unit uppercase
-(windows-layer-import.md §4.4), never ``str.upper()``.
+keep their stored casing; lookups use :func:`name_key`, Windows' per-code-unit
+uppercase, never ``str.upper()``.
 
 Layer fields (``semantics``, ``inherit_class``, ``Value.tombstone``) are only meaningful
 in differencing hives (§4.3); in a normal hive they are all zero/False.

@@ -1,4 +1,4 @@
-"""Lazy, read-only browsing of a regf image (windows-layer-import.md §4.1, §4.2).
+"""Lazy, read-only browsing of a regf image.
 
 :class:`HiveReader` validates the base block and bin chain up front and then decodes cells
 only when asked: ``reader.open_key(r"Microsoft\\Windows NT\\CurrentVersion")`` touches the

@@ -1,4 +1,4 @@
-"""Serialize a :class:`~cimsnap.hive.tree.Hive` as a fresh regf file (windows-layer-import.md §4.5).
+"""Serialize a :class:`~cimsnap.hive.tree.Hive` as a fresh regf file.
 
 Output contract (checked by :func:`cimsnap.hive.check.check_hive` and by hivex and regipy
 in the tests):

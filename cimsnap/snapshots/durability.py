@@ -3,7 +3,7 @@
 Rule: **data, then directory, then metadata.** File content is fsynced before the name
 that makes it visible, the name (the directory entry) is fsynced before the metastore row
 that points at it commits, and the row is the only thing that makes a snapshot exist for
-containerd (containerd-integration.md §8.1-8.2). The metastore runs WAL with
+containerd. The metastore runs WAL with
 ``synchronous=FULL`` (:mod:`cimsnap.store.db`), so an acknowledged call survives a power
 loss. Whatever a crash leaves without a row is garbage by construction and is reclaimed by
 Cleanup, which runs at every start (:mod:`cimsnap.snapshots.reclaim`).

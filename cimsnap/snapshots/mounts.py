@@ -1,4 +1,4 @@
-"""The ``CimFS`` mount that containerd's cimfs snapshotter returns (containerd-integration §3.2).
+"""The ``CimFS`` mount that containerd's cimfs snapshotter returns.
 
 Exactly one mount: ``type="CimFS"``, ``source=<root>/snapshots/<id>``, and options in this
 order: ``rw`` (``ro`` for a view); ``cimpath=<root>/snapshots/cim-layers/<id>.cim``; and,

@@ -27,7 +27,7 @@ def recover_snapshot_files(
       else recreated empty (``0700``). Something other than a directory at
       ``snapshots/<id>`` (a file, a symbolic link) is retired, never followed, and
       replaced by an empty directory; Cleanup reclaims what was retired.
-    * containerd-integration.md §8.2: a committed row whose CIM is missing or broken (e.g.
+    * A committed row whose CIM is missing or broken (e.g.
       a power loss on a filesystem that lost unsynced data) is logged as an error and its
       ID returned; the snapshotter then refuses it as a parent (FailedPrecondition) until
       it is removed and pulled again. [choice] Opening does not fail: that would also

@@ -1,6 +1,6 @@
 """The cimfs Snapshotter: containerd's snapshot model on a SQLite metastore and CimFS layers.
 
-Model (containerd ``core/snapshots/snapshotter.go``; containerd-integration.md §2):
+Model (containerd ``core/snapshots/snapshotter.go``):
 
 * *Active* snapshots (``prepare``) are writable and can be committed; *views* (``view``)
   are read-only and can never be committed; *committed* snapshots (``commit``) are
@@ -220,7 +220,7 @@ class Snapshotter:
             self._dirs.close()
             raise
         self._clock = MicrosecondClock()
-        # One CIM writer per directory (cim-format.md §12): builds and cleanup take this.
+        # One CIM writer per directory: builds and cleanup take this.
         self._build_lock = threading.Lock()
         # Held by Remove across its transaction and a rename back, and by cleanup's
         # retirement, so cleanup never sees an rm-<id> whose row is coming back.

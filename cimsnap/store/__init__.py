@@ -1,6 +1,6 @@
 """The SQLite metastore for snapshots: explicit transactions, versioned schema, queries.
 
-Usage (style.md §2 item 6)::
+Usage::
 
     with store.write() as tx:
         ref = create_snapshot(tx, Kind.ACTIVE, key, parent, labels, now_ns)

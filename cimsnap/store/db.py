@@ -3,7 +3,7 @@
 Mirrors containerd's ``storage.MetaStore``: it handles persistence and transactions only;
 the queries live in :mod:`cimsnap.store.snapshots` and take the transaction first.
 
-Settings (containerd-integration.md §8.3):
+Settings:
 
 * ``journal_mode=WAL`` so readers never block the writer and vice versa;
 * ``synchronous=FULL`` so a committed transaction survives an OS crash or power loss

@@ -1,6 +1,6 @@
 """Opening the CIM writer of a layer: a fork of the parent's image, under the directory lock.
 
-Only one CIM writer may have an image directory at a time (cim-format.md §12; the CIM
+Only one CIM writer may have an image directory at a time (the CimFS format; the CIM
 library takes an exclusive lock on the directory). A layer import waits for it, with
 exponential backoff (5 ms doubling up to 250 ms), rather than failing, so two imports into
 one ``cim-layers`` directory both succeed, one after the other.

@@ -5,7 +5,7 @@ containerd's cimfs snapshotter keeps ``<root>/snapshots/cim-layers/<id>.cim`` fo
 ``<id>`` and passes that path down (its ``Remove`` calls ``DestroyCim(<id>.cim)``); naming
 the file explicitly avoids parsing IDs out of ``rm-<id>`` directory names.
 
-Forked images share region files (cim-format.md §2, §11): a fork's header lists its
+Forked images share region files: a fork's header lists its
 parents' region sets, and several ``.cim`` files in one directory may reference the same
 set. So a layer's own region and objectid files are deleted only when no *other* ``.cim``
 in the directory references their set, and never files of its parents' sets.

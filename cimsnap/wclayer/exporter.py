@@ -2,7 +2,7 @@ r"""Export a CIM layer as the Windows layer tar that reproduces it over its pare
 
 :func:`export_layer` compares a layer's CIM with its parent's (the CIM it was forked from)
 and writes, to a binary stream, an uncompressed PAX tar in the dialect of
-windows-layer-import.md §1: importing it over the parent (``import_layer``) yields a CIM
+the Windows layer format: importing it over the parent (``import_layer``) yields a CIM
 with the same paths, attributes, times, security descriptors, EAs, reparse points,
 alternate streams, hard-link groups and data.
 

@@ -1,6 +1,6 @@
 """The files that make up one layer's CIM: its ``.cim`` plus its own region set.
 
-Parents' region files are shared with other images (cim-format.md §2, §11) and are never
+Parents' region files are shared with other images and are never
 counted or synced as part of a child layer.
 """
 
@@ -55,7 +55,7 @@ def cim_layer_size(cim_path: Path) -> int:
 def cim_layer_problem(cim_path: Path) -> str | None:
     """Describe why the layer at ``cim_path`` is unusable, or None if it looks intact.
 
-    The startup check of containerd-integration.md §8.2: the ``.cim`` exists with a valid
+    The startup check: the ``.cim`` exists with a valid
     header (magic ``cimfile0``, supported version) and each of its own region and objectid
     files exists and is non-empty, all of them regular files (a symbolic link in their
     place is a problem, never followed). Parents are checked as layers of their own.

@@ -1,6 +1,6 @@
 r"""CimLayerWriter: hcsshim's CIM layer writer (seed ``CimLayerWriter``) over our CimWriter.
 
-Takes the calls the tar import loop makes (windows-layer-import.md §1.6, §3.1) and turns
+Takes the calls the tar import loop makes and turns
 them into one forked CIM plus the host-side files of the layer directory (§3.6).
 
 Operations (names are image paths with ``\`` separators, e.g. ``Files\Windows``; one
@@ -153,7 +153,7 @@ class CimLayerWriter:
     (LayerParentError otherwise, or when it is missing or unreadable). The layer directory
     is created if missing (and removed again on failure).
 
-    Only one CIM writer may have a directory at a time (cim-format.md §12): the
+    Only one CIM writer may have a directory at a time: the
     constructor waits for it with backoff up to ``busy_timeout`` seconds (LayerBusyError
     after), giving up early with LayerCancelledError if ``cancelled`` is set. The lock is
     held until close/abort. LayerExistsError if ``cim_path`` exists.

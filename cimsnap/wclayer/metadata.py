@@ -1,6 +1,6 @@
 """From a layer entry's Win32 metadata to the CIM writer's :class:`FileMetadata`.
 
-**Attribute masking** (windows-layer-import.md §1.3, cim-format.md §7). A layer tar may
+**Attribute masking** (the Windows layer format, the CimFS format). A layer tar may
 carry any FILE_ATTRIBUTE_* bit (NORMAL 0x80, COMPRESSED 0x800, NOT_CONTENT_INDEXED
 0x2000, ...), and hcsshim passes them all to CimFS, but a CIM file record can hold only
 READONLY, HIDDEN, SYSTEM, ARCHIVE and SPARSE_FILE (as record flags), DIRECTORY (as the

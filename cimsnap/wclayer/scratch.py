@@ -56,7 +56,7 @@ def build_scratch_layer(
             report = build_from_directory(source, cim_path, parent=parent, src_dir_fd=source_fd)
             break
         except CimSharingViolationError as e:
-            # One CIM writer per directory (cim-format.md §12): another writer, e.g. the
+            # One CIM writer per directory: another writer, e.g. the
             # differ importing a layer, holds it. Wait for it, within bounds.
             if time.monotonic() + delay > deadline:
                 raise Unavailable(

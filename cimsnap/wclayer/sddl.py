@@ -1,8 +1,8 @@
 """SDDL → self-relative SECURITY_DESCRIPTOR, for legacy ``MSWINDOWS.sd`` PAX records.
 
 Windows layers written before ``MSWINDOWS.rawsd`` existed carry the SD as an SDDL string
-that hcsshim converts with ``ConvertStringSecurityDescriptorToSecurityDescriptorW``
-(windows-layer-import.md §1.3). This module converts the common subset on any OS:
+that hcsshim converts with ``ConvertStringSecurityDescriptorToSecurityDescriptorW``.
+This module converts the common subset on any OS:
 
 * components ``O:`` owner, ``G:`` group, ``D:`` DACL, ``S:`` SACL, each at most once, in
   any order;

@@ -3,7 +3,7 @@
 The 512-byte ustar header is declared once with ``construct`` (:data:`USTAR_HEADER`, plus
 the GNU and STAR tails that reuse its last 167 bytes); the reader's fast path is a
 ``struct.Struct`` derived from that declaration, never a second layout. Field rules follow
-Go's ``archive/tar`` (windows-layer-import.md §1.1); :mod:`cimsnap.wclayer.tarstream`
+Go's ``archive/tar``; :mod:`cimsnap.wclayer.tarstream`
 documents the behaviour they add up to.
 """
 

@@ -1,7 +1,7 @@
 """A streaming, bounded-memory reader of ustar, PAX and GNU tar streams (no ``tarfile``).
 
-The reader reproduces what Go's ``archive/tar`` hands hcsshim (windows-layer-import.md
-§1.1), because that is the contract a Windows layer was written against:
+The reader reproduces what Go's ``archive/tar`` hands hcsshim, because that is the
+contract a Windows layer was written against:
 
 * PAX ``x`` records apply to the next header (``path``, ``linkpath``, ``size``, ``uid``,
   ``gid``; an empty value keeps the ustar value) and *all* records, known or not, stay in

@@ -1,7 +1,7 @@
 """Windows metadata of a layer tar entry: times, attributes, SD, EAs and reparse data.
 
 What go-winio's ``backuptar.FileInfoFromHeader`` and ``EncodeReparsePoint`` compute for
-hcsshim (windows-layer-import.md §1.3), restated as pure functions. Every function raises
+hcsshim, restated as pure functions. Every function raises
 :class:`LayerFormatError` *without* an entry name; the importer re-raises with the entry
 and its offset.
 

@@ -1,4 +1,4 @@
-"""Pin the wire facts of containerd's API that cimsnap relies on (containerd-integration §1).
+"""Pin the wire facts of containerd's API that cimsnap relies on.
 
 The .proto files are re-declared, not copied, so these numbers are checked here against the
 spec rather than trusted.

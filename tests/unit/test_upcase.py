@@ -45,7 +45,7 @@ def test_ordinary_letters_upcase(lower: str, upper: str) -> None:
 
 def test_windows_differs_from_python_where_documented() -> None:
     table = upcase_table()
-    # Windows leaves these alone, although Python uppercases them (cim-format.md §5).
+    # Windows leaves these alone, although Python uppercases them.
     for c in (0xB5, 0x131, 0x17F, 0x1C5):
         assert table[c] == c
         assert chr(c).upper() != chr(c)

@@ -1,4 +1,4 @@
-"""Sizes and field offsets of every CimFS structure, against cim-format.md's tables (§3-§9,
+"""Sizes and field offsets of every CimFS structure, against the CimFS format's tables (§3-§9,
 §15), and agreement of the derived struct fast paths with the construct declarations."""
 
 from __future__ import annotations

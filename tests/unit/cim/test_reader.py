@@ -1,4 +1,4 @@
-"""Reading images built by the test builder (cim-format.md §17 baseline vectors)."""
+"""Reading images built by the test builder (the CimFS format baseline vectors)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 r"""A reference reading of Windows layer tars with Python's tarfile, for tests.
 
 :func:`replay` applies one uncompressed layer tar to a :class:`LayerModel` the way the
-import loop of windows-layer-import.md §1.6 does (whiteouts, hard links, symlinks and
+import loop of the Windows layer format does (whiteouts, hard links, symlinks and
 junctions, alternate streams after their file, PAX metadata), masking attributes as a CIM
 stores them. It is deliberately simple and independent of cimsnap.wclayer, so the
 generator's model, the importer and the exporter can all be checked against it.

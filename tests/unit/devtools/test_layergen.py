@@ -1,5 +1,5 @@
 """The layer generator: determinism, its model against a tarfile reading of its tars, the
-tar conventions of windows-layer-import.md §1/§6, its hives and its OCI image archive."""
+tar conventions of the Windows layer format, its hives and its OCI image archive."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A path-by-path model of a stack of registry layers, used as the merge tests' oracle.
 
-It restates windows-layer-import.md §4.3/§4.4 the way the kernel's layered keys read:
+It restates the Windows layer format the way the kernel's layered keys read:
 every path is resolved on its own by looking through the layers (0 = the normal base,
 higher = later deltas), with no tree walking, no sharing and no stack. It is meant to be
 obviously right, not fast.

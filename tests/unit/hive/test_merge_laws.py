@@ -1,4 +1,4 @@
-"""Property-based laws of ``merge`` on random trees (windows-layer-import.md §4.4).
+"""Property-based laws of ``merge`` on random trees.
 
 The laws, for a normal hive B and differencing hives D, D1, D2 (random, with names that
 differ only in Windows case, or that ``str.upper()`` would confuse but Windows does not):

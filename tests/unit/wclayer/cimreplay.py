@@ -1,7 +1,7 @@
 r"""Test helpers: a plain tarfile -> CimWriter importer, and the model a CIM holds.
 
 :func:`import_plain` applies a layer tar to a fork of a CIM with :class:`CimWriter` only,
-following the import loop of windows-layer-import.md §1.6 (whiteouts, hard links, reparse
+following the import loop of the Windows layer format (whiteouts, hard links, reparse
 points, alternate streams after their file) but without hive routing: every entry,
 hives included, is stored where the tar says. It lets the exporter be tested on CIMs that
 hold exactly what generated tars declare. :func:`cim_model` reads a CIM back into a

@@ -1,5 +1,5 @@
 """The tar stream reader on bytes: agreement with tarfile on tarfile-written archives, the Go
-normalisations of windows-layer-import.md §1.1, and hostile streams."""
+normalisations of the Windows layer format, and hostile streams."""
 
 from __future__ import annotations
 

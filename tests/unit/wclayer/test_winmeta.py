@@ -1,5 +1,5 @@
 """Windows metadata decoding on bytes: FILETIMEs, attributes, SDs (rawsd and SDDL), EA
-buffers and reparse buffers (windows-layer-import.md §1.3)."""
+buffers and reparse buffers."""
 
 from __future__ import annotations
 
