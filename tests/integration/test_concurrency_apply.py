@@ -22,9 +22,12 @@ import hashlib
 import itertools
 import os
 import random
+import re
 import shutil
+import socket
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +66,22 @@ class Stack:
     server: ServeProcess
     address: str
     root: Path
+    metrics_port: int
+
+    def server_codes(self) -> Counter[tuple[str, str]]:
+        """The server's finished requests by (method, status code), from its /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        codes: Counter[tuple[str, str]] = Counter()
+        for match in re.finditer(
+            r'^cimsnap_grpc_requests_total\{(?=[^}]*code="([A-Z_]+)")'
+            r'(?=[^}]*method="[^"]*/(\w+)")[^}]*\} ([0-9.e+]+)$',
+            text,
+            re.MULTILINE,
+        ):
+            codes[match[2], match[1]] += int(float(match[3]))
+        return codes
 
     def put_blob(self, data: bytes) -> Descriptor:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -81,15 +100,17 @@ def stack() -> Iterator[Stack]:
     address = str(base / "cimsnap.sock")
     root = base / "root"
     config = base / "cimsnap.toml"
+    with socket.socket() as probe:  # a free port for /metrics
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
     config.write_text(f'containerd_address = "{base}/containerd.sock"\nmax_workers = 8\n')
-    server = ServeProcess(
-        ["--config", str(config), "--address", address, "--root", str(root)], base
-    )
+    args = ["--config", str(config), "--address", address, "--root", str(root)]
+    server = ServeProcess([*args, "--metrics-address", f"127.0.0.1:{metrics_port}"], base)
     containerd: Containerd | None = None
     try:
         assert server.next_notification() == "READY=1"
         containerd = Containerd(bin_dir, base, private_config(base, address))
-        yield Stack(containerd, server, address, root)
+        yield Stack(containerd, server, address, root, metrics_port)
     finally:
         if containerd is not None:
             containerd.stop()
@@ -233,6 +254,7 @@ def test_fifty_clients_with_applies(
         for key in applies.cancelled:
             if sn.stat(key).kind.name != "ACTIVE":
                 problems.append(f"{key}: cancelled Apply, but no longer active")
+    server_codes = stack.server_codes()
     code, err = stack.server.terminate()  # waits for running calls: nothing runs afterwards
     assert code == 0, err
     leftovers = [str(key) for key, cim in applies.cancelled.items() if cim.exists()]
@@ -248,8 +270,14 @@ def test_fifty_clients_with_applies(
             f"({len(report.list_ms)} calls); target p99 < 100 ms; "
             f"{APPLIERS} appliers: Apply OK {sum(ok.values())} {dict(sorted(ok.items()))}, "
             f"cancelled {applies.calls['Apply:cancelled']} (deadline {CANCEL_DEADLINE} s; "
-            f"the big layer alone takes {alone:.2f} s); fsck {fsck.snapshots} snapshots"
+            f"the big layer alone takes {alone:.2f} s); server's Apply codes "
+            f"{ {c: n for (m, c), n in sorted(server_codes.items()) if m == 'Apply'} }; "
+            f"fsck {fsck.snapshots} snapshots"
         )
+    bad = {k: v for k, v in server_codes.items() if k[1] in ("UNKNOWN", "INTERNAL")}
+    assert not bad, bad
+    # No Apply the client gave up on finished on the server (the one alone is the +1).
+    assert server_codes["Apply", "OK"] == sum(ok.values()) + 1, server_codes
     assert not report.unexpected, report.unexpected[:20]
     assert not applies.unexpected, applies.unexpected[:20]
     assert not problems, problems[:20]
