@@ -12,7 +12,7 @@
   only when the export succeeded. ``--source-date-epoch SECONDS`` (default: the
   environment's ``SOURCE_DATE_EPOCH`` when set and non-empty, as reproducible-build tools
   do) clamps every time in the tar later than that Unix time to it; a value that is not
-  an integer is a usage error (exit 2).
+  an integer, or is before 1601, is a usage error (exit 2).
 * ``layer destroy DIR [--cim PATH]``: removes the layer's CIM and the region files only it
   uses (the layer directory itself is left for the caller, as hcsshim does).
 
@@ -295,6 +295,9 @@ def _export(args: argparse.Namespace) -> int:
             )
             return 2
     clamp = None if epoch is None else filetime_from_unix_ns(epoch * 1_000_000_000)
+    if clamp is not None and clamp < 0:
+        print(f"cimsnap: source date epoch {epoch} is before 1601", file=sys.stderr)
+        return 2
     progress = _Progress("exported")
     if args.output == "-":
         try:

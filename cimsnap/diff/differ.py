@@ -336,9 +336,18 @@ class Differ:
         ``labels``. ``lease`` (the caller's ``containerd-lease``) holds the new blob.
         ``source_date_epoch_ns`` (Unix nanoseconds, from DiffRequest.source_date_epoch;
         None: unset) clamps every time in the tar that is later than it to it, as
-        containerd's differs do (see ``export_layer``; rounded down to 100 ns).
+        containerd's differs do (see ``export_layer``; rounded down to 100 ns). [choice] An
+        epoch before 1601, which no FILETIME can hold, is InvalidArgument.
         Returns the blob's descriptor.
         """
+        epoch = (
+            None if source_date_epoch_ns is None else filetime_from_unix_ns(source_date_epoch_ns)
+        )
+        if epoch is not None and epoch < 0:
+            raise errdefs.InvalidArgument(
+                f"compare: source_date_epoch {source_date_epoch_ns} ns is before 1601, "
+                "the earliest time a Windows layer can hold"
+            )
         upper_spec = cimfs_mount_of(upper)
         assert upper_spec is not None
         lower_spec = cimfs_mount_of(lower, allow_none=True)
@@ -365,7 +374,7 @@ class Differ:
             below[0] if below else None,
             kind,
             cancelled,
-            None if source_date_epoch_ns is None else filetime_from_unix_ns(source_date_epoch_ns),
+            epoch,
         )
         with self._content.client(ns, lease=lease) as ctd:
             pipe.start()

@@ -262,6 +262,8 @@ def test_compare_exports_into_containerd(env: Env, tmp_path: Path, media_type: s
     epoch = (seconds + 11_644_473_600) * 10_000_000
     clamped = _pax_times(open_decompressed(io.BytesIO(blob)).read())
     assert clamped == [min(t, epoch) for t in plain_times] != plain_times
+    with env.differ() as differ, pytest.raises(errdefs.InvalidArgument, match="before 1601"):
+        differ.compare(lower, upper, source_date_epoch_ns=-11_644_473_601 * 1_000_000_000)
 
 
 def _pax_times(tar: bytes) -> list[int]:

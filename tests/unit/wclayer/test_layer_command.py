@@ -360,3 +360,5 @@ def test_export_source_date_epoch_flag_and_environment(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     code, written, err = export("bad.tar")
     assert (code, written) == (2, b"") and "SOURCE_DATE_EPOCH" in err
+    code, written, err = export("old.tar", "--source-date-epoch", str(-11_644_473_601))
+    assert (code, written) == (2, b"") and "before 1601" in err
