@@ -9,7 +9,10 @@
 * ``layer export CIM [--parent CIM] -o OUT.tar[.gz|.zst]``: the layer tar of CIM over its
   parent; the compression follows OUT's suffix (``.gz``/``.tgz`` gzip, ``.zst``/``.zstd``
   zstd, anything else none; ``-o -`` writes an uncompressed tar to stdout). OUT appears
-  only when the export succeeded.
+  only when the export succeeded. ``--source-date-epoch SECONDS`` (default: the
+  environment's ``SOURCE_DATE_EPOCH`` when set and non-empty, as reproducible-build tools
+  do) clamps every time in the tar later than that Unix time to it; a value that is not
+  an integer, or is before 1601, is a usage error (exit 2).
 * ``layer destroy DIR [--cim PATH]``: removes the layer's CIM and the region files only it
   uses (the layer directory itself is left for the caller, as hcsshim does).
 
@@ -76,6 +79,12 @@ def register(subparsers: Any) -> None:
     exp.add_argument("--parent", type=Path, metavar="CIM", help="its parent's .cim")
     exp.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="OUT.tar[.gz|.zst], or - for stdout"
+    )
+    exp.add_argument(
+        "--source-date-epoch",
+        type=int,
+        metavar="SECONDS",
+        help="clamp every time later than this Unix time to it (default: $SOURCE_DATE_EPOCH)",
     )
     exp.set_defaults(func=_export)
 
@@ -266,15 +275,39 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cimsnap.wclayer.exporter import export_layer  # lazy: pulls in the CIM reader
+    from cimsnap.wclayer.exporter import (  # lazy: pulls in the CIM reader
+        export_layer,
+        filetime_from_unix_ns,
+    )
 
     for what, path in (("CIM", args.cim), ("parent CIM", args.parent)):
         if path is not None and not Path(path).is_file():
             return _error(f"{what} {path}: no such file; give the layer's .cim")
+    epoch = args.source_date_epoch
+    if epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        try:
+            epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+        except ValueError:
+            print(
+                f"cimsnap: SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']!r} "
+                "is not an integer number of seconds",
+                file=sys.stderr,
+            )
+            return 2
+    clamp = None if epoch is None else filetime_from_unix_ns(epoch * 1_000_000_000)
+    if clamp is not None and clamp < 0:
+        print(f"cimsnap: source date epoch {epoch} is before 1601", file=sys.stderr)
+        return 2
     progress = _Progress("exported")
     if args.output == "-":
         try:
-            export_layer(args.cim, args.parent, sys.stdout.buffer, progress=progress)
+            export_layer(
+                args.cim,
+                args.parent,
+                sys.stdout.buffer,
+                progress=progress,
+                source_date_epoch=clamp,
+            )
             sys.stdout.buffer.flush()
         except LayerError as e:
             progress.done()
@@ -290,7 +323,9 @@ def _export(args: argparse.Namespace) -> int:
         with temporary.open("xb") as raw:
             sink: Any = open_compressed(raw, kind)
             try:
-                stats = export_layer(args.cim, args.parent, sink, progress=progress)
+                stats = export_layer(
+                    args.cim, args.parent, sink, progress=progress, source_date_epoch=clamp
+                )
             finally:
                 sink.close()
             raw.flush()

@@ -98,6 +98,10 @@ class DiffService(pb_grpc.DiffServicer):
         namespace = _header(context, NAMESPACE_HEADER)
         lease = _header(context, LEASE_HEADER)
         cancelled = threading.Event()
+        epoch_ns: int | None = None
+        if request.HasField("source_date_epoch"):  # containerd 1.7+; a Timestamp
+            stamp = request.source_date_epoch
+            epoch_ns = stamp.seconds * 1_000_000_000 + stamp.nanos
 
         def compare() -> pb.DiffResponse:
             desc = self._differ.compare(
@@ -109,6 +113,7 @@ class DiffService(pb_grpc.DiffServicer):
                 namespace=namespace,
                 lease=lease,
                 cancelled=cancelled,
+                source_date_epoch_ns=epoch_ns,
             )
             return pb.DiffResponse(diff=descriptor_to_pb(desc))
 

@@ -401,8 +401,10 @@ class Containerd:
         ref: str = "",
         labels: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        source_date_epoch_ns: int | None = None,
     ) -> Descriptor:
-        """Diff.Diff (containerd's Compare): the blob of ``upper`` over ``lower``."""
+        """Diff.Diff (containerd's Compare): the blob of ``upper`` over ``lower``;
+        ``source_date_epoch_ns`` (Unix ns) is sent as the request's source_date_epoch."""
         request = diff_pb.DiffRequest(
             left=mounts_to_pb(lower),
             right=mounts_to_pb(upper),
@@ -410,5 +412,9 @@ class Containerd:
             ref=ref,
             labels=dict(labels or {}),
         )
+        if source_date_epoch_ns is not None:
+            seconds, nanos = divmod(source_date_epoch_ns, 1_000_000_000)
+            request.source_date_epoch.seconds = seconds
+            request.source_date_epoch.nanos = nanos
         response = self._call(self.diff.Diff, request, "compare", timeout)
         return descriptor_from_pb(response.diff)

@@ -68,7 +68,7 @@ from cimsnap.wclayer.errors import (
     LayerFormatError,
     LayerParentError,
 )
-from cimsnap.wclayer.exporter import export_layer
+from cimsnap.wclayer.exporter import export_layer, filetime_from_unix_ns
 from cimsnap.wclayer.importer import import_layer
 
 __all__ = [
@@ -322,6 +322,7 @@ class Differ:
         namespace: str | None = None,
         lease: str | None = None,
         cancelled: threading.Event | None = None,
+        source_date_epoch_ns: int | None = None,
     ) -> Descriptor:
         """Export the layer ``upper`` adds over ``lower`` into containerd's content store.
 
@@ -333,9 +334,20 @@ class Differ:
         (empty: OCI gzip), written with Content.Write under ``ref`` (generated when empty)
         with the expected digest and size, labelled ``containerd.io/uncompressed`` plus
         ``labels``. ``lease`` (the caller's ``containerd-lease``) holds the new blob.
-        [choice] ``source_date_epoch`` is not applied: timestamps come from the CIM.
+        ``source_date_epoch_ns`` (Unix nanoseconds, from DiffRequest.source_date_epoch;
+        None: unset) clamps every time in the tar that is later than it to it, as
+        containerd's differs do (see ``export_layer``; rounded down to 100 ns). [choice] An
+        epoch before 1601, which no FILETIME can hold, is InvalidArgument.
         Returns the blob's descriptor.
         """
+        epoch = (
+            None if source_date_epoch_ns is None else filetime_from_unix_ns(source_date_epoch_ns)
+        )
+        if epoch is not None and epoch < 0:
+            raise errdefs.InvalidArgument(
+                f"compare: source_date_epoch {source_date_epoch_ns} ns is before 1601, "
+                "the earliest time a Windows layer can hold"
+            )
         upper_spec = cimfs_mount_of(upper)
         assert upper_spec is not None
         lower_spec = cimfs_mount_of(lower, allow_none=True)
@@ -357,7 +369,13 @@ class Differ:
         ns = namespace or top.key.partition("/")[0]
         ref = ref or f"cimsnap-compare-{uuid.uuid4().hex}"
         cancelled = cancelled if cancelled is not None else threading.Event()
-        pipe = _ExportPipe(top.cim_paths[0], below[0] if below else None, kind, cancelled)
+        pipe = _ExportPipe(
+            top.cim_paths[0],
+            below[0] if below else None,
+            kind,
+            cancelled,
+            epoch,
+        )
         with self._content.client(ns, lease=lease) as ctd:
             pipe.start()
             try:
@@ -401,9 +419,15 @@ class _ExportPipe:
     """export_layer -> compressor -> bounded queue, on a thread; ``chunks()`` drains it."""
 
     def __init__(
-        self, cim: Path, parent: Path | None, kind: CompressionKind, cancelled: threading.Event
+        self,
+        cim: Path,
+        parent: Path | None,
+        kind: CompressionKind,
+        cancelled: threading.Event,
+        source_date_epoch: int | None = None,
     ) -> None:
         self._cim = cim
+        self._epoch = source_date_epoch
         self._parent = parent
         self._kind = kind
         self._cancelled = cancelled
@@ -468,7 +492,11 @@ class _ExportPipe:
                 stack.callback(compressor.close)
                 tee = _Tee(compressor, self)
                 export_layer(
-                    self._cim, self._parent, cast(BinaryIO, tee), cancelled=self._cancelled
+                    self._cim,
+                    self._parent,
+                    cast(BinaryIO, tee),
+                    cancelled=self._cancelled,
+                    source_date_epoch=self._epoch,
                 )
             self._flush_pending()
             self._put(None)

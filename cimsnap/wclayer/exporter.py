@@ -110,7 +110,7 @@ from cimsnap.wclayer.winmeta import (
     PAX_RAW_SD,
 )
 
-__all__ = ["ExportStats", "export_layer", "filetime_to_pax"]
+__all__ = ["ExportStats", "export_layer", "filetime_from_unix_ns", "filetime_to_pax"]
 
 _EPOCH_AS_FILETIME: Final = 116_444_736_000_000_000
 _CHUNK: Final = 1 << 20
@@ -145,6 +145,11 @@ class ExportStats:
         return (
             self.directories + self.files + self.links + self.symlinks + self.streams
         ) + self.whiteouts
+
+
+def filetime_from_unix_ns(ns: int) -> int:
+    """Unix nanoseconds as a FILETIME (100 ns ticks since 1601), rounded down to a tick."""
+    return _EPOCH_AS_FILETIME + ns // 100
 
 
 def filetime_to_pax(filetime: int) -> str:
@@ -856,12 +861,16 @@ class _RecordCache:
         return records
 
 
-def _time_records(record: FileRecord) -> list[bytes]:
+def _clamp(filetime: int, epoch: int | None) -> int:
+    return filetime if epoch is None else min(filetime, epoch)
+
+
+def _time_records(record: FileRecord, epoch: int | None) -> list[bytes]:
     return [
-        _pax_record(PAX_CREATION_TIME, filetime_to_pax(record.creation_time)),
-        _pax_record("mtime", filetime_to_pax(record.last_write_time)),
-        _pax_record("atime", filetime_to_pax(record.last_access_time)),
-        _pax_record("ctime", filetime_to_pax(record.change_time)),
+        _pax_record(PAX_CREATION_TIME, filetime_to_pax(_clamp(record.creation_time, epoch))),
+        _pax_record("mtime", filetime_to_pax(_clamp(record.last_write_time, epoch))),
+        _pax_record("atime", filetime_to_pax(_clamp(record.last_access_time, epoch))),
+        _pax_record("ctime", filetime_to_pax(_clamp(record.change_time, epoch))),
     ]
 
 
@@ -869,7 +878,7 @@ def _ustar_mtime(filetime: int) -> int:
     return min(max(0, (filetime - _EPOCH_AS_FILETIME) // 10_000_000), _USTAR_MAX)
 
 
-def _emit(tar: _TarWriter, reader: CimReader, item: _Item) -> None:
+def _emit(tar: _TarWriter, reader: CimReader, item: _Item, epoch: int | None) -> None:
     name = item.path.replace("\\", "/")
     stats = tar.stats
     if item.kind == "whiteout":
@@ -883,20 +892,20 @@ def _emit(tar: _TarWriter, reader: CimReader, item: _Item) -> None:
         return
     record = reader.record(item.file_id)
     records = tar.cache.metadata(reader, record, item.path)
-    mtime = _ustar_mtime(record.last_write_time)
+    mtime = _ustar_mtime(_clamp(record.last_write_time, epoch))
     if record.reparse_offset:
         target, junction = _reparse_target(reader.reparse_data(record), item.path)
         if junction:
             records.append(_pax_record(PAX_MOUNT_POINT, "1"))
-        records.extend(_time_records(record))
+        records.extend(_time_records(record, epoch))
         tar.header(name, b"2", records=records, link=target, mtime=mtime, mode=0o755)
         stats.symlinks += 1
     elif record.is_directory:
-        records.extend(_time_records(record))
+        records.extend(_time_records(record, epoch))
         tar.header(name, b"5", records=records, mtime=mtime, mode=0o755)
         stats.directories += 1
     else:
-        records.extend(_time_records(record))
+        records.extend(_time_records(record, epoch))
         size = record.stream.length
         tar.header(name, b"0", size=size, records=records, mtime=mtime)
         tar.data(reader, f"data of {item.path!r}", record.stream)
@@ -927,6 +936,7 @@ def export_layer(
     *,
     progress: Callable[[int, int], None] | None = None,
     cancelled: threading.Event | None = None,
+    source_date_epoch: int | None = None,
 ) -> ExportStats:
     """Write the layer tar of ``cim_path`` over ``parent_cim_path`` (None: a base layer)
     to ``out`` (uncompressed); return what was written. See the module docstring.
@@ -934,6 +944,12 @@ def export_layer(
     ``progress(tar bytes, entries)`` is called after each entry; ``cancelled`` is checked
     before each entry (LayerCancelledError; the tar is then incomplete). Raises
     LayerFormatError, LayerParentError, LayerCancelledError, or what ``out.write`` raises.
+
+    ``source_date_epoch`` (a FILETIME: 100 ns ticks since 1601, the unit of every time in a
+    CIM and of :func:`filetime_from_unix_ns`), when given, clamps every time the tar
+    carries (``LIBARCHIVE.creationtime``, ``mtime``, ``atime``, ``ctime`` and the ustar
+    mtime) to at most the epoch, as containerd's differs do for reproducible builds;
+    times at or before it are written unchanged. The CIM is not modified.
     """
     child_image = _open(Path(cim_path), "layer")
     parent_image: CimImage | None = None
@@ -965,7 +981,7 @@ def export_layer(
                             f"export of {Path(cim_path).name} cancelled after "
                             f"{stats.entries} entries"
                         )
-                    _emit(tar, child, item)
+                    _emit(tar, child, item, source_date_epoch)
                     if progress is not None:
                         progress(stats.tar_bytes, stats.entries)
                 tar.close()

@@ -13,4 +13,4 @@ from __future__ import annotations
 from typing import Final
 
 #: Target module names (under tests.fuzz.targets) and their share of the CI fuzz budget.
-TARGETS: Final = {"filters": 1.0, "cim_reader": 1.0, "hive_reader": 1.0}
+TARGETS: Final = {"filters": 1.0, "cim_reader": 1.0, "hive_reader": 1.0, "tar_reader": 1.0}

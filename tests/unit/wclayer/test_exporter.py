@@ -11,14 +11,23 @@ import subprocess
 import sys
 import tarfile
 import threading
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cimsnap.cim import read_image_header
 from cimsnap.devtools.layergen import GeneratedLayer, LayerModel, generate_chain
 from cimsnap.wclayer.errors import LayerCancelledError, LayerFormatError, LayerParentError
-from cimsnap.wclayer.exporter import ExportStats, export_layer, filetime_to_pax
+from cimsnap.wclayer.exporter import (
+    ExportStats,
+    export_layer,
+    filetime_from_unix_ns,
+    filetime_to_pax,
+)
+from cimsnap.wclayer.tarstream import TarReader
+from cimsnap.wclayer.winmeta import basic_info
 from tests.unit.devtools.tarreplay import model_differences, pax_filetime, replay
 from tests.unit.wclayer.cimreplay import import_plain, read_cim_model
 
@@ -238,3 +247,92 @@ def test_sendfile_refused_by_the_kernel_falls_back_to_copying(
         export_layer(cims / "layer1.cim", cims / "layer0.cim", f)
     assert len(calls) == 1  # refused once, then copied for the rest of the export
     assert (tmp_path / "out.tar").read_bytes() == _export(cims, 1)[0]
+
+
+def _entry_times(
+    data: bytes,
+) -> list[tuple[str, int, tuple[int, int, int, int] | None, dict[str, str]]]:
+    """(name, ustar mtime, (creation, access, write, change) FILETIMEs or None, other PAX)."""
+    out = []
+    for entry in TarReader(io.BytesIO(data)):
+        h = entry.header
+        timed = "mtime" in h.pax
+        times = None
+        if timed:
+            info = basic_info(h)
+            times = (
+                info.creation_time,
+                info.last_access_time,
+                info.last_write_time,
+                info.change_time,
+            )
+        other = {k: v for k, v in h.pax.items() if k not in _TIME_KEYS}
+        out.append((h.name, h.mtime, times, other))
+    return out
+
+
+_TIME_KEYS = {"mtime", "atime", "ctime", "LIBARCHIVE.creationtime"}
+
+
+def test_source_date_epoch_clamps_later_times_only(
+    built: tuple[Path, list[GeneratedLayer]], tmp_path: Path
+) -> None:
+    cims, _ = built
+    plain = _entry_times(_export(cims, 1)[0])
+    every = sorted({t for _, _, times, _ in plain if times for t in times})
+    assert len(every) > 10
+    epoch = every[len(every) // 2] + 1  # between two times the layer uses
+    out = io.BytesIO()
+    export_layer(cims / "layer1.cim", cims / "layer0.cim", out, source_date_epoch=epoch)
+    clamped = _entry_times(out.getvalue())
+    assert [e[0] for e in clamped] == [e[0] for e in plain]
+    kept = lowered = 0
+    for (name, _, before, other), (_, ustar, after, other_after) in zip(
+        plain, clamped, strict=True
+    ):
+        assert other_after == other, name  # only times change
+        if before is None:
+            assert after is None and ustar == 0, name
+            continue
+        assert after == tuple(min(t, epoch) for t in before), name
+        assert ustar == max(0, (after[2] - filetime_from_unix_ns(0)) // 10_000_000), name
+        kept += sum(t < epoch for t in before)
+        lowered += sum(t > epoch for t in before)
+    assert kept and lowered  # both sides of the epoch were exercised
+    # Re-imported over the parent, the layer differs from the original only in its times.
+    work = tmp_path / "re"
+    work.mkdir()
+    (work / "layer0.cim").symlink_to(cims / "layer0.cim")
+    for f in cims.iterdir():
+        if f.suffix != ".cim":
+            (work / f.name).symlink_to(f)
+    again = read_cim_model(import_plain(io.BytesIO(out.getvalue()), work, "a.cim", "layer0.cim"))
+    original = read_cim_model(cims / "layer1.cim")
+    assert set(again.files) == set(original.files)
+    exported = {name.replace("/", "\\") for name, _, times, _ in plain if times}
+    for entry in TarReader(io.BytesIO(out.getvalue())):  # hard links share their target's times
+        if entry.header.typeflag == "1" and entry.header.linkname.replace("/", "\\") in exported:
+            exported.add(entry.header.name.replace("/", "\\"))
+    assert exported & set(original.files)
+    for path, want in original.files.items():
+        got = again.files[path]
+        bound = epoch if path in exported else None  # the rest came from the parent as is
+        for field in ("creation_time", "last_access_time", "last_write_time", "change_time"):
+            value = getattr(want, field)
+            assert getattr(got, field) == (value if bound is None else min(value, bound)), path
+        assert replace(got, **_times_of(want)) == want, path
+
+
+def _times_of(model_file: Any) -> dict[str, int]:
+    return {
+        f: getattr(model_file, f)
+        for f in ("creation_time", "last_access_time", "last_write_time", "change_time")
+    }
+
+
+def test_unix_ns_to_filetime() -> None:
+    assert filetime_from_unix_ns(0) == 116444736000000000
+    assert filetime_from_unix_ns(1_700_000_000_123_456_789) == 116444736000000000 + (
+        17_000_000_001_234_567
+    )
+    assert filetime_to_pax(filetime_from_unix_ns(-150)) == "-0.0000002"

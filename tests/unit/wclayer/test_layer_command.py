@@ -22,6 +22,9 @@ from cimsnap.cli import main
 from cimsnap.commands.layer import cim_path_for, compression_for
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.wclayer.compression import detect_compression
+from cimsnap.wclayer.exporter import filetime_from_unix_ns
+from cimsnap.wclayer.tarstream import TarReader
+from cimsnap.wclayer.winmeta import basic_info
 from tests.unit.wclayer.layerkit import snapshot
 
 
@@ -313,3 +316,49 @@ def test_progress_on_a_terminal(tmp_path: Path, chain: list[GeneratedLayer]) -> 
     assert result.returncode == 0
     last = shown.decode().replace("\r", "\n").strip().splitlines()[-1]
     assert f"{chain[0].entries:,} entries" in last and "MB/s" in last
+
+
+def _pax_times(tar: bytes) -> list[int]:
+    times = []
+    for entry in TarReader(io.BytesIO(tar)):
+        if "mtime" in entry.header.pax:
+            info = basic_info(entry.header)
+            times += [info.creation_time, info.last_access_time, info.last_write_time]
+            times.append(info.change_time)
+    return times
+
+
+def test_export_source_date_epoch_flag_and_environment(
+    tmp_path: Path,
+    chain: list[GeneratedLayer],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import_chain(tmp_path, chain, capsys)
+    cim = str(tmp_path / "cim-layers" / "l0.cim")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+    def export(name: str, *extra: str) -> tuple[int, bytes, str]:
+        out = tmp_path / name
+        code, _, err = run(["layer", "export", cim, "-o", str(out), *extra], capsys)
+        return code, out.read_bytes() if out.exists() else b"", err
+
+    code, plain, _ = export("plain.tar")
+    assert code == 0
+    unix = sorted((t - filetime_from_unix_ns(0)) // 10_000_000 for t in _pax_times(plain))
+    seconds = unix[len(unix) // 2]
+    epoch = filetime_from_unix_ns(seconds * 1_000_000_000)
+    code, flagged, _ = export("flag.tar", "--source-date-epoch", str(seconds))
+    assert code == 0
+    times = _pax_times(flagged)
+    assert max(times) == epoch and max(_pax_times(plain)) > epoch
+    assert [min(t, epoch) for t in _pax_times(plain)] == times
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(seconds))
+    assert export("env.tar")[:2] == (0, flagged)
+    # The flag wins over the environment.
+    assert export("both.tar", "--source-date-epoch", str(unix[-1] + 1))[:2] == (0, plain)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    code, written, err = export("bad.tar")
+    assert (code, written) == (2, b"") and "SOURCE_DATE_EPOCH" in err
+    code, written, err = export("old.tar", "--source-date-epoch", str(-11_644_473_601))
+    assert (code, written) == (2, b"") and "before 1601" in err

@@ -1,0 +1,69 @@
+"""Fuzz target: a layer stream read as the importer reads it.
+
+Input: the bytes of a (possibly compressed) layer tar. They go through
+``open_decompressed`` (gzip, zstd or plain, detected by magic), ``TarReader``, and for each
+entry the Windows metadata decoders (``basic_info``, ``file_attributes``,
+``security_descriptor``, ``ea_buffer``, and ``reparse_buffer`` for symlinks). The only
+error allowed is LayerFormatError (its subclasses TarFormatError, TarTruncatedError
+included), with a reason; anything else escaping is a crash. What succeeds must be
+consistent: header offsets lie inside what was consumed, an entry yields exactly its
+declared size, and decoding the same header twice gives the same result.
+"""
+
+from __future__ import annotations
+
+import io
+
+from cimsnap.wclayer.compression import open_decompressed
+from cimsnap.wclayer.errors import LayerFormatError
+from cimsnap.wclayer.tarstream import TarHeader, TarReader
+from cimsnap.wclayer.winmeta import (
+    basic_info,
+    ea_buffer,
+    file_attributes,
+    reparse_buffer,
+    security_descriptor,
+)
+
+_CHUNK = 1 << 16
+
+
+def _decode(header: TarHeader) -> tuple[object, ...]:
+    reparse = None
+    if header.typeflag == "2":
+        reparse = reparse_buffer(header.linkname, mountpoint="MSWINDOWS.mountpoint" in header.pax)
+    return (
+        basic_info(header),
+        file_attributes(header),
+        security_descriptor(header.pax),
+        ea_buffer(header.pax),
+        reparse,
+    )
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        stream = open_decompressed(io.BytesIO(data), threaded=False)
+        try:
+            reader = TarReader(stream)
+            last_end = 0
+            for entry in reader:
+                header = entry.header
+                assert last_end <= header.offset <= header.data_offset, header
+                assert header.size >= 0 and entry.remaining == header.size
+                got = 0
+                while chunk := entry.read(_CHUNK):
+                    got += len(chunk)
+                assert got == header.size and entry.remaining == 0
+                last_end = header.data_offset + header.size
+                assert reader.position >= last_end
+                try:
+                    first = _decode(header)
+                except LayerFormatError as e:
+                    assert str(e)
+                else:
+                    assert _decode(header) == first
+        finally:
+            stream.close()
+    except LayerFormatError as e:
+        assert e.reason, e
