@@ -47,10 +47,10 @@ from cimsnap.wclayer.errors import (
     LayerFormatError,
     LayerParentError,
 )
+from cimsnap.wclayer.layer_files import cim_path_for_layer
 
-__all__ = ["cim_path_for", "compression_for", "register"]
+__all__ = ["compression_for", "register"]
 
-_CIM_DIR: Final = "cim-layers"
 _COPY_CHUNK: Final = 1 << 20
 _EXIT_CANCELLED: Final = 130
 
@@ -92,12 +92,6 @@ def register(subparsers: Any) -> None:
     destroy.add_argument("layer_dir", type=Path, metavar="DIR", help="layer directory")
     destroy.add_argument("--cim", type=Path, metavar="PATH", help="default: <DIR>/../cim-layers/")
     destroy.set_defaults(func=_destroy)
-
-
-def cim_path_for(layer_dir: Path) -> Path:
-    """containerd's cimfs layout: ``<layer_dir's parent>/cim-layers/<layer_dir's name>.cim``."""
-    layer_dir = Path(os.path.abspath(layer_dir))
-    return layer_dir.parent / _CIM_DIR / f"{layer_dir.name}.cim"
 
 
 def compression_for(path: str) -> CompressionKind:
@@ -196,9 +190,9 @@ def _import(args: argparse.Namespace) -> int:
     from cimsnap.wclayer.importer import import_layer  # lazy: pulls in the CIM writer
 
     layer_dir: Path = args.layer_dir
-    cim_path: Path = args.cim or cim_path_for(layer_dir)
+    cim_path: Path = args.cim or cim_path_for_layer(layer_dir)
     parents: list[Path] = args.parent
-    parent_cims = [cim_path_for(parent) for parent in parents]
+    parent_cims = [cim_path_for_layer(parent) for parent in parents]
     for parent, parent_cim in zip(parents, parent_cims, strict=True):
         if not parent.is_dir():
             return _error(f"parent layer {parent}: not a directory; import it first")
@@ -357,7 +351,7 @@ def _export(args: argparse.Namespace) -> int:
 def _destroy(args: argparse.Namespace) -> int:
     from cimsnap.wclayer import destroy_cim_layer
 
-    cim_path: Path = args.cim or cim_path_for(args.layer_dir)
+    cim_path: Path = args.cim or cim_path_for_layer(args.layer_dir)
     if not cim_path.exists():
         print(f"cimsnap: no CIM at {cim_path}; nothing to destroy", file=sys.stderr)
         return 0

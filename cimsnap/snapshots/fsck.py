@@ -38,7 +38,7 @@ from cimsnap.errdefs import Unavailable
 from cimsnap.snapshots.reclaim import snapshot_id
 from cimsnap.snapshots.rootdir import REMOVAL_PREFIX
 from cimsnap.store import Kind, id_kinds, pending_layers, read_only
-from cimsnap.wclayer.layer_files import cim_layer_problem
+from cimsnap.wclayer.layer_files import CIM_LAYERS_DIR, cim_layer_problem
 
 __all__ = ["Finding", "FsckReport", "Level", "check_root", "findings_as_json"]
 
@@ -101,7 +101,7 @@ def check_root(root: Path, *, verify: bool = True) -> FsckReport:
     """
     report = FsckReport()
     root = Path(root)
-    layers = root / "snapshots" / "cim-layers"
+    layers = root / "snapshots" / CIM_LAYERS_DIR
     for path in (root, root / "snapshots", layers):
         try:
             mode = os.lstat(path).st_mode
@@ -161,7 +161,7 @@ def _check_rows(
             report.add(Level.PROBLEM, f"snapshots/{sid}", why)
         if kind != Kind.COMMITTED:
             continue
-        cim = snapshots / "cim-layers" / f"{sid}.cim"
+        cim = snapshots / CIM_LAYERS_DIR / f"{sid}.cim"
         if sid in pending:
             report.add(
                 Level.NOTE,
@@ -188,7 +188,7 @@ def _check_rows(
 def _check_snapshot_entries(root: Path, kinds: Mapping[int, Kind], report: FsckReport) -> None:
     for entry in sorted(os.scandir(root / "snapshots"), key=lambda e: e.name):
         name = entry.name
-        if name == "cim-layers":
+        if name == CIM_LAYERS_DIR:
             continue
         where = f"snapshots/{name}"
         if name.startswith(REMOVAL_PREFIX):

@@ -45,6 +45,7 @@ from cimsnap.snapshots.rootdir import (
     retire_entry,
 )
 from cimsnap.wclayer import sweep_regions
+from cimsnap.wclayer.layer_files import CIM_LAYERS_DIR
 
 __all__ = [
     "REMOVAL_PREFIX",
@@ -59,7 +60,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _CIM_SUFFIX = ".cim"
-_LAYERS_DIR = "cim-layers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ def retire_orphans(dirs: RootDirs, live_ids: Set[int]) -> Retired:
     with os.scandir(dirs.snapshots_fd) as entries:
         for entry in entries:
             name = entry.name
-            if name == _LAYERS_DIR:
+            if name == CIM_LAYERS_DIR:
                 continue
             if name.startswith(REMOVAL_PREFIX):
                 directories.append(name)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from cimsnap.errdefs import FailedPrecondition
+from cimsnap.wclayer.layer_files import CIM_LAYERS_DIR
 
 __all__ = [
     "DIR_MODE",
@@ -165,7 +166,7 @@ class RootDirs:
         try:
             fds.append(_open_own(None, root, root))
             fds.append(_open_own(fds[0], Path("snapshots"), root / "snapshots"))
-            fds.append(_open_own(fds[1], Path("cim-layers"), root / "snapshots" / "cim-layers"))
+            fds.append(_open_own(fds[1], Path(CIM_LAYERS_DIR), root / "snapshots" / CIM_LAYERS_DIR))
             for name in ("lock", *_DB_FILES):
                 mode = entry_mode(fds[0], name)
                 if mode is not None and not stat.S_ISREG(mode):
@@ -175,7 +176,7 @@ class RootDirs:
                 os.close(fd)
             raise
         snapshots = root / "snapshots"
-        return cls(root, snapshots, snapshots / "cim-layers", *fds)
+        return cls(root, snapshots, snapshots / CIM_LAYERS_DIR, *fds)
 
     def check(self) -> None:
         """Raise FailedPrecondition unless the three paths still name the opened directories.

@@ -13,9 +13,26 @@ from pathlib import Path
 
 from cimsnap.cim import CimFormatError, read_image_header, region_set_files
 
-__all__ = ["cim_layer_files", "cim_layer_problem", "cim_layer_size"]
+__all__ = [
+    "CIM_LAYERS_DIR",
+    "cim_layer_files",
+    "cim_layer_problem",
+    "cim_layer_size",
+    "cim_path_for_layer",
+]
 
 _log = logging.getLogger(__name__)
+
+#: The directory beside the layer directories that holds every layer's CIM and region files
+#: (containerd's cimfs layout; forks must sit beside their parents).
+CIM_LAYERS_DIR = "cim-layers"
+
+
+def cim_path_for_layer(layer_dir: Path) -> Path:
+    """``<layer_dir's parent>/cim-layers/<layer_dir's name>.cim`` (hcsshim's
+    ``GetCimPathFromLayer``); ``layer_dir`` is made absolute first."""
+    layer_dir = Path(os.path.abspath(layer_dir))
+    return layer_dir.parent / CIM_LAYERS_DIR / f"{layer_dir.name}.cim"
 
 
 def cim_layer_files(cim_path: Path) -> list[Path]:

@@ -19,10 +19,11 @@ import pytest
 import zstandard
 
 from cimsnap.cli import main
-from cimsnap.commands.layer import cim_path_for, compression_for
+from cimsnap.commands.layer import compression_for
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.wclayer.compression import detect_compression
 from cimsnap.wclayer.exporter import filetime_from_unix_ns
+from cimsnap.wclayer.layer_files import cim_path_for_layer
 from cimsnap.wclayer.tarstream import TarReader
 from cimsnap.wclayer.winmeta import basic_info
 from tests.unit.wclayer.layerkit import snapshot
@@ -79,7 +80,9 @@ def import_chain(
 
 
 def test_cim_path_and_compression_rules(tmp_path: Path) -> None:
-    assert cim_path_for(tmp_path / "snapshots" / "7") == tmp_path / "snapshots/cim-layers/7.cim"
+    assert (
+        cim_path_for_layer(tmp_path / "snapshots" / "7") == tmp_path / "snapshots/cim-layers/7.cim"
+    )
     assert compression_for("a.tar.gz") == compression_for("a.TGZ") == "gzip"
     assert compression_for("a.tar.zst") == compression_for("a.zstd") == "zstd"
     assert compression_for("a.tar") == "none"
