@@ -142,6 +142,13 @@ class _Progress:
             self(*self.last, final=True)
             print(file=sys.stderr)
 
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Ends the line before any result or error message is printed."""
+        self.done()
+
 
 @contextlib.contextmanager
 def _cancel_on_sigint() -> Iterator[threading.Event]:
@@ -218,7 +225,7 @@ def _import(args: argparse.Namespace) -> int:
     source = _Counting(source_file)
     progress.source_bytes = lambda: source.count
     try:
-        with _cancel_on_sigint() as cancelled:
+        with _cancel_on_sigint() as cancelled, progress:
             stream = open_decompressed(source)
             try:
                 size = import_layer(
@@ -233,34 +240,26 @@ def _import(args: argparse.Namespace) -> int:
             finally:
                 stream.close()
     except LayerCancelledError:
-        progress.done()
         print(f"cimsnap: import cancelled; nothing was written to {cim_path}", file=sys.stderr)
         return _EXIT_CANCELLED
     except LayerFormatError as e:
-        progress.done()
         return _error(
             f"{args.layer}: not a valid Windows layer: {e}; nothing was imported (check the "
             "layer's digest, or re-create the layer)"
         )
     except LayerParentError as e:
-        progress.done()
         return _error(f"{e}; import the parent layers first and pass them nearest first")
     except LayerExistsError as e:
-        progress.done()
         return _error(f"{e}; run `cimsnap layer destroy {layer_dir}` first or choose another DIR")
     except LayerBusyError as e:
-        progress.done()
         return _error(f"{e}; another writer holds {cim_path.parent}; retry when it is done")
     except LayerError as e:
-        progress.done()
         return _error(f"{args.layer}: import failed: {e}")
     except OSError as e:
-        progress.done()
         return _error(f"{e.filename or args.layer}: {e.strerror or e}")
     finally:
         if source_file is not sys.stdin.buffer:
             source_file.close()
-    progress.done()
     print(f"{cim_path}: imported {size} bytes of file data")
     return 0
 
@@ -295,18 +294,17 @@ def _export(args: argparse.Namespace) -> int:
     progress = _Progress("exported")
     if args.output == "-":
         try:
-            export_layer(
-                args.cim,
-                args.parent,
-                sys.stdout.buffer,
-                progress=progress,
-                source_date_epoch=clamp,
-            )
-            sys.stdout.buffer.flush()
+            with progress:
+                export_layer(
+                    args.cim,
+                    args.parent,
+                    sys.stdout.buffer,
+                    progress=progress,
+                    source_date_epoch=clamp,
+                )
+                sys.stdout.buffer.flush()
         except LayerError as e:
-            progress.done()
             return _error(f"{args.cim}: export failed: {e}")
-        progress.done()
         return 0
     out = Path(args.output)
     if out.exists():
@@ -314,7 +312,7 @@ def _export(args: argparse.Namespace) -> int:
     temporary = out.with_name(f".{out.name}.partial-{os.getpid()}")
     kind = compression_for(args.output)
     try:
-        with temporary.open("xb") as raw:
+        with progress, temporary.open("xb") as raw:
             sink: Any = open_compressed(raw, kind)
             try:
                 stats = export_layer(
@@ -326,21 +324,16 @@ def _export(args: argparse.Namespace) -> int:
             os.fsync(raw.fileno())
         os.link(temporary, out)
     except LayerParentError as e:
-        progress.done()
         return _error(f"{e}; pass the CIM this layer was forked from as --parent")
     except LayerError as e:
-        progress.done()
         return _error(f"{args.cim}: export failed: {e}")
     except FileExistsError:
-        progress.done()
         return _error(f"{out} appeared while exporting; nothing was replaced")
     except OSError as e:
-        progress.done()
         return _error(f"{e.filename or out}: {e.strerror or e}")
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
-    progress.done()
     print(f"{out}: {stats.entries} entries ({kind})")
     return 0
 
