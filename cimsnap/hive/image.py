@@ -406,23 +406,29 @@ class HiveImage:
         sig, entries = self.list_leaf(list_off, leaf_only=False)
         return [list_off, *entries] if sig == b"ri" else [list_off]
 
-    def value_head(self, off: int) -> ValueHead:
-        """Decode the vk cell at ``off`` without its data (see :class:`ValueHead`)."""
+    def _vk(self, off: int) -> tuple[str, int, int, int, int, int, bool]:
+        """The checked vk cell at ``off``: name, stored name length, size field, data
+        offset, type, flags, and whether it is a tombstone (only in a layered hive)."""
         pos, n = self.cell(off, "vk cell")
         data = self.data
         if n < _VK.size:
             raise HiveFormatError("vk cell", off, f"cell of {n} bytes is too small")
-        sig, name_len, size, _data_off, _vtype, flags, _spare = _VK.unpack_from(data, pos)
+        sig, name_len, size, data_off, vtype, flags, _spare = _VK.unpack_from(data, pos)
         if sig != b"vk":
             raise HiveFormatError("vk cell", off, f"signature {sig!r}, not b'vk'")
         if _VK.size + name_len > n:
             raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
         raw = data[pos + _VK.size : pos + _VK.size + name_len]
-        compressed = flags & _VALUE_COMP_NAME
-        name = _decode_name(raw, compressed, "vk cell", off)
+        name = _decode_name(raw, flags & _VALUE_COMP_NAME, "vk cell", off)
         tombstone = self.layered and bool(flags & _VALUE_TOMBSTONE)
+        return name, name_len, size, data_off, vtype, flags, tombstone
+
+    def value_head(self, off: int) -> ValueHead:
+        """Decode the vk cell at ``off`` without its data (see :class:`ValueHead`)."""
+        name, name_len, size, _data_off, _vtype, flags, tombstone = self._vk(off)
         data_size = 0 if tombstone else size & 0x7FFFFFFF
-        return ValueHead(name, 2 * name_len if compressed else name_len, data_size, tombstone)
+        name_size = 2 * name_len if flags & _VALUE_COMP_NAME else name_len
+        return ValueHead(name, name_size, data_size, tombstone)
 
     def value_cells(self, off: int) -> list[int]:
         """The cells holding the data of the vk at ``off``: none (inline, empty or a
@@ -443,18 +449,7 @@ class HiveImage:
 
     def value(self, off: int) -> ValueRecord:
         """Decode the vk cell at ``off`` including its data (inline, cell or db)."""
-        pos, n = self.cell(off, "vk cell")
-        data = self.data
-        if n < _VK.size:
-            raise HiveFormatError("vk cell", off, f"cell of {n} bytes is too small")
-        sig, name_len, size, data_off, vtype, flags, _spare = _VK.unpack_from(data, pos)
-        if sig != b"vk":
-            raise HiveFormatError("vk cell", off, f"signature {sig!r}, not b'vk'")
-        if _VK.size + name_len > n:
-            raise HiveFormatError("vk cell", off, f"name of {name_len} bytes overruns the cell")
-        raw = data[pos + _VK.size : pos + _VK.size + name_len]
-        name = _decode_name(raw, flags & _VALUE_COMP_NAME, "vk cell", off)
-        tombstone = self.layered and bool(flags & _VALUE_TOMBSTONE)
+        name, _name_len, size, data_off, vtype, flags, tombstone = self._vk(off)
         if size & C.DATA_INLINE_FLAG:
             size &= 0x7FFFFFFF
             if size > C.INLINE_DATA_MAX:
