@@ -34,7 +34,7 @@ from tests.integration.containerd_harness import (
     running_containerd,
     wait_for,
 )
-from tests.integration.oci_archive import write_oci_archive
+from tests.integration.ociarchive import gzip_layer, tar_of, write_oci_archive
 
 pytestmark = pytest.mark.integration
 
@@ -109,9 +109,9 @@ def test_image_removal_collects_the_layer_snapshot(
     stack: tuple[Containerd, Cimsnap], tmp_path: Path
 ) -> None:
     containerd, cimsnap = stack
-    image = write_oci_archive(
-        tmp_path / "image.tar", "docker.io/cimsnap/gc-test:1", {"Files/hello.txt": b"hi\n"}
-    )
+    name = "docker.io/cimsnap/gc-test:1"
+    layer = gzip_layer(tar_of({"Files/hello.txt": b"hi\n"}))
+    digests = write_oci_archive(tmp_path / "image.tar", name, [layer])
     containerd.ctr(
         "images",
         "import",
@@ -120,10 +120,10 @@ def test_image_removal_collects_the_layer_snapshot(
         "windows/amd64",
         str(tmp_path / "image.tar"),
     )
-    assert image.name in containerd.ctr("images", "ls", "-q").stdout.split()
+    assert name in containerd.ctr("images", "ls", "-q").stdout.split()
     lease = "cimsnap-gc-test"
     containerd.ctr("leases", "create", "--id", lease)
-    chain_id = image.diff_id  # one layer: the chain ID is its diff ID
+    chain_id = layer.diff_id  # one layer: the chain ID is its diff ID
     metadata = (("containerd-namespace", "default"), ("containerd-lease", lease))
     with grpc.insecure_channel(f"unix:{containerd.socket}") as channel:
         stub = pb_grpc.SnapshotsStub(channel)
@@ -143,7 +143,7 @@ def test_image_removal_collects_the_layer_snapshot(
         )
     # What containerd's unpacker records: the image config references the layer chain.
     containerd.ctr(
-        "content", "label", image.config_digest, f"containerd.io/gc.ref.snapshot.cimsnap={chain_id}"
+        "content", "label", digests["config"], f"containerd.io/gc.ref.snapshot.cimsnap={chain_id}"
     )
     with SnapshotsClient(str(cimsnap.socket)) as ours:
         layer = backend(ours, chain_id)
@@ -160,7 +160,7 @@ def test_image_removal_collects_the_layer_snapshot(
         wait_for(lambda: containerd.gc_runs() > runs)
         assert backend(ours, chain_id).name == layer.name
         # Removing the image lets the GC remove the snapshot, and cimsnap its CIM.
-        containerd.ctr("images", "rm", "--sync", image.name)
+        containerd.ctr("images", "rm", "--sync", name)
         wait_for(lambda: layer.name not in {i.name for i in ours.list()})
         wait_for(lambda: not any(cims.iterdir()))
     assert containerd.snapshots("ls").stdout.split()[3:] == []
