@@ -18,35 +18,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.integration.containerd_harness import require, require_containerd
 
-#: Plugins the test daemons do not need (CRI is slow to start and wants a CNI setup).
-DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.zfs",
-    "io.containerd.internal.v1.tracing",
-    "io.containerd.tracing.processor.v1.otlp",
-)
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def require(condition: bool, why: str) -> None:
-    """Fail in CI, skip elsewhere, unless ``condition``."""
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{why} (required in CI: `make system-deps` installs it)")
-    pytest.skip(why)
 
 
 def containerd16_bin() -> Path:
     """The directory of Debian's containerd 1.6 binaries."""
+    require_containerd()
     found = shutil.which("containerd")
-    require(found is not None and shutil.which("ctr") is not None, "containerd is not installed")
-    require(os.geteuid() == 0, "containerd needs root")
     assert found is not None
     return Path(found).parent
 
@@ -65,29 +45,6 @@ def containerd17_bin() -> Path:
     )
     require(os.geteuid() == 0, "containerd needs root")
     return directory
-
-
-def private_config(base: Path, proxy_socket: str) -> str:
-    """A config-1.6-style private config with the snapshot proxy only (version 2)."""
-    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
-    return f"""version = 2
-root = "{base}/root"
-state = "{base}/state"
-disabled_plugins = [{disabled}]
-
-[grpc]
-  address = "{base}/containerd.sock"
-[ttrpc]
-  address = "{base}/containerd.sock.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base}/opt"
-
-[proxy_plugins]
-  [proxy_plugins.cimsnap]
-    type = "snapshot"
-    address = "{proxy_socket}"
-"""
 
 
 def deploy_config(name: str, base: Path, proxy_socket: str, cimsnap_root: Path) -> str:

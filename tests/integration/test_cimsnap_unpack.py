@@ -29,9 +29,9 @@ from tests.integration.cimcheck import cim_differences
 from tests.integration.containerd_daemon import (
     Containerd,
     containerd16_bin,
-    private_config,
     tree_depths,
 )
+from tests.integration.containerd_harness import containerd_config
 from tests.integration.ociarchive import Layer, gzip_layer, write_oci_archive
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def env() -> Iterator[Env]:
         server_config(base / "cimsnap", base, containerd_address=str(socket))
     ).start()
     try:
-        containerd = Containerd(bin_dir, base, private_config(base, server.address))
+        containerd = Containerd(bin_dir, base, containerd_config(base, server.address, "info"))
     except BaseException:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -48,7 +48,8 @@ from cimsnap.snapshots.fsck import check_root
 from cimsnap.snapshots.mounts import parse_cimfs_mount
 from tests.grpc_harness import ServeProcess, short_socket_dir
 from tests.hostile.workload import Owned, check_state, percentile, run_workload
-from tests.integration.containerd_daemon import Containerd, containerd16_bin, private_config
+from tests.integration.containerd_daemon import Containerd, containerd16_bin
+from tests.integration.containerd_harness import containerd_config
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,7 @@ def stack() -> Iterator[Stack]:
     containerd: Containerd | None = None
     try:
         assert server.next_notification() == "READY=1"
-        containerd = Containerd(bin_dir, base, private_config(base, address))
+        containerd = Containerd(bin_dir, base, containerd_config(base, address, "info"))
         yield Stack(containerd, server, address, root, metrics_port)
     finally:
         if containerd is not None:

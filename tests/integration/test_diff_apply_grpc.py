@@ -39,7 +39,8 @@ from cimsnap.wclayer.tarstream import TarReader
 from cimsnap.wclayer.winmeta import basic_info
 from tests.grpc_harness import REPO_ROOT, ServerThread, server_config, short_socket_dir
 from tests.integration.cimcheck import cim_differences, cim_listing
-from tests.integration.containerd_daemon import Containerd, containerd16_bin, private_config
+from tests.integration.containerd_daemon import Containerd, containerd16_bin
+from tests.integration.containerd_harness import containerd_config
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +80,7 @@ def env() -> Iterator[Env]:
         server_config(base / "cimsnap", base, containerd_address=str(socket))
     ).start()
     try:
-        containerd = Containerd(bin_dir, base, private_config(base, server.address))
+        containerd = Containerd(bin_dir, base, containerd_config(base, server.address, "info"))
     except BaseException:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
