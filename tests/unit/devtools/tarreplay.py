@@ -13,7 +13,7 @@ import base64
 import hashlib
 import posixpath
 import tarfile
-from typing import IO
+from typing import IO, NamedTuple
 
 from cimsnap.devtools.layergen import (
     EPOCH_AS_FILETIME,
@@ -34,7 +34,22 @@ def pax_filetime(value: str) -> int:
     return (-ticks if negative else ticks) + EPOCH_AS_FILETIME
 
 
-def _file(member: tarfile.TarInfo, data: bytes, streams: dict[str, bytes]) -> ModelFile:
+class PaxMetadata(NamedTuple):
+    """What a layer tar entry's header and PAX records declare, as a CIM stores it
+    (attributes masked; ``security_descriptor`` None when the entry carries none)."""
+
+    attributes: int
+    creation_time: int
+    last_access_time: int
+    last_write_time: int
+    change_time: int
+    security_descriptor: bytes | None
+    ea: bytes
+    reparse: bytes
+
+
+def pax_metadata(member: tarfile.TarInfo) -> PaxMetadata:
+    """Decode ``member``'s Windows metadata (the reference reading, see the module)."""
     pax = member.pax_headers
     default = 0x10 if member.isdir() else 0
     attributes = int(pax.get("MSWINDOWS.fileattr", default)) & STORED_ATTRIBUTES & ~0x400
@@ -42,22 +57,35 @@ def _file(member: tarfile.TarInfo, data: bytes, streams: dict[str, bytes]) -> Mo
     if member.issym():
         reparse = reparse_buffer(member.linkname, mountpoint="MSWINDOWS.mountpoint" in pax)
         attributes |= 0x400
-    mtime = pax_filetime(pax["mtime"])
     eas = {
         key.removeprefix("MSWINDOWS.xattr."): base64.b64decode(value)
         for key, value in pax.items()
         if key.startswith("MSWINDOWS.xattr.")
     }
     sd = pax.get("MSWINDOWS.rawsd")
-    return ModelFile(
+    return PaxMetadata(
         attributes=attributes,
         creation_time=pax_filetime(pax.get("LIBARCHIVE.creationtime", pax["mtime"])),
         last_access_time=pax_filetime(pax["atime"]),
-        last_write_time=mtime,
+        last_write_time=pax_filetime(pax["mtime"]),
         change_time=pax_filetime(pax["ctime"]),
-        security_descriptor=base64.b64decode(sd) if sd else NULL_DACL_SECURITY_DESCRIPTOR,
+        security_descriptor=base64.b64decode(sd) if sd else None,
         ea=ea_buffer(eas),
         reparse=reparse,
+    )
+
+
+def _file(member: tarfile.TarInfo, data: bytes, streams: dict[str, bytes]) -> ModelFile:
+    m = pax_metadata(member)
+    return ModelFile(
+        attributes=m.attributes,
+        creation_time=m.creation_time,
+        last_access_time=m.last_access_time,
+        last_write_time=m.last_write_time,
+        change_time=m.change_time,
+        security_descriptor=m.security_descriptor or NULL_DACL_SECURITY_DESCRIPTOR,
+        ea=m.ea,
+        reparse=m.reparse,
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         data=data,

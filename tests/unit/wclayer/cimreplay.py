@@ -10,7 +10,6 @@ hold exactly what generated tars declare. :func:`cim_model` reads a CIM back int
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import posixpath
@@ -21,39 +20,24 @@ from typing import IO
 
 from cimsnap.cim import CimNotFoundError, CimReader, CimWriter, FileMetadata, open_image
 from cimsnap.devtools.layergen import (
-    STORED_ATTRIBUTES,
     LayerModel,
     ModelFile,
-    ea_buffer,
-    reparse_buffer,
 )
-from tests.unit.devtools.tarreplay import pax_filetime
+from tests.unit.devtools.tarreplay import pax_metadata
 
 
 def _metadata(member: tarfile.TarInfo, size: int) -> FileMetadata:
-    pax = member.pax_headers
-    default = 0x10 if member.isdir() else 0
-    attributes = int(pax.get("MSWINDOWS.fileattr", default)) & STORED_ATTRIBUTES & ~0x400
-    reparse = b""
-    if member.issym():
-        reparse = reparse_buffer(member.linkname, mountpoint="MSWINDOWS.mountpoint" in pax)
-        attributes |= 0x400
-    eas = {
-        key.removeprefix("MSWINDOWS.xattr."): base64.b64decode(value)
-        for key, value in pax.items()
-        if key.startswith("MSWINDOWS.xattr.")
-    }
-    sd = pax.get("MSWINDOWS.rawsd")
+    m = pax_metadata(member)
     return FileMetadata(
-        attributes=attributes,
-        size=0 if attributes & 0x10 else size,
-        creation_time=pax_filetime(pax.get("LIBARCHIVE.creationtime", pax["mtime"])),
-        last_write_time=pax_filetime(pax["mtime"]),
-        change_time=pax_filetime(pax["ctime"]),
-        last_access_time=pax_filetime(pax["atime"]),
-        security_descriptor=base64.b64decode(sd) if sd else None,
-        ea=ea_buffer(eas),
-        reparse=reparse,
+        attributes=m.attributes,
+        size=0 if m.attributes & 0x10 else size,
+        creation_time=m.creation_time,
+        last_write_time=m.last_write_time,
+        change_time=m.change_time,
+        last_access_time=m.last_access_time,
+        security_descriptor=m.security_descriptor,
+        ea=m.ea,
+        reparse=m.reparse,
     )
 
 
