@@ -11,13 +11,16 @@ otherwise. Daemons are stopped by PID and waited for (§6.4).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 from tests.integration.containerd_harness import require, require_containerd
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,3 +135,30 @@ class Containerd:
 def tree_depths(tree: str) -> dict[str, int]:
     """``ctr snapshots tree`` output as name -> indentation (children indent deeper)."""
     return {line.split()[-1]: line.index(line.split()[-1]) for line in tree.splitlines() if line}
+
+
+@contextlib.contextmanager
+def cimsnap_beside_containerd(
+    bin_dir: Path, config: Callable[[Path, ServerThread], str]
+) -> Iterator[tuple[Containerd, ServerThread, Path]]:
+    """A cimsnap server (reading blobs from the containerd below) and a containerd from
+    ``bin_dir`` whose config ``config(base, server)`` returns, in one private directory;
+    both stopped and the directory removed on exit (also when containerd fails to start).
+    """
+    base = short_socket_dir()
+    socket = base / "containerd.sock"
+    server = ServerThread(
+        server_config(base / "cimsnap", base, containerd_address=str(socket))
+    ).start()
+    try:
+        containerd = Containerd(bin_dir, base, config(base, server))
+    except BaseException:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    try:
+        yield containerd, server, base
+    finally:
+        containerd.stop()
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

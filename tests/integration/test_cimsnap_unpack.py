@@ -9,7 +9,6 @@ service in the image's namespace.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +23,11 @@ from cimsnap.devtools.layergen import GeneratedLayer, generate_chain, write_oci_
 from cimsnap.diff.unpack import chain_ids
 from cimsnap.snapshots.mounts import parse_cimfs_mount
 from cimsnap.snapshots.snapshotter import Kind
-from tests.grpc_harness import REPO_ROOT, ServerThread, server_config, short_socket_dir
+from tests.grpc_harness import REPO_ROOT, ServerThread
 from tests.integration.cimcheck import cim_differences
 from tests.integration.containerd_daemon import (
     Containerd,
+    cimsnap_beside_containerd,
     containerd16_bin,
     tree_depths,
 )
@@ -84,24 +84,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    bin_dir = containerd16_bin()
-    base = short_socket_dir()
-    socket = base / "containerd.sock"
-    server = ServerThread(
-        server_config(base / "cimsnap", base, containerd_address=str(socket))
-    ).start()
-    try:
-        containerd = Containerd(bin_dir, base, containerd_config(base, server.address, "info"))
-    except BaseException:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    try:
+    with cimsnap_beside_containerd(
+        containerd16_bin(), lambda base, server: containerd_config(base, server.address, "info")
+    ) as (containerd, server, _):
         yield Env(containerd, server)
-    finally:
-        containerd.stop()
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_unpack_then_rerun_changes_nothing(env: Env, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ are applied by cimsnap, anything else is answered Unimplemented and goes to ``wa
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,11 @@ from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.devtools.layergen import generate_chain, write_oci_image
 from cimsnap.diff.unpack import chain_ids
 from cimsnap.snapshots.mounts import parse_cimfs_mount
-from tests.grpc_harness import ServerThread, server_config, short_socket_dir
+from tests.grpc_harness import ServerThread
 from tests.integration.cimcheck import cim_differences
 from tests.integration.containerd_daemon import (
     Containerd,
+    cimsnap_beside_containerd,
     containerd17_bin,
     deploy_config,
     tree_depths,
@@ -51,26 +51,14 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    bin_dir = containerd17_bin()
-    base = short_socket_dir()
-    socket = base / "containerd.sock"
-    server = ServerThread(
-        server_config(base / "cimsnap", base, containerd_address=str(socket))
-    ).start()
-    try:
-        config = deploy_config("config-1.7.toml", base, server.address, server.config.root_path)
-        containerd = Containerd(bin_dir, base, config)
-    except BaseException:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    try:
+    with cimsnap_beside_containerd(
+        containerd17_bin(),
+        lambda base, server: deploy_config(
+            "config-1.7.toml", base, server.address, server.config.root_path
+        ),
+    ) as (containerd, server, base):
         assert containerd.version() == "1.7.24"
         yield Stack(containerd, server, base)
-    finally:
-        containerd.stop()
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_both_proxies_load(stack: Stack) -> None:

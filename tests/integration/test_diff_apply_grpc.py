@@ -39,7 +39,11 @@ from cimsnap.wclayer.tarstream import TarReader
 from cimsnap.wclayer.winmeta import basic_info
 from tests.grpc_harness import REPO_ROOT, ServerThread, server_config, short_socket_dir
 from tests.integration.cimcheck import cim_differences, cim_listing
-from tests.integration.containerd_daemon import Containerd, containerd16_bin
+from tests.integration.containerd_daemon import (
+    Containerd,
+    cimsnap_beside_containerd,
+    containerd16_bin,
+)
 from tests.integration.containerd_harness import containerd_config
 
 pytestmark = pytest.mark.integration
@@ -73,24 +77,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    bin_dir = containerd16_bin()
-    base = short_socket_dir()
-    socket = base / "containerd.sock"
-    server = ServerThread(
-        server_config(base / "cimsnap", base, containerd_address=str(socket))
-    ).start()
-    try:
-        containerd = Containerd(bin_dir, base, containerd_config(base, server.address, "info"))
-    except BaseException:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        raise
-    try:
+    with cimsnap_beside_containerd(
+        containerd16_bin(), lambda base, server: containerd_config(base, server.address, "info")
+    ) as (containerd, server, base):
         yield Env(containerd, server, base)
-    finally:
-        containerd.stop()
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def layer_files(env: Env) -> set[str]:
