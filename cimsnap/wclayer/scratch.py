@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 from cimsnap.cim import CimError, CimFormatError, build_from_directory
 from cimsnap.cim.errors import CimSharingViolationError
 from cimsnap.errdefs import FailedPrecondition, Unavailable
+from cimsnap.wclayer.cim_writer import while_directory_busy
 from cimsnap.wclayer.destroy import destroy_cim_layer
 
 __all__ = ["build_scratch_layer"]
@@ -49,29 +49,23 @@ def build_scratch_layer(
         raise FailedPrecondition(f"scratch {source} is not a directory: failed precondition")
     if parent is not None and not (parent.is_file() and not parent.is_symlink()):
         raise FailedPrecondition(f"parent layer {parent} is missing: failed precondition")
-    deadline = time.monotonic() + busy_timeout
-    delay = 0.01
-    while True:
-        try:
-            report = build_from_directory(source, cim_path, parent=parent, src_dir_fd=source_fd)
-            break
-        except CimSharingViolationError as e:
-            # One CIM writer per directory: another writer, e.g. the
-            # differ importing a layer, holds it. Wait for it, within bounds.
-            if time.monotonic() + delay > deadline:
-                raise Unavailable(
-                    f"layer directory {cim_path.parent} is busy: {e}: unavailable"
-                ) from e
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        except CimFormatError as e:
-            raise FailedPrecondition(
-                f"parent layer {parent} is damaged: {e}: failed precondition"
-            ) from e
-        except CimError as e:
-            raise FailedPrecondition(
-                f"building {cim_path} from {source}: {e}: failed precondition"
-            ) from e
+    try:
+        # One CIM writer per directory: another writer, e.g. the differ importing a layer,
+        # may hold it. Wait for it, within bounds.
+        report = while_directory_busy(
+            lambda: build_from_directory(source, cim_path, parent=parent, src_dir_fd=source_fd),
+            busy_timeout,
+        )
+    except CimSharingViolationError as e:
+        raise Unavailable(f"layer directory {cim_path.parent} is busy: {e}: unavailable") from e
+    except CimFormatError as e:
+        raise FailedPrecondition(
+            f"parent layer {parent} is damaged: {e}: failed precondition"
+        ) from e
+    except CimError as e:
+        raise FailedPrecondition(
+            f"building {cim_path} from {source}: {e}: failed precondition"
+        ) from e
     if report.problems:
         # The image was just created under a fresh region-set GUID: nothing references it.
         destroy_cim_layer(cim_path, referenced_elsewhere=frozenset())
