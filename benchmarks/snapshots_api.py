@@ -63,6 +63,7 @@ from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.daemon.listen import parse_address
 from cimsnap.daemon.server import SnapshotterAPI
 from cimsnap.snapshots.snapshotter import Mount, Snapshotter
+from cimsnap.wclayer.cim_writer import while_directory_busy
 
 TARGETS_MS = {"Stat": 0.5, "Stat sweep": 0.5, "Prepare": 3.0, "Commit": 3.0}
 LIST_TARGET_MS = 300.0
@@ -129,7 +130,9 @@ def apply_empty_layer(mounts: list[Mount], empty_dir: Path) -> None:
     options = dict(o.split("=", 1) for o in mounts[0].options if "=" in o)
     parents = options.get("parentCimPaths")
     parent = Path(json.loads(parents)[0]) if parents else None
-    build_from_directory(empty_dir, Path(options["cimpath"]), parent=parent)
+    while_directory_busy(
+        lambda: build_from_directory(empty_dir, Path(options["cimpath"]), parent=parent), 60
+    )
 
 
 def run_cycles(

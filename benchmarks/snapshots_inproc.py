@@ -36,6 +36,7 @@ from pathlib import Path
 from cimsnap.cim import build_from_directory
 from cimsnap.snapshots.snapshotter import Snapshotter
 from cimsnap.store import Kind, Store, create_snapshot
+from cimsnap.wclayer.cim_writer import while_directory_busy
 
 TARGETS_MS = {"Stat": 0.5, "Prepare": 3.0, "Commit": 3.0, "List": 300.0}
 
@@ -121,9 +122,8 @@ def run(work: Path, n: int, list_size: int) -> None:
     for i in range(max(10, n // 10)):
         key = f"ns/{i}/extract-{i} sha256:{i}"
         mounts = sn.prepare(key, "base")
-        build_from_directory(
-            src, Path(mounts[0].options[1].removeprefix("cimpath=")), parent=base_cim
-        )
+        cim = Path(mounts[0].options[1].removeprefix("cimpath="))
+        while_directory_busy(lambda c=cim: build_from_directory(src, c, parent=base_cim), 60)
         extract_commit.append(timed(lambda k=key, i=i: sn.commit(f"ns/{i}/sha256:{i}", k)))
         sn.prepare(f"scratch-{i}", "base")
         empty_commit.append(timed(lambda i=i: sn.commit(f"empty-{i}", f"scratch-{i}")))

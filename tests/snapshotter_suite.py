@@ -37,6 +37,7 @@ from cimsnap.cim import build_from_directory, read_image_header
 from cimsnap.cim.regions import open_image
 from cimsnap.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage
+from cimsnap.wclayer.cim_writer import while_directory_busy
 
 GC_ROOT = {"containerd.io/gc.root": "2026-01-01T00:00:00Z"}
 
@@ -97,6 +98,12 @@ def state(root: Path) -> State:
 def snapshot_dir(mounts: list[Mount]) -> Path:
     assert len(mounts) == 1
     return Path(mounts[0].source)
+
+
+def write_layer(source: Path, cim: Path) -> None:
+    """Build ``cim`` from ``source`` the way the differ writes a layer: waiting for the CIM
+    directory's writer lock, which the snapshotter's own start-up Cleanup may hold briefly."""
+    while_directory_busy(lambda: build_from_directory(source, cim), busy_timeout=60)
 
 
 def cim_path(mounts: list[Mount]) -> Path:
@@ -383,7 +390,7 @@ def test_extract_commit_keeps_the_differs_cim(sn: SnapshotterAPI, tmp_path: Path
     src = tmp_path / "layer"
     src.mkdir()
     (src / "file").write_text("from the differ")
-    build_from_directory(src, cim_path(mounts))
+    write_layer(src, cim_path(mounts))
     before = os.stat(cim_path(mounts))
     sn.commit("default/4/sha256:x", "default/3/extract-1 sha256:x")
     after = os.stat(cim_path(mounts))
@@ -823,7 +830,7 @@ def test_cleanup_reclaims_leftovers_only(sn: SnapshotterAPI, root: Path, tmp_pat
     src = tmp_path / "orphan-src"
     src.mkdir()
     (src / "f").write_text("orphan")
-    build_from_directory(src, cims / "9999.cim")  # a CIM left by a crashed import
+    write_layer(src, cims / "9999.cim")  # a CIM left by a crashed import
     orphan_files = _own_files(cims / "9999.cim")
     (cims / "rm-12.cim").write_bytes(b"junk")  # unreadable: removed, no regions touched
     stray = cims / "region_0badc0de-0000-4000-8000-000000000000_0"

@@ -51,6 +51,7 @@ from cimsnap.snapshots.durability import DURABLE_CALLS
 from cimsnap.snapshots.fsck import check_root
 from cimsnap.snapshots.snapshotter import Kind, Snapshotter
 from cimsnap.store import Store
+from cimsnap.wclayer.cim_writer import while_directory_busy
 
 __all__ = ["MIN_KILL_POINTS", "CrashSuiteResult", "Step", "run_crash_suite", "scenario"]
 
@@ -238,7 +239,8 @@ def _apply(sn: Snapshotter, source: Path, step: Step) -> None:
     source.mkdir(parents=True)
     for name, data in step.layer:
         (source / name).write_bytes(data)
-    build_from_directory(source, cim, parent=parent)
+    # Like the differ, wait while the snapshotter's start-up Cleanup holds the directory.
+    while_directory_busy(lambda: build_from_directory(source, cim, parent=parent), 60)
 
 
 def _layer_source(root: Path) -> Path:
