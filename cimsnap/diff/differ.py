@@ -19,13 +19,15 @@ gRPC. Contracts follow containerd's cimfs differ.
 * The namespace is the ``containerd-namespace`` header when the caller sent one, else the
   first segment of the snapshot's backend key ``<ns>/<seq>/...`` (§0; Debian's 1.6/1.7
   send no header).
-* The blob (:mod:`cimsnap.diff.content`) is decompressed by magic bytes and streamed
-  through ``import_layer`` while the uncompressed bytes are hashed; trailing bytes after
-  the tar's end are drained into the hash (containerd's differ does the same), then the
-  blob's size (and, read from the content directory, its digest) is checked. A failure
-  after ``import_layer`` committed (trailing damage, digest mismatch, cancellation)
-  destroys the new CIM and what the import put in the layer directory: on any error
-  nothing stays committed.
+* The blob (:mod:`cimsnap.diff.content`) is relayed to an import worker process
+  (:mod:`cimsnap.diff.import_worker`), which decompresses it by magic bytes, streams it
+  through ``import_layer`` while hashing the uncompressed bytes, and drains trailing
+  bytes after the tar's end into the hash (containerd's differ does the same); the
+  daemon's threads only move bytes, so a running import never delays other calls. Then
+  the blob's size (and, read from the content directory, its digest) is checked. A
+  failure after the import committed (trailing damage, digest mismatch, cancellation, a
+  worker that died) destroys the new CIM and what the import put in the layer directory:
+  on any error nothing stays committed.
 * Returns ``{application/vnd.oci.image.layer.v1.tar, sha256:<uncompressed>, size}``.
 
 **Compare** (:meth:`Differ.compare`): see its docstring.
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import queue
 import shutil
@@ -47,7 +48,8 @@ from pathlib import Path
 from typing import BinaryIO, Final, Protocol, cast
 
 from cimsnap import errdefs
-from cimsnap.diff.content import Blob, ContainerdContent
+from cimsnap.diff.content import ContainerdContent
+from cimsnap.diff.import_worker import ImportJob, ImportWorker, layer_error
 from cimsnap.diff.mediatypes import (
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -59,17 +61,11 @@ from cimsnap.diff.mediatypes import (
 from cimsnap.snapshots.mounts import CIMFS_MOUNT_TYPE, CimfsMountSpec, Mount, parse_cimfs_mount
 from cimsnap.snapshots.snapshotter import ExtractTarget, LayerStack
 from cimsnap.wclayer import destroy_cim_layer
-from cimsnap.wclayer.compression import CompressionKind, open_compressed, open_decompressed
+from cimsnap.wclayer.compression import CompressionKind, open_compressed
 from cimsnap.wclayer.errors import (
-    LayerBusyError,
-    LayerCancelledError,
     LayerError,
-    LayerExistsError,
-    LayerFormatError,
-    LayerParentError,
 )
 from cimsnap.wclayer.exporter import export_layer, filetime_from_unix_ns
-from cimsnap.wclayer.importer import import_layer
 
 __all__ = [
     "IMPORT_LOCK_WAIT",
@@ -121,90 +117,6 @@ def cimfs_mount_of(mounts: Sequence[Mount], *, allow_none: bool = False) -> Cimf
             f"{len(mounts)} {CIMFS_MOUNT_TYPE} mounts: exactly one is required"
         )
     return parse_cimfs_mount(mounts[0])
-
-
-def layer_error(subject: str, e: LayerError) -> errdefs.CimsnapError:
-    """Translate a layer error into its errdefs class (the wclayer.errors contract)."""
-    cls: type[errdefs.CimsnapError]
-    if isinstance(e, LayerFormatError):
-        cls = errdefs.InvalidArgument
-    elif isinstance(e, LayerParentError):
-        cls = errdefs.FailedPrecondition
-    elif isinstance(e, LayerBusyError):
-        cls = errdefs.Unavailable
-    elif isinstance(e, LayerExistsError):
-        cls = errdefs.AlreadyExists
-    elif isinstance(e, LayerCancelledError):
-        cls = errdefs.Canceled
-    else:
-        cls = errdefs.Internal
-    return cls(f"{subject}: {e}")
-
-
-class _Sha256Thread:
-    """SHA-256 of a byte stream, computed on its own thread.
-
-    ``hashlib`` releases the GIL on large buffers, so hashing the uncompressed tar here
-    overlaps the import (which holds the GIL most of the time) instead of adding to it.
-    At most ``depth`` chunks wait (bounded memory); chunks must be immutable ``bytes``.
-    """
-
-    def __init__(self, depth: int = 8) -> None:
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, name="cimsnap-sha256", daemon=True)
-        self._thread.start()
-        self._digest: str | None = None
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self._hash.update(chunk)
-
-    def update(self, data: bytes) -> None:
-        self._queue.put(data)
-
-    def close(self) -> None:
-        """Stop the thread (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def hexdigest(self) -> str:
-        """Finish and return the digest of everything updated so far."""
-        if self._digest is None:
-            self.close()
-            self._digest = self._hash.hexdigest()
-        return self._digest
-
-
-class _HashingReader:
-    """Reads ``source`` while hashing and counting the bytes; checks ``cancelled``."""
-
-    def __init__(self, source: object, cancelled: threading.Event) -> None:
-        self._read: Callable[[int], bytes] = source.read  # type: ignore[attr-defined]
-        self._cancelled = cancelled
-        self.hash = _Sha256Thread()
-        self.size = 0
-
-    def read(self, n: int = -1, /) -> bytes:
-        if self._cancelled.is_set():
-            raise LayerCancelledError("cancelled by the caller")
-        data = bytes(self._read(n))
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def close(self) -> None:
-        self.hash.close()
 
 
 class Differ:
@@ -268,46 +180,34 @@ class Differ:
         cancelled = cancelled if cancelled is not None else threading.Event()
         with self._snapshots.extract_target(spec) as target:
             ns = namespace or target.key.partition("/")[0]
-            subject = f"layer {desc.digest}"
+            job = ImportJob(
+                subject=f"layer {desc.digest}",
+                layer_path=str(target.layer_path),
+                cim_path=str(target.cim_path),
+                parent_layer_paths=tuple(map(str, target.parent_layer_paths)),
+                parent_cim_paths=tuple(map(str, target.parent_cim_paths)),
+                busy_timeout=self._busy_timeout,
+            )
             with self._content.open(ns, desc.digest) as blob:
                 log.debug("apply %s (%s) into %s via %s", desc.digest, ns, target.key, blob.via)
                 before = {p.name for p in target.layer_path.iterdir()}
-                stream = _decompressed(blob, subject)
-                stack = contextlib.ExitStack()
-                stack.callback(stream.close)
-                tar = _HashingReader(stream, cancelled)
-                stack.callback(tar.close)
+                worker = ImportWorker(job, cancelled, progress)
                 try:
-                    import_layer(
-                        tar,
-                        target.layer_path,
-                        target.cim_path,
-                        list(target.parent_layer_paths),
-                        list(target.parent_cim_paths),
-                        cancelled=cancelled,
-                        progress=progress,
-                        busy_timeout=self._busy_timeout,
-                    )
-                except LayerError as e:
-                    stack.close()
-                    raise layer_error(subject, e) from e
-                except BaseException:
-                    stack.close()
-                    raise
-                try:
-                    with stack:
-                        tar.drain()
+                    while chunk := blob.read(_CHUNK):
+                        if cancelled.is_set():
+                            raise errdefs.Canceled(f"{job.subject}: cancelled by the caller")
+                        if not worker.feed(chunk):
+                            break
+                    imported = worker.finish()
                     blob.verify()
                     if cancelled.is_set():
-                        raise LayerCancelledError("cancelled by the caller")
-                except BaseException as e:
+                        raise errdefs.Canceled(f"{job.subject}: cancelled by the caller")
+                except BaseException:
+                    worker.close()
                     _undo_import(target, before)
-                    if isinstance(e, LayerError):
-                        raise layer_error(subject, e) from e
                     raise
-        return Descriptor(
-            media_type=OCI_LAYER_TAR, digest="sha256:" + tar.hash.hexdigest(), size=tar.size
-        )
+                worker.close()
+        return Descriptor(media_type=OCI_LAYER_TAR, digest=imported.digest, size=imported.size)
 
     # -- Compare -------------------------------------------------------------------
 
@@ -390,13 +290,6 @@ class Differ:
             all_labels = {UNCOMPRESSED_LABEL: pipe.uncompressed_digest, **(labels or {})}
             ctd.update_content_labels(digest, all_labels)
         return Descriptor(media_type=out_type, digest=digest, size=pipe.size)
-
-
-def _decompressed(blob: Blob, subject: str) -> io.RawIOBase:
-    try:
-        return open_decompressed(blob)
-    except LayerError as e:
-        raise layer_error(subject, e) from e
 
 
 def _undo_import(target: ExtractTarget, before: set[str]) -> None:
