@@ -262,13 +262,12 @@ class BlockingCalls:
         self._readers.shutdown(wait=True, cancel_futures=True)
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    """``Timestamp.FromDatetime(value)`` (a naive ``value`` is UTC), at a third of its cost:
-    List converts two per snapshot."""
+def _set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
+    """Set ``target`` to ``value`` (a naive ``value`` is UTC), as
+    ``Timestamp.FromDatetime`` does at a third of its cost: List converts two per snapshot."""
     delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
-    )
+    target.seconds = delta.days * 86400 + delta.seconds
+    target.nanos = delta.microseconds * 1000
 
 
 def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
@@ -287,14 +286,15 @@ def _datetime(ts: timestamp_pb2.Timestamp, present: bool) -> datetime:
 
 def info_to_pb(info: Info) -> pb.Info:
     """Build the wire ``Info``; timestamps are always set (1.6's gogo types need them)."""
-    return pb.Info(
+    message = pb.Info(
         name=info.name,
         parent=info.parent,
         kind=int(info.kind),  # type: ignore[arg-type]
-        created_at=_timestamp(info.created),
-        updated_at=_timestamp(info.updated),
-        labels=dict(info.labels),
+        labels=info.labels,
     )
+    _set_timestamp(message.created_at, info.created)
+    _set_timestamp(message.updated_at, info.updated)
+    return message
 
 
 def info_from_pb(message: pb.Info) -> Info:

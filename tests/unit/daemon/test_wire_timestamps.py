@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from google.protobuf import timestamp_pb2
 
-from cimsnap.daemon.server import _timestamp, info_to_pb
+from cimsnap.daemon.server import _set_timestamp, info_to_pb
 from cimsnap.store import Info, Kind
 
 
@@ -33,7 +33,8 @@ def test_timestamps_match_protobuf_from_datetime() -> None:
         epoch + timedelta(microseconds=rng.randint(-6 * 10**16, 6 * 10**16)) for _ in range(5000)
     ]
     for value in values:
-        ts = _timestamp(value)
+        ts = timestamp_pb2.Timestamp()
+        _set_timestamp(ts, value)
         assert (ts.seconds, ts.nanos) == reference(value), value
 
 
