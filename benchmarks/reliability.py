@@ -15,9 +15,10 @@ Each section is a function returning table rows; ``SECTIONS`` lists them in prin
   of ``--fuzz-seconds``; executions and crashes.
 * concurrency: ``--clients`` clients mixing every RPC for ``--seconds`` through a real
   server; unexpected codes, data lost (lost or leaked snapshots, lost label updates), and
-  Stat and List p99 while writes run against the same calls from one client on the
-  same server once the writers stopped (the baseline: ratio = loaded / idle). Target:
-  p99 < 100 ms under load.
+  Stat and List p99 while writes run, as a probe client alone in its process sees them
+  (the mixed clients' own figures, which include their queue for their process's GIL,
+  beside them), against the same calls from one client on the same server once the
+  writers stopped (the baseline: ratio = loaded / idle). Target: p99 < 100 ms under load.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ from tests.fuzz.runner import atheris_available, run_atheris
 from tests.fuzz.targets import TARGETS
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 from tests.hostile import corpus
-from tests.hostile.workload import LIST_FILTERS, check_state, percentile, run_workload
+from tests.hostile.workload import (
+    LIST_FILTERS,
+    P99_TARGET_MS,
+    check_state,
+    percentile,
+    run_workload,
+)
 from tests.snapshotter_suite import state
 
 
@@ -152,6 +159,8 @@ def concurrency_rows(args: argparse.Namespace) -> list[Row]:
             count = sum(len(r.info) for r in stub.List(pb.ListSnapshotsRequest()))
     calls = sum(report.calls.values())
     stat99, list99 = percentile(report.stat_ms, 0.99), percentile(report.list_ms, 0.99)
+    probe_stat99 = percentile(report.probe_stat_ms, 0.99)
+    probe_list99 = percentile(report.probe_list_ms, 0.99)
     idle_stat99, idle_list99 = percentile(idle_stat, 0.99), percentile(idle_list, 0.99)
     return [
         Row("concurrent clients", str(args.clients), f"every RPC, {args.seconds:.0f} s"),
@@ -159,14 +168,16 @@ def concurrency_rows(args: argparse.Namespace) -> list[Row]:
         Row("data lost", str(len(problems)), "lost/leaked snapshots and lost label updates"),
         Row(
             "Stat p99 under writes",
-            f"{stat99:.1f} ms",
-            f"x{stat99 / idle_stat99:.1f} idle ({idle_stat99:.2f} ms); target < 100 ms",
+            f"{probe_stat99:.1f} ms",
+            f"probe client; x{probe_stat99 / idle_stat99:.1f} idle ({idle_stat99:.2f} ms); "
+            f"the mixed clients see {stat99:.1f} ms; target < {P99_TARGET_MS:.0f} ms",
         ),
         Row(
             "List p99 under writes",
-            f"{list99:.1f} ms",
-            f"x{list99 / idle_list99:.1f} idle ({idle_list99:.1f} ms, {count} snapshots); "
-            "target < 100 ms",
+            f"{probe_list99:.1f} ms",
+            f"probe client, List of all; x{probe_list99 / idle_list99:.1f} idle "
+            f"({idle_list99:.1f} ms, {count} snapshots); the mixed clients see "
+            f"{list99:.1f} ms; target < {P99_TARGET_MS:.0f} ms",
         ),
     ]
 

@@ -16,6 +16,7 @@ leaked snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import threading
@@ -40,6 +41,10 @@ OK_OR_GONE = frozenset({C.OK, C.NOT_FOUND})
 OK_GONE_OR_COMMITTED = frozenset({C.OK, C.NOT_FOUND, C.FAILED_PRECONDITION})
 CALL_TIMEOUT = 30.0
 SEEDS = ("seed-0", "seed-1", "seed-2")
+#: Seconds between two rounds of the probe client (``_probe_main``).
+PROBE_PAUSE = 0.05
+#: The latency target of Stat and List p99 while the writes run (milliseconds).
+P99_TARGET_MS = 100.0
 #: The List calls of the mix: committed snapshots (how clients find parents), everything
 #: (containerd's garbage collector), and a regex filter.
 LIST_FILTERS: tuple[list[str], ...] = (
@@ -67,6 +72,8 @@ class ClientReport:
     unexpected: list[str] = field(default_factory=list)
     stat_ms: list[float] = field(default_factory=list)
     list_ms: list[float] = field(default_factory=list)
+    probe_stat_ms: list[float] = field(default_factory=list)
+    probe_list_ms: list[float] = field(default_factory=list)
     owned: dict[str, Owned] = field(default_factory=dict)
     touches: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, label) -> value
 
@@ -245,6 +252,31 @@ def _process_main(address: str, first: int, count: int, seconds: float) -> Clien
     return report
 
 
+def _probe_main(address: str, seconds: float) -> ClientReport:
+    """One client alone in its process: a Stat and a List (all snapshots) every PROBE_PAUSE.
+
+    The workload's clients share their process's GIL ten at a time, so their own latencies
+    include queueing for it; this client's are what the server delivers while the writes
+    run, as a client such as containerd (Go) sees it.
+    """
+    report = ClientReport()
+    target = parse_address(address).grpc_target
+    deadline = time.monotonic() + seconds
+    with grpc.insecure_channel(target, options=list(MESSAGE_SIZE_OPTIONS)) as channel:
+        stub = pb_grpc.SnapshotsStub(channel)
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            with contextlib.suppress(grpc.RpcError):
+                stub.Stat(pb.StatSnapshotRequest(key=SEEDS[0]), timeout=CALL_TIMEOUT)
+            report.probe_stat_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            with contextlib.suppress(grpc.RpcError):
+                list(stub.List(pb.ListSnapshotsRequest(), timeout=CALL_TIMEOUT))
+            report.probe_list_ms.append((time.perf_counter() - started) * 1000)
+            time.sleep(PROBE_PAUSE)
+    return report
+
+
 def seed(address: str) -> None:
     """The committed bases every chain starts from."""
     with grpc.insecure_channel(parse_address(address).grpc_target) as channel:
@@ -257,22 +289,25 @@ def seed(address: str) -> None:
 def run_workload(
     address: str, clients: int = 50, seconds: float = 20.0, processes: int = 5
 ) -> ClientReport:
-    """Seed, run the clients, and return their merged report."""
+    """Seed, run the clients (plus the probe of ``_probe_main``), return their merged report."""
     seed(address)
     per = -(-clients // processes)
     context = multiprocessing.get_context("spawn")  # no forking of gRPC's threads
     merged = ClientReport()
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+    with ProcessPoolExecutor(processes + 1, mp_context=context) as pool:
         futures = [
             pool.submit(_process_main, address, first, min(per, clients - first), seconds)
             for first in range(0, clients, per)
         ]
+        futures.append(pool.submit(_probe_main, address, seconds))
         for future in futures:
             part = future.result(timeout=seconds + 240)
             merged.calls.update(part.calls)
             merged.unexpected += part.unexpected
             merged.stat_ms += part.stat_ms
             merged.list_ms += part.list_ms
+            merged.probe_stat_ms += part.probe_stat_ms
+            merged.probe_list_ms += part.probe_list_ms
             merged.owned.update(part.owned)
             merged.touches.update(part.touches)
     return merged
@@ -316,3 +351,17 @@ def percentile(values: list[float], fraction: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency_summary(report: ClientReport) -> str:
+    """One line: the probe's Stat and List p99 against the target, then the clients'."""
+
+    def p99(values: list[float]) -> str:
+        return f"{percentile(values, 0.99):.1f} ms ({len(values)} calls)"
+
+    return (
+        f"probe (one client alone in its process): Stat p99 {p99(report.probe_stat_ms)}, "
+        f"List of all p99 {p99(report.probe_list_ms)}; target p99 < {P99_TARGET_MS:.0f} ms; "
+        f"the mixed clients (10 threads per process, so their figures include their own "
+        f"GIL queue): Stat p99 {p99(report.stat_ms)}, List p99 {p99(report.list_ms)}"
+    )

@@ -47,7 +47,7 @@ from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, Descriptor
 from cimsnap.snapshots.fsck import check_root
 from cimsnap.snapshots.mounts import parse_cimfs_mount
 from tests.grpc_harness import ServeProcess, short_socket_dir
-from tests.hostile.workload import Owned, check_state, percentile, run_workload
+from tests.hostile.workload import Owned, check_state, latency_summary, run_workload
 from tests.integration.containerd_daemon import Containerd, containerd16_bin
 from tests.integration.containerd_harness import containerd_config
 
@@ -266,9 +266,7 @@ def test_fifty_clients_with_applies(
     with capsys.disabled():
         print(
             f"\nconcurrency+apply: {CLIENTS} clients, {total} calls in {SECONDS:.0f} s; "
-            f"Stat p99 {percentile(report.stat_ms, 0.99):.1f} ms "
-            f"({len(report.stat_ms)} calls), List p99 {percentile(report.list_ms, 0.99):.1f} ms "
-            f"({len(report.list_ms)} calls); target p99 < 100 ms; "
+            f"{latency_summary(report)}; "
             f"{APPLIERS} appliers: Apply OK {sum(ok.values())} {dict(sorted(ok.items()))}, "
             f"cancelled {applies.calls['Apply:cancelled']} (deadline {CANCEL_DEADLINE} s; "
             f"the big layer alone takes {alone:.2f} s); server's Apply codes "
