@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -54,10 +54,20 @@ def require_containerd() -> None:
     require(os.geteuid() == 0, "containerd needs root")
 
 
-def containerd_config(base: Path, proxy_socket: str, log_level: str = "debug") -> str:
+def containerd_config(
+    base: Path,
+    proxy_socket: str,
+    log_level: str = "debug",
+    more_snapshotters: Mapping[str, str] | None = None,
+) -> str:
     """The test daemon's config. Debug logging shows each garbage collection ("garbage
-    collected"), which ``Containerd.gc_runs`` counts and ``running_containerd`` relies on."""
+    collected"), which ``Containerd.gc_runs`` counts and ``running_containerd`` relies on.
+    ``more_snapshotters`` maps further snapshot proxy names to their sockets."""
     disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+    more = "".join(
+        f'  [proxy_plugins.{name}]\n    type = "snapshot"\n    address = "{socket}"\n'
+        for name, socket in (more_snapshotters or {}).items()
+    )
     return f"""version = 2
 root = "{base}/root"
 state = "{base}/state"
@@ -78,7 +88,7 @@ disabled_plugins = [{disabled}]
   [proxy_plugins.cimsnap]
     type = "snapshot"
     address = "{proxy_socket}"
-"""
+{more}"""
 
 
 class Containerd:
@@ -110,16 +120,21 @@ class Containerd:
 
 @contextlib.contextmanager
 def running_containerd(
-    base: Path, proxy_socket: str, *, wait_for_gc: bool = True
+    base: Path,
+    proxy_socket: str,
+    *,
+    wait_for_gc: bool = True,
+    more_snapshotters: Mapping[str, str] | None = None,
 ) -> Iterator[Containerd]:
     """containerd with cimsnap at ``proxy_socket`` as snapshot proxy ``cimsnap``.
 
     ``wait_for_gc=False`` (benchmarks) logs at info level and does not wait for the
-    start-up garbage collection.
+    start-up garbage collection. ``more_snapshotters``: see ``containerd_config``.
     """
     require_containerd()
     config = base / "containerd.toml"
-    config.write_text(containerd_config(base, proxy_socket, "debug" if wait_for_gc else "info"))
+    level = "debug" if wait_for_gc else "info"
+    config.write_text(containerd_config(base, proxy_socket, level, more_snapshotters))
     with (base / "containerd.log").open("wb") as log:
         proc = subprocess.Popen(
             ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
