@@ -20,9 +20,10 @@ fresh cimsnap root:
 
 Each round runs the three in turn; the best of ``--runs`` rounds (default 3) is reported,
 because other load on the machine only ever adds time. Prints wall time, MB/s of
-uncompressed tar and of compressed blob, peak RSS of the importing process, the ratio
-grpc/local (target <= 1.15) and content-dir/local; fails if a diff ID differs from the
-generator's.
+uncompressed tar and of compressed blob, peak RSS (the local import's process; for the
+two Apply paths the server's, which since imports run in a worker process of their own
+shows the relaying daemon, not the import), the ratio grpc/local (target <= 1.15) and
+content-dir/local; fails if a diff ID differs from the generator's.
 """
 
 from __future__ import annotations
