@@ -43,7 +43,7 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from cimsnap.api.containerd.types import mount_pb2
 from cimsnap.daemon.metrics import RpcMetrics
-from cimsnap.snapshots.snapshotter import Info, Kind, Mount, Usage, WouldBlock
+from cimsnap.snapshots.snapshotter import Info, InfoRow, Kind, Mount, Usage, WouldBlock
 
 __all__ = [
     "LIST_BATCH_BYTES",
@@ -58,6 +58,7 @@ __all__ = [
     "NonBlockingStat",
     "SnapshotsService",
     "SnapshotterAPI",
+    "list_responses",
     "shortened",
     "status_code_for",
 ]
@@ -144,9 +145,9 @@ class SnapshotterAPI(Protocol):
     def stat(self, key: str) -> Info: ...
     def update(self, info: Info, fieldpaths: Sequence[str]) -> Info: ...
     def usage(self, key: str) -> Usage: ...
-    def list(
+    def list_rows(
         self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
-    ) -> list[Info]: ...
+    ) -> list[InfoRow]: ...
     def cleanup(self) -> None: ...
 
 
@@ -323,20 +324,42 @@ def mounts_to_pb(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
     ]
 
 
-def _batches(infos: Sequence[pb.Info]) -> list[Sequence[pb.Info]]:
-    """Split ``infos`` into List responses of at most LIST_BATCH_SIZE entries and, unless an
-    entry alone is larger, at most LIST_BATCH_BYTES encoded bytes."""
-    batches: list[Sequence[pb.Info]] = []
-    start, size = 0, 0
-    for i, info in enumerate(infos):
+def list_responses(rows: Sequence[InfoRow]) -> list[pb.ListSnapshotsResponse]:
+    """Encode ``rows`` into List responses of at most LIST_BATCH_SIZE entries and, unless an
+    entry alone is larger, at most LIST_BATCH_BYTES encoded bytes.
+
+    Each entry is built in place in its response (no standalone ``Info`` copied in), with
+    the times taken from the rows' nanoseconds: List is the one call whose cost grows with
+    the store, so it skips the datetimes ``info_to_pb`` goes through. Times are floored to
+    whole microseconds, as the metastore keeps them and ``info_to_pb`` sends them.
+    """
+    responses: list[pb.ListSnapshotsResponse] = []
+    response, count, size = pb.ListSnapshotsResponse(), 0, 0
+    for row in rows:
+        info = response.info.add(
+            name=row.name,
+            parent=row.parent,
+            kind=int(row.kind),
+            labels=row.labels,
+        )
+        created = info.created_at
+        created.seconds, nanos = divmod(row.created_ns, 1_000_000_000)
+        created.nanos = nanos - nanos % 1000
+        updated = info.updated_at
+        updated.seconds, nanos = divmod(row.updated_ns, 1_000_000_000)
+        updated.nanos = nanos - nanos % 1000
         entry = info.ByteSize() + 8  # the repeated field's tag and length
-        if i > start and (i - start == LIST_BATCH_SIZE or size + entry > LIST_BATCH_BYTES):
-            batches.append(infos[start:i])
-            start, size = i, 0
+        if count and (count == LIST_BATCH_SIZE or size + entry > LIST_BATCH_BYTES):
+            # ``info`` starts the next response: move it there.
+            moved = response.info.pop()
+            responses.append(response)
+            response, count, size = pb.ListSnapshotsResponse(), 0, 0
+            response.info.append(moved)
+        count += 1
         size += entry
-    if start < len(infos):
-        batches.append(infos[start:])
-    return batches
+    if count:
+        responses.append(response)
+    return responses
 
 
 class SnapshotsService(pb_grpc.SnapshotsServicer):
@@ -452,9 +475,7 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         cancelled = threading.Event()
 
         def build() -> list[pb.ListSnapshotsResponse]:
-            found = self._sn.list(list(request.filters), cancelled=cancelled)
-            infos = [info_to_pb(i) for i in found]
-            return [pb.ListSnapshotsResponse(info=batch) for batch in _batches(infos)]
+            return list_responses(self._sn.list_rows(list(request.filters), cancelled=cancelled))
 
         remaining = context.time_remaining()
         timer = None

@@ -121,6 +121,7 @@ from cimsnap.snapshots.rootdir import (
 from cimsnap.snapshots.usage import disk_usage
 from cimsnap.store import (
     Info,
+    InfoRow,
     Kind,
     SnapshotRef,
     Store,
@@ -136,7 +137,7 @@ from cimsnap.store import (
     pending_layers,
     remove,
     update_info,
-    walk_info,
+    walk_rows,
 )
 from cimsnap.wclayer import destroy_cim_layer
 from cimsnap.wclayer.layer_files import cim_layer_size
@@ -145,6 +146,7 @@ __all__ = [
     "MAX_LABEL_SIZE",
     "ExtractTarget",
     "Info",
+    "InfoRow",
     "Kind",
     "LayerStack",
     "Mount",
@@ -472,6 +474,24 @@ class Snapshotter:
             return Usage(size=recorded.size + own, inodes=recorded.inodes)
         return recorded
 
+    def list_rows(
+        self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
+    ) -> list[InfoRow]:
+        """The snapshots matching ``filters``, as ``InfoRow``\\ s (what the server's List
+        encodes directly); :meth:`list` documents the contract."""
+        matcher = parse_all(filters)
+        with self._store.read() as tx:
+            rows = walk_rows(tx)
+        if not matcher.alternatives:
+            return rows
+        matched = []
+        for row in rows:
+            if cancelled is not None and cancelled.is_set():
+                raise Canceled("list: canceled by the caller: canceled")
+            if matcher.match(row.field):
+                matched.append(row)
+        return matched
+
     def list(
         self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
     ) -> list[Info]:
@@ -484,18 +504,7 @@ class Snapshotter:
         once it is set: regular expressions cost linear time, but a List with many costly
         ones over many snapshots still takes a while, and nobody may be waiting for it.
         """
-        matcher = parse_all(filters)
-        with self._store.read() as tx:
-            infos = walk_info(tx)
-        if not matcher.alternatives:
-            return infos
-        matched = []
-        for info in infos:
-            if cancelled is not None and cancelled.is_set():
-                raise Canceled("list: canceled by the caller: canceled")
-            if matcher.match(info.field):
-                matched.append(info)
-        return matched
+        return [row.to_info() for row in self.list_rows(filters, cancelled=cancelled)]
 
     # -- mounts handed back by the differ ---------------------------------------------
 

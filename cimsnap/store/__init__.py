@@ -18,6 +18,7 @@ from cimsnap.store.db import (
 )
 from cimsnap.store.model import (
     Info,
+    InfoRow,
     Kind,
     SnapshotRef,
     Usage,
@@ -40,12 +41,14 @@ from cimsnap.store.snapshots import (
     remove,
     update_info,
     walk_info,
+    walk_rows,
 )
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
     "MIGRATIONS",
     "Info",
+    "InfoRow",
     "Kind",
     "Migration",
     "ReadTx",
@@ -73,4 +76,5 @@ __all__ = [
     "schema_version",
     "update_info",
     "walk_info",
+    "walk_rows",
 ]

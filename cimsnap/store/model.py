@@ -11,9 +11,19 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
-__all__ = ["EPOCH", "Info", "Kind", "SnapshotRef", "Usage", "datetime_from_ns", "ns_from_datetime"]
+__all__ = [
+    "EPOCH",
+    "Info",
+    "InfoRow",
+    "Kind",
+    "SnapshotRef",
+    "Usage",
+    "datetime_from_ns",
+    "ns_from_datetime",
+    "snapshot_field",
+]
 
 #: The Unix epoch, UTC-aware; timestamps are stored as integer nanoseconds since it.
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -50,25 +60,64 @@ class Info:
     updated: datetime
 
     def field(self, path: Sequence[str]) -> tuple[str, bool]:
-        """The filter adaptor (containerd bolt.go ``adaptSnapshot``): ``(value, present)``.
+        """The filter adaptor: see :func:`snapshot_field`."""
+        return snapshot_field(self.kind, self.name, self.parent, self.labels, path)
 
-        ``name`` and ``parent`` are always present (``parent`` may be ``""``); ``kind`` is
-        ``active``/``view``/``committed``; ``labels.<key>`` looks up the key formed by
-        joining the rest of the path with ``.``. Anything else is absent.
-        """
-        match path[0] if path else "":
-            case "name":
-                return self.name, True
-            case "parent":
-                return self.parent, True
-            case "kind":
-                if self.kind == Kind.UNKNOWN:
-                    return "", False
-                return self.kind.filter_name, True
-            case "labels":
-                value = self.labels.get(".".join(path[1:]))
-                return ("", False) if value is None else (value, True)
-        return "", False
+
+def snapshot_field(
+    kind: Kind, name: str, parent: str, labels: Mapping[str, str], path: Sequence[str]
+) -> tuple[str, bool]:
+    """The filter adaptor (containerd bolt.go ``adaptSnapshot``): ``(value, present)``.
+
+    ``name`` and ``parent`` are always present (``parent`` may be ``""``); ``kind`` is
+    ``active``/``view``/``committed``; ``labels.<key>`` looks up the key formed by
+    joining the rest of the path with ``.``. Anything else is absent.
+    """
+    match path[0] if path else "":
+        case "name":
+            return name, True
+        case "parent":
+            return parent, True
+        case "kind":
+            if kind == Kind.UNKNOWN:
+                return "", False
+            return kind.filter_name, True
+        case "labels":
+            value = labels.get(".".join(path[1:]))
+            return ("", False) if value is None else (value, True)
+    return "", False
+
+
+class InfoRow(NamedTuple):
+    """One snapshot as List reads it: Info's fields, times as nanoseconds since the epoch.
+
+    Costs a fraction of an :class:`Info` to build (no datetimes, a plain tuple), for
+    callers that only pass the fields on: the server's List encodes them straight into
+    its responses. ``to_info()`` gives the Info; ``field`` is the same filter adaptor.
+    """
+
+    kind: Kind
+    name: str
+    parent: str
+    labels: Mapping[str, str]
+    created_ns: int
+    updated_ns: int
+
+    def field(self, path: Sequence[str]) -> tuple[str, bool]:
+        """The filter adaptor: see :func:`snapshot_field`."""
+        return snapshot_field(self.kind, self.name, self.parent, self.labels, path)
+
+    def to_info(self) -> Info:
+        created = datetime_from_ns(self.created_ns)
+        updated = created if self.updated_ns == self.created_ns else None
+        return Info(
+            kind=self.kind,
+            name=self.name,
+            parent=self.parent,
+            labels=self.labels,
+            created=created,
+            updated=updated if updated is not None else datetime_from_ns(self.updated_ns),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Final
 
 from cimsnap.errdefs import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cimsnap.store.db import ReadTx, WriteTx
-from cimsnap.store.model import Info, Kind, SnapshotRef, Usage, datetime_from_ns
+from cimsnap.store.model import Info, InfoRow, Kind, SnapshotRef, Usage, datetime_from_ns
 
 __all__ = [
     "check_commit",
@@ -31,6 +31,7 @@ __all__ = [
     "remove",
     "update_info",
     "walk_info",
+    "walk_rows",
 ]
 
 _INFO_COLUMNS: Final = """
@@ -293,8 +294,8 @@ def remove(tx: WriteTx, key: str) -> tuple[int, Kind]:
     return snapshot_id, kind
 
 
-def walk_info(tx: ReadTx) -> list[Info]:
-    """Return every snapshot's Info, materialised, in ID order.
+def walk_rows(tx: ReadTx) -> list[InfoRow]:
+    """Return every snapshot as an :class:`InfoRow`, materialised, in ID order.
 
     Two queries (snapshots with their parent's key, then all labels in ID order) joined
     here: cheaper than a per-row label subquery for large lists.
@@ -306,21 +307,15 @@ def walk_info(tx: ReadTx) -> list[Info]:
         if entry is None:
             labels[snapshot_id] = entry = {}
         entry[name] = value
-    infos: list[Info] = []
-    append = infos.append
-    for snapshot_id, key, kind, parent, created_ns, updated_ns in conn.execute(_SELECT_ALL_ROWS):
-        created = datetime_from_ns(created_ns)
-        append(
-            Info(
-                kind=_KINDS[kind],
-                name=key,
-                parent=parent or "",
-                labels=labels.get(snapshot_id, {}),
-                created=created,
-                updated=created if updated_ns == created_ns else datetime_from_ns(updated_ns),
-            )
-        )
-    return infos
+    return [
+        InfoRow(_KINDS[kind], key, parent or "", labels.get(snapshot_id) or {}, created, updated)
+        for snapshot_id, key, kind, parent, created, updated in conn.execute(_SELECT_ALL_ROWS)
+    ]
+
+
+def walk_info(tx: ReadTx) -> list[Info]:
+    """Return every snapshot's Info, materialised, in ID order."""
+    return [row.to_info() for row in walk_rows(tx)]
 
 
 def id_map(tx: ReadTx) -> dict[int, str]:
