@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -139,8 +140,13 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
                 path = Path(entry.path)
                 try:
                     if _may_be_image(path):
-                        header = read_image_header(path)
-                        referenced.update(str(rs.guid) for rs in header.region_sets)
+                        st = entry.stat(follow_symlinks=False)
+                        referenced.update(
+                            _region_sets_of(
+                                entry.path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                st.st_ctime_ns,
+                            )
+                        )  # fmt: skip
                 except FileNotFoundError:
                     continue  # removed meanwhile (outside the lock): it references nothing
         removed = []
@@ -153,6 +159,26 @@ def reclaim_unreferenced(directory: Path) -> list[Path]:
         return removed
     finally:
         os.close(fd)
+
+
+#: How many images' region-set lists ``_region_sets_of`` remembers.
+REGION_SETS_CACHE_SIZE: Final = 65536
+
+
+@functools.lru_cache(maxsize=REGION_SETS_CACHE_SIZE)
+def _region_sets_of(
+    path: str, device: int, inode: int, size: int, mtime_ns: int, ctime_ns: int
+) -> frozenset[str]:
+    """The region-set GUIDs the image at ``path`` lists, remembered by file identity.
+
+    A sweep reads every image of the directory, and a root holds one per layer: parsing
+    each header again on every Cleanup made the sweep the daemon's largest CPU cost
+    (measured under 50 clients). An image is never changed in place (the writer renames a
+    finished temporary file onto its name), and any change to a file gives it a new
+    ctime, a replacement a new inode, so a file with the same identity lists the same
+    sets. Errors are not remembered: an unreadable image fails every sweep until fixed.
+    """
+    return frozenset(str(rs.guid) for rs in read_image_header(Path(path)).region_sets)
 
 
 def _may_be_image(path: Path) -> bool:

@@ -299,3 +299,24 @@ def test_reclaim_deletes_nothing_while_an_image_is_unreadable(
     assert orphan.exists()
     (tmp_path / name).unlink()
     assert reclaim_unreferenced(tmp_path) == [orphan]
+
+
+def test_sweep_notices_an_image_replaced_under_its_name(tmp_path: Path) -> None:
+    # Sweeps remember each image's region sets by file identity; a file put in place of
+    # an image (a new inode) must be read again, so the sets only it listed are kept and
+    # the sets only the old one listed are reclaimed.
+    first = uuid.UUID("6f0c3c2e-0000-4000-8000-0000000000a1")
+    second = uuid.UUID("6f0c3c2e-0000-4000-8000-0000000000a2")
+    other = tmp_path / "other"
+    other.mkdir()
+    sample_image(tmp_path, first)
+    sample_image(other, second)
+    assert reclaim_unreferenced(tmp_path) == []  # remembers s.cim -> {first}
+    for region in other.glob(f"*_{second}_*"):
+        os.rename(region, tmp_path / region.name)
+    os.replace(other / "s.cim", tmp_path / "s.cim")
+    removed = reclaim_unreferenced(tmp_path)
+    assert removed and all(str(first) in p.name for p in removed)
+    assert not list(tmp_path.glob(f"*_{first}_*"))
+    with open_image(tmp_path / "s.cim") as image:
+        assert image.reader.open_stream("link").read() == b"alpha" * 1000
