@@ -24,7 +24,7 @@ from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as p
 from cimsnap.daemon.listen import parse_address
 from cimsnap.daemon.server import READ_WORKERS
 from cimsnap.snapshots.filters import MAX_REGEX_SELECTORS
-from cimsnap.snapshots.snapshotter import Info, Snapshotter
+from cimsnap.snapshots.snapshotter import InfoRow, Snapshotter
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
 
 SNAPSHOTS = 300
@@ -82,11 +82,11 @@ class ListStarted:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def list(
+    def list_rows(
         self, filters: Sequence[str] = (), *, cancelled: threading.Event | None = None
-    ) -> list[Info]:
+    ) -> list[InfoRow]:
         self.started.set()
-        return self._real.list(filters, cancelled=cancelled)
+        return self._real.list_rows(filters, cancelled=cancelled)
 
 
 @pytest.mark.timeout(300)
