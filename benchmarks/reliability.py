@@ -14,23 +14,25 @@ Each section is a function returning table rows; ``SECTIONS`` lists them in prin
 * fuzz: each coverage-guided target (``tests/fuzz/targets``) under atheris for its share
   of ``--fuzz-seconds``; executions and crashes.
 * concurrency: ``--clients`` clients mixing every RPC for ``--seconds`` through a real
-  server; unexpected codes, data lost (lost or leaked snapshots, lost label updates), and
-  Stat and List p99 while writes run, as a probe client alone in its process sees them
-  (the mixed clients' own figures, which include their queue for their process's GIL,
-  beside them), against the same calls from one client on the same server once the
-  writers stopped (the baseline: ratio = loaded / idle). Target: p99 < 100 ms under load.
+  ``cimsnap serve`` process; unexpected codes, data lost (lost or leaked snapshots, lost
+  label updates), and Stat and List p99 while writes run, as a probe client alone in
+  its process sees them (the mixed clients' own figures, which include their queue for
+  their process's GIL, beside them), against the same calls from one client on the same
+  server once the writers stopped (the baseline: ratio = loaded / idle). Target: p99 <
+  100 ms under load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from cimsnap.daemon.client import SnapshotsClient
 from cimsnap.daemon.listen import parse_address
 from tests.fuzz.runner import atheris_available, run_atheris
 from tests.fuzz.targets import TARGETS
-from tests.grpc_harness import ServerThread, server_config, short_socket_dir
+from tests.grpc_harness import ServerThread, server_config, serving_process, short_socket_dir
 from tests.hostile import corpus
 from tests.hostile.workload import (
     LIST_FILTERS,
@@ -143,9 +145,21 @@ def _timed(calls: int, call: Callable[[], object]) -> list[float]:
     return times
 
 
+@contextlib.contextmanager
+def _served() -> Iterator[str]:
+    """A ``cimsnap serve`` process (its own interpreter, as deployed) on a fresh root."""
+    tmp = Path(tempfile.mkdtemp(prefix="cimsnap-rel-"))
+    sock_dir = short_socket_dir()
+    try:
+        with serving_process(tmp / "root", sock_dir) as address:
+            yield address
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
 def concurrency_rows(args: argparse.Namespace) -> list[Row]:
-    with _Server() as s:
-        address = s.server.address
+    with _served() as address:
         report = run_workload(address, clients=args.clients, seconds=args.seconds)
         problems = check_state(address, report)
         # Baseline: the same Stat and List calls (the workload's mix of filters) from one

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -149,6 +149,24 @@ class ServeProcess:
             _, self.stderr = self.proc.communicate(timeout=timeout)
         self.notify.close()
         return self.proc.returncode, self.stderr
+
+
+@contextlib.contextmanager
+def serving_process(root: Path, sock_dir: Path, max_workers: int = 8) -> Iterator[str]:
+    """A ``cimsnap serve`` process on ``root`` (socket in ``sock_dir``), as deployed: its own
+    interpreter. Yields the address once READY=1 came; on exit SIGTERM, and the process
+    must exit 0."""
+    config = sock_dir / "cimsnap.toml"
+    config.write_text(f"max_workers = {max_workers}\n")
+    address = str(sock_dir / "cimsnap.sock")
+    args = ["--config", str(config), "--address", address, "--root", str(root)]
+    server = ServeProcess([*args, "--log-level", "warning"], sock_dir)
+    try:
+        assert server.next_notification() == "READY=1"
+        yield address
+    finally:
+        code, err = server.terminate()
+        assert code == 0, err
 
 
 @contextlib.asynccontextmanager

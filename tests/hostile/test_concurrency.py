@@ -1,4 +1,5 @@
-"""50 concurrent clients mixing every RPC on overlapping chains, through the real server.
+"""50 concurrent clients mixing every RPC on overlapping chains, through a real ``cimsnap
+serve`` process (its own interpreter, as deployed).
 
 Fails on any status outside the set expected for its operation (lock errors, deadline
 exceeded = deadlock, INTERNAL), on a lost update or a lost or leaked snapshot. Stat and
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.grpc_harness import ServerThread, server_config, short_socket_dir
+from tests.grpc_harness import serving_process, short_socket_dir
 from tests.hostile.workload import check_state, latency_summary, run_workload
 
 CLIENTS = 50
@@ -26,9 +27,9 @@ SECONDS = float(os.environ.get("CIMSNAP_STRESS_SECONDS", "20"))
 def test_fifty_clients_every_rpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sock_dir = short_socket_dir()
     try:
-        with ServerThread(server_config(tmp_path, sock_dir, max_workers=8)) as server:
-            report = run_workload(server.address, clients=CLIENTS, seconds=SECONDS)
-            problems = check_state(server.address, report)
+        with serving_process(tmp_path / "root", sock_dir, max_workers=8) as address:
+            report = run_workload(address, clients=CLIENTS, seconds=SECONDS)
+            problems = check_state(address, report)
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
     total = sum(report.calls.values())
