@@ -35,21 +35,19 @@ gRPC. Contracts follow containerd's cimfs differ.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO, Final, Protocol, cast
+from typing import Final, Protocol
 
 from cimsnap import errdefs
 from cimsnap.diff.content import ContainerdContent
-from cimsnap.diff.import_worker import ImportJob, ImportWorker, layer_error
+from cimsnap.diff.export_worker import ExportJob, ExportWorker
+from cimsnap.diff.import_worker import ImportJob, ImportWorker
 from cimsnap.diff.mediatypes import (
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -58,14 +56,11 @@ from cimsnap.diff.mediatypes import (
     check_layer_media_type,
     compression_for,
 )
+from cimsnap.diff.worker import layer_error
 from cimsnap.snapshots.mounts import CIMFS_MOUNT_TYPE, CimfsMountSpec, Mount, parse_cimfs_mount
 from cimsnap.snapshots.snapshotter import ExtractTarget, LayerStack
 from cimsnap.wclayer import destroy_cim_layer
-from cimsnap.wclayer.compression import CompressionKind, open_compressed
-from cimsnap.wclayer.errors import (
-    LayerError,
-)
-from cimsnap.wclayer.exporter import export_layer, filetime_from_unix_ns
+from cimsnap.wclayer.exporter import filetime_from_unix_ns
 
 __all__ = [
     "IMPORT_LOCK_WAIT",
@@ -84,8 +79,6 @@ UNCOMPRESSED_LABEL: Final = "containerd.io/uncompressed"
 _CHUNK: Final = 1024 * 1024
 #: How long an import waits for another import of the same root to finish (seconds).
 IMPORT_LOCK_WAIT: Final = 6 * 3600.0
-#: Compare's pipe between the exporter thread and the Content.Write stream (chunks).
-_PIPE_DEPTH: Final = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -226,14 +219,15 @@ class Differ:
     ) -> Descriptor:
         """Export the layer ``upper`` adds over ``lower`` into containerd's content store.
 
-        ``upper`` is one CimFS mount whose top layer exists (a view of a committed layer,
-        or an applied extract snapshot); ``lower`` is empty (``upper``'s top is a base
-        layer) or one CimFS mount showing exactly ``upper``'s parent chain. [choice]
-        Anything else (a gap of several layers) is InvalidArgument: the exporter writes one
-        layer against its immediate parent. The tar is compressed per ``media_type``
-        (empty: OCI gzip), written with Content.Write under ``ref`` (generated when empty)
-        with the expected digest and size, labelled ``containerd.io/uncompressed`` plus
-        ``labels``. ``lease`` (the caller's ``containerd-lease``) holds the new blob.
+        ``upper`` is one CimFS mount whose top layer exists (a view of a committed layer, or
+        an applied extract snapshot); ``lower`` is empty (``upper``'s top is a base layer)
+        or one CimFS mount showing exactly ``upper``'s parent chain. [choice] Anything else
+        (a gap of several layers) is InvalidArgument: the exporter writes one layer against
+        its immediate parent. The tar is exported and compressed per ``media_type`` (empty:
+        OCI gzip) in an export worker process (:mod:`cimsnap.diff.export_worker`) and
+        streamed as it comes to Content.Write under ``ref`` (generated when empty) with the
+        expected digest and size, labelled ``containerd.io/uncompressed`` plus ``labels``.
+        ``lease`` (the caller's ``containerd-lease``) holds the new blob.
         ``source_date_epoch_ns`` (Unix nanoseconds, from DiffRequest.source_date_epoch;
         None: unset) clamps every time in the tar that is later than it to it, as
         containerd's differs do (see ``export_layer``; rounded down to 100 ns). [choice] An
@@ -269,27 +263,28 @@ class Differ:
         ns = namespace or top.key.partition("/")[0]
         ref = ref or f"cimsnap-compare-{uuid.uuid4().hex}"
         cancelled = cancelled if cancelled is not None else threading.Event()
-        pipe = _ExportPipe(
-            top.cim_paths[0],
-            below[0] if below else None,
-            kind,
-            cancelled,
-            epoch,
+        job = ExportJob(
+            subject=f"export {top.cim_paths[0].name}",
+            cim=str(top.cim_paths[0]),
+            parent_cim=str(below[0]) if below else None,
+            compression=kind,
+            source_date_epoch=epoch,
         )
-        with self._content.client(ns, lease=lease) as ctd:
-            pipe.start()
-            try:
-                digest = ctd.write_content(ref, pipe.chunks(), pipe.expected)
-            except BaseException:
-                pipe.abort()
-                ctd.abort_write(ref)
-                raise
-            finally:
-                pipe.join()
-            pipe.raise_error()
-            all_labels = {UNCOMPRESSED_LABEL: pipe.uncompressed_digest, **(labels or {})}
-            ctd.update_content_labels(digest, all_labels)
-        return Descriptor(media_type=out_type, digest=digest, size=pipe.size)
+        worker = ExportWorker(job, cancelled)
+        try:
+            with self._content.client(ns, lease=lease) as ctd:
+                try:
+                    digest = ctd.write_content(ref, worker.chunks(), worker.expected)
+                except BaseException:
+                    ctd.abort_write(ref)
+                    worker.raise_if_failed()
+                    raise
+                exported = worker.result()
+                all_labels = {UNCOMPRESSED_LABEL: exported.uncompressed_digest, **(labels or {})}
+                ctd.update_content_labels(digest, all_labels)
+        finally:
+            worker.close()
+        return Descriptor(media_type=out_type, digest=digest, size=exported.size)
 
 
 def _undo_import(target: ExtractTarget, before: set[str]) -> None:
@@ -302,139 +297,3 @@ def _undo_import(target: ExtractTarget, before: set[str]) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
-
-
-class _Aborted(Exception):
-    """The consumer of an export pipe went away."""
-
-
-class _ExportPipe:
-    """export_layer -> compressor -> bounded queue, on a thread; ``chunks()`` drains it."""
-
-    def __init__(
-        self,
-        cim: Path,
-        parent: Path | None,
-        kind: CompressionKind,
-        cancelled: threading.Event,
-        source_date_epoch: int | None = None,
-    ) -> None:
-        self._cim = cim
-        self._epoch = source_date_epoch
-        self._parent = parent
-        self._kind = kind
-        self._cancelled = cancelled
-        self._queue: queue.Queue[bytes | None] = queue.Queue(_PIPE_DEPTH)
-        self._aborted = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="cimsnap-export", daemon=True)
-        self._compressed = hashlib.sha256()
-        self._uncompressed = hashlib.sha256()
-        self.size = 0
-        self.uncompressed_size = 0
-        self._pending = bytearray()
-
-    @property
-    def uncompressed_digest(self) -> str:
-        return "sha256:" + self._uncompressed.hexdigest()
-
-    def expected(self) -> tuple[str, int]:
-        self.raise_error()
-        return "sha256:" + self._compressed.hexdigest(), self.size
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _put(self, data: bytes | None) -> None:
-        while True:
-            if self._aborted.is_set() or self._cancelled.is_set():
-                raise _Aborted
-            try:
-                self._queue.put(data, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """The compressor's sink: hash, count, and queue in chunks of about 1 MiB."""
-        n = len(data)
-        if n:
-            self._compressed.update(data)
-            self.size += n
-            self._pending += data
-            if len(self._pending) >= _CHUNK:
-                self._put(bytes(self._pending))
-                self._pending.clear()
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        """Called by compressors that close their output: nothing to release."""
-
-    def _flush_pending(self) -> None:
-        if self._pending:
-            self._put(bytes(self._pending))
-            self._pending.clear()
-
-    def _run(self) -> None:
-        try:
-            with contextlib.ExitStack() as stack:
-                compressor = open_compressed(self, self._kind)
-                stack.callback(compressor.close)
-                tee = _Tee(compressor, self)
-                export_layer(
-                    self._cim,
-                    self._parent,
-                    cast(BinaryIO, tee),
-                    cancelled=self._cancelled,
-                    source_date_epoch=self._epoch,
-                )
-            self._flush_pending()
-            self._put(None)
-        except _Aborted:
-            pass
-        except BaseException as e:  # handed to the consumer
-            self._error = e
-            with contextlib.suppress(_Aborted):
-                self._put(None)
-
-    def chunks(self) -> Iterator[bytes]:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                self.raise_error()
-                return
-            yield chunk
-
-    def abort(self) -> None:
-        self._aborted.set()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def raise_error(self) -> None:
-        e = self._error
-        if e is None:
-            return
-        if isinstance(e, LayerError):
-            raise layer_error(f"export {self._cim.name}", e) from e
-        raise e
-
-
-class _Tee:
-    """The exporter's output: hashes the uncompressed tar, forwards it to the compressor."""
-
-    def __init__(self, compressor: object, pipe: _ExportPipe) -> None:
-        self._write: Callable[[bytes], object] = compressor.write  # type: ignore[attr-defined]
-        self._pipe = pipe
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._pipe._uncompressed.update(data)
-        self._pipe.uncompressed_size += len(data)
-        self._write(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass

@@ -18,7 +18,8 @@ import pytest
 from cimsnap import errdefs
 from cimsnap.cim.writer import CimWriter
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
-from cimsnap.diff.import_worker import WORKER_OOM_SCORE_ADJ, Imported, ImportJob, ImportWorker
+from cimsnap.diff.import_worker import Imported, ImportJob, ImportWorker
+from cimsnap.diff.worker import WORKER_OOM_SCORE_ADJ
 
 CHUNK = 64 * 1024
 
