@@ -30,6 +30,7 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from cimsnap.wclayer.errors import (
 
 __all__ = [
     "WORKER_MODULES",
+    "WORKER_NICE",
     "WORKER_OOM_SCORE_ADJ",
     "Connection",
     "Job",
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 WORKER_MODULES: Final = ("cimsnap.diff.import_worker", "cimsnap.diff.export_worker")
 #: The worker's OOM score adjustment (-1000..1000; see ``_prefer_for_oom_kill``).
 WORKER_OOM_SCORE_ADJ: Final = 500
+#: How much lower a worker's CPU priority is than the daemon's (``nice`` steps).
+WORKER_NICE: Final = 10
 #: How often the daemon side looks at the caller's cancel event (seconds).
 _CANCEL_POLL: Final = 0.05
 #: How long ``close`` waits for a worker told to stop before killing it (seconds).
@@ -107,6 +111,15 @@ def _watch_cancel(conn: Connection, cancelled: threading.Event) -> None:
     cancelled.set()
 
 
+def _yield_cpu() -> None:
+    """[choice] Lower this process's CPU priority by ``WORKER_NICE``: an import or export
+    is bulk work, and on a busy host the daemon's own answers (containerd's Stat, List,
+    Commit, its garbage collector's Remove) should win the CPU; on an idle host it costs
+    nothing. Where priorities cannot be changed, nothing changes."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(WORKER_NICE)
+
+
 def _prefer_for_oom_kill() -> None:
     """[choice] Raise this process's OOM score adjustment to ``WORKER_OOM_SCORE_ADJ`` (Linux),
     so that under memory pressure the kernel ends a worker (reported as Internal, nothing
@@ -121,6 +134,7 @@ def _worker_main(
 ) -> None:
     """The worker process: run the job, then send exactly one final message."""
     _prefer_for_oom_kill()
+    _yield_cpu()
     cancelled = threading.Event()
     threading.Thread(
         target=_watch_cancel, args=(cancel, cancelled), name="cimsnap-cancel", daemon=True

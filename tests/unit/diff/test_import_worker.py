@@ -19,7 +19,7 @@ from cimsnap import errdefs
 from cimsnap.cim.writer import CimWriter
 from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.diff.import_worker import Imported, ImportJob, ImportWorker
-from cimsnap.diff.worker import WORKER_OOM_SCORE_ADJ
+from cimsnap.diff.worker import WORKER_NICE, WORKER_OOM_SCORE_ADJ
 
 CHUNK = 64 * 1024
 
@@ -165,7 +165,7 @@ def test_closing_a_worker_that_waits_for_data_stops_it(tmp_path: Path) -> None:
     assert worker.exitcode is not None
 
 
-def test_the_worker_is_the_oom_killers_first_choice(tmp_path: Path) -> None:
+def test_the_worker_yields_cpu_and_is_the_oom_killers_first_choice(tmp_path: Path) -> None:
     job = job_in(tmp_path)
     worker = ImportWorker(job, threading.Event())
     try:
@@ -175,5 +175,10 @@ def test_the_worker_is_the_oom_killers_first_choice(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, adj.read_text()
             time.sleep(0.01)
         assert Path("/proc/self/oom_score_adj").read_text().strip() != str(WORKER_OOM_SCORE_ADJ)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        expected = min(ours + WORKER_NICE, 19)
+        while os.getpriority(os.PRIO_PROCESS, worker.pid) != expected:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
     finally:
         worker.close()
