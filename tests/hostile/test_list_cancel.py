@@ -100,8 +100,8 @@ def test_shutdown_does_not_wait_for_a_costly_list(tmp_path: Path) -> None:
 
     sock_dir = short_socket_dir()
     config = server_config(tmp_path, sock_dir, shutdown_grace_seconds=1.0)
+    server = ServerThread(config, wrap=wrap).start()
     try:
-        server = ServerThread(config, wrap=wrap).start()
         target = parse_address(server.address).grpc_target
         with grpc.insecure_channel(target) as channel, ThreadPoolExecutor(1) as pool:
             stub = pb_grpc.SnapshotsStub(channel)
@@ -115,4 +115,5 @@ def test_shutdown_does_not_wait_for_a_costly_list(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError):
                 running.result(timeout=60)
     finally:
+        server.stop()  # idempotent; on a failure above, the server must not outlive the test
         shutil.rmtree(sock_dir, ignore_errors=True)
