@@ -56,7 +56,6 @@ from cimsnap.diff.mediatypes import (
     check_layer_media_type,
     compression_for,
 )
-from cimsnap.diff.worker import layer_error
 from cimsnap.snapshots.mounts import CIMFS_MOUNT_TYPE, CimfsMountSpec, Mount, parse_cimfs_mount
 from cimsnap.snapshots.snapshotter import ExtractTarget, LayerStack
 from cimsnap.wclayer import destroy_cim_layer
@@ -69,7 +68,6 @@ __all__ = [
     "LayerSnapshots",
     "ProgressFn",
     "cimfs_mount_of",
-    "layer_error",
 ]
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,6 @@ from cimsnap.store.snapshots import (
     pending_layers,
     remove,
     update_info,
-    walk_info,
     walk_rows,
 )
 
@@ -75,6 +74,5 @@ __all__ = [
     "remove",
     "schema_version",
     "update_info",
-    "walk_info",
     "walk_rows",
 ]

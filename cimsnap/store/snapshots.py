@@ -14,7 +14,7 @@ from typing import Final
 
 from cimsnap.errdefs import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound
 from cimsnap.store.db import ReadTx, WriteTx
-from cimsnap.store.model import Info, InfoRow, Kind, SnapshotRef, Usage, datetime_from_ns
+from cimsnap.store.model import Info, InfoRow, Kind, SnapshotRef, Usage
 
 __all__ = [
     "check_commit",
@@ -30,7 +30,6 @@ __all__ = [
     "pending_layers",
     "remove",
     "update_info",
-    "walk_info",
     "walk_rows",
 ]
 
@@ -61,20 +60,15 @@ _SELECT_CHAIN: Final = """
 _SELECT_ROW: Final = "SELECT id, kind, parent_id FROM snapshots WHERE key = ?"
 _INSERT_LABEL: Final = "INSERT INTO labels (snapshot_id, name, value) VALUES (?, ?, ?)"
 
-_InfoRow = tuple[int, str, int, str | None, int, int, int, int, str | None]
+# One row of _SELECT_INFO_BY_KEY: id, key, kind, parent key, created, updated, size,
+# inodes, labels as JSON.
+_StatRow = tuple[int, str, int, str | None, int, int, int, int, str | None]
 
 
-def _info_from_row(row: _InfoRow) -> Info:
+def _info_from_row(row: _StatRow) -> Info:
     _, key, kind, parent, created_ns, updated_ns, _, _, labels_json = row
     labels: dict[str, str] = json.loads(labels_json) if labels_json else {}
-    return Info(
-        kind=Kind(kind),
-        name=key,
-        parent=parent or "",
-        labels=labels,
-        created=datetime_from_ns(created_ns),
-        updated=datetime_from_ns(updated_ns),
-    )
+    return InfoRow(Kind(kind), key, parent or "", labels, created_ns, updated_ns).to_info()
 
 
 def _put_labels(tx: WriteTx, snapshot_id: int, labels: Mapping[str, str]) -> None:
@@ -311,11 +305,6 @@ def walk_rows(tx: ReadTx) -> list[InfoRow]:
         InfoRow(_KINDS[kind], key, parent or "", labels.get(snapshot_id) or {}, created, updated)
         for snapshot_id, key, kind, parent, created, updated in conn.execute(_SELECT_ALL_ROWS)
     ]
-
-
-def walk_info(tx: ReadTx) -> list[Info]:
-    """Return every snapshot's Info, materialised, in ID order."""
-    return [row.to_info() for row in walk_rows(tx)]
 
 
 def id_map(tx: ReadTx) -> dict[int, str]:

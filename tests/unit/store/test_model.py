@@ -25,7 +25,7 @@ from cimsnap.store import (
     get_snapshot,
     remove,
     update_info,
-    walk_info,
+    walk_rows,
 )
 
 KEYS = st.sampled_from(["a", "b", "c", "d", "e", "f"])
@@ -147,7 +147,7 @@ class MetastoreModel(RuleBasedStateMachine):
     @invariant()
     def contents_agree(self) -> None:
         with self.store.read() as tx:
-            infos = walk_info(tx)
+            infos = walk_rows(tx)
             chains = {i.name: get_snapshot(tx, i.name) for i in infos}
         got = {i.name: Entry(i.kind, i.parent, dict(i.labels)) for i in infos}
         assert got == self.model

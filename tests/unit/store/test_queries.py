@@ -19,7 +19,7 @@ from cimsnap.store import (
     id_map,
     remove,
     update_info,
-    walk_info,
+    walk_rows,
 )
 from tests.unit.store.conftest import T0
 
@@ -225,7 +225,7 @@ def test_update_missing(populated: Store) -> None:
 
 def test_walk_and_maps(populated: Store) -> None:
     with populated.read() as tx:
-        infos = walk_info(tx)
+        infos = [row.to_info() for row in walk_rows(tx)]
         ids = id_map(tx)
         kinds = id_kinds(tx)
         singles = [get_info(tx, i.name)[1] for i in infos]

@@ -23,7 +23,7 @@ from cimsnap.store import (
     create_snapshot,
     get_info,
     schema_version,
-    walk_info,
+    walk_rows,
 )
 from tests.unit.store.conftest import T0
 
@@ -52,7 +52,7 @@ def test_exception_rolls_back(store: Store) -> None:
         create_snapshot(tx, Kind.ACTIVE, "a", "", {"l": "v"}, T0)
         raise Boom
     with store.read() as rtx:
-        assert walk_info(rtx) == []
+        assert walk_rows(rtx) == []
         assert rtx.connection.execute("SELECT COUNT(*) FROM labels").fetchone() == (0,)
 
 
@@ -63,7 +63,7 @@ def test_read_transaction_always_rolls_back(store: Store) -> None:
             "INSERT INTO snapshots (key, kind, created_ns, updated_ns) VALUES ('x', 2, 0, 0)"
         )
     with store.read() as tx:
-        assert walk_info(tx) == []
+        assert walk_rows(tx) == []
 
 
 def test_transaction_types_are_distinct(store: Store) -> None:
@@ -102,12 +102,12 @@ def test_readers_see_a_consistent_snapshot_during_a_write(store: Store) -> None:
     thread.start()
     assert inside.wait(5)
     with store.read() as rtx:  # WAL: readers never wait for the writer
-        names = [i.name for i in walk_info(rtx)]
+        names = [i.name for i in walk_rows(rtx)]
     release.set()
     thread.join()
     assert names == ["before"]
     with store.read() as rtx:
-        assert [i.name for i in walk_info(rtx)] == ["before", "during"]
+        assert [i.name for i in walk_rows(rtx)] == ["before", "during"]
 
 
 def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
@@ -207,7 +207,7 @@ def test_kill_mid_transaction_keeps_committed_and_drops_the_rest(tmp_path: Path)
     child.stdout.close()
     with Store(db) as store:
         with store.read() as tx:
-            assert [i.name for i in walk_info(tx)] == ["committed-before-kill"]
+            assert [i.name for i in walk_rows(tx)] == ["committed-before-kill"]
             assert tx.connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             with pytest.raises(NotFound):
                 get_info(tx, "uncommitted-0")
@@ -242,7 +242,7 @@ def test_try_read_never_waits_for_its_connection(store: Store) -> None:
         with pytest.raises(WouldBlock), store.try_read():
             pass
         with store.read() as tx:  # the blocking path is unaffected
-            walk_info(tx)
+            walk_rows(tx)
     finally:
         release.set()
         holder.join()
