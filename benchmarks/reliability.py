@@ -151,7 +151,7 @@ def _served() -> Iterator[str]:
     tmp = Path(tempfile.mkdtemp(prefix="cimsnap-rel-"))
     sock_dir = short_socket_dir()
     try:
-        with serving_process(tmp / "root", sock_dir) as address:
+        with serving_process(tmp / "root", sock_dir) as (address, _):
             yield address
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -152,18 +152,25 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def serving_process(root: Path, sock_dir: Path, max_workers: int = 8) -> Iterator[str]:
+def serving_process(
+    root: Path,
+    sock_dir: Path,
+    *,
+    config: str = "max_workers = 8\n",
+    args: Sequence[str] = (),
+) -> Iterator[tuple[str, ServeProcess]]:
     """A ``cimsnap serve`` process on ``root`` (socket in ``sock_dir``), as deployed: its own
-    interpreter. Yields the address once READY=1 came; on exit SIGTERM, and the process
-    must exit 0."""
-    config = sock_dir / "cimsnap.toml"
-    config.write_text(f"max_workers = {max_workers}\n")
+    interpreter, configured by the TOML text ``config`` plus the extra ``args``. Yields the
+    address and the process once READY=1 came; on exit SIGTERM (unless the caller already
+    stopped it), and the process must have exited 0."""
+    config_path = sock_dir / "cimsnap.toml"
+    config_path.write_text(config)
     address = str(sock_dir / "cimsnap.sock")
-    args = ["--config", str(config), "--address", address, "--root", str(root)]
-    server = ServeProcess([*args, "--log-level", "warning"], sock_dir)
+    base_args = ["--config", str(config_path), "--address", address, "--root", str(root)]
+    server = ServeProcess([*base_args, "--log-level", "warning", *args], sock_dir)
     try:
         assert server.next_notification() == "READY=1"
-        yield address
+        yield address, server
     finally:
         code, err = server.terminate()
         assert code == 0, err

@@ -27,7 +27,7 @@ SECONDS = float(os.environ.get("CIMSNAP_STRESS_SECONDS", "20"))
 def test_fifty_clients_every_rpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sock_dir = short_socket_dir()
     try:
-        with serving_process(tmp_path / "root", sock_dir, max_workers=8) as address:
+        with serving_process(tmp_path / "root", sock_dir) as (address, _):
             report = run_workload(address, clients=CLIENTS, seconds=SECONDS)
             problems = check_state(address, report)
     finally:

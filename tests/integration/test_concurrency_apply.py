@@ -46,7 +46,7 @@ from cimsnap.diff.containerd import descriptor_to_pb, mounts_to_pb
 from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, Descriptor
 from cimsnap.snapshots.fsck import check_root
 from cimsnap.snapshots.mounts import parse_cimfs_mount
-from tests.grpc_harness import ServeProcess, short_socket_dir
+from tests.grpc_harness import ServeProcess, serving_process, short_socket_dir
 from tests.hostile.workload import Owned, check_state, latency_summary, run_workload
 from tests.integration.containerd_daemon import Containerd, containerd16_bin
 from tests.integration.containerd_harness import containerd_config
@@ -98,26 +98,21 @@ class Stack:
 def stack() -> Iterator[Stack]:
     bin_dir = containerd16_bin()
     base = short_socket_dir()
-    address = str(base / "cimsnap.sock")
     root = base / "root"
-    config = base / "cimsnap.toml"
     with socket.socket() as probe:  # a free port for /metrics
         probe.bind(("127.0.0.1", 0))
         metrics_port = probe.getsockname()[1]
-    config.write_text(f'containerd_address = "{base}/containerd.sock"\nmax_workers = 8\n')
-    args = ["--config", str(config), "--address", address, "--root", str(root)]
-    server = ServeProcess([*args, "--metrics-address", f"127.0.0.1:{metrics_port}"], base)
-    containerd: Containerd | None = None
+    config = f'containerd_address = "{base}/containerd.sock"\nmax_workers = 8\n'
+    metrics = ["--metrics-address", f"127.0.0.1:{metrics_port}"]
     try:
-        assert server.next_notification() == "READY=1"
-        containerd = Containerd(bin_dir, base, containerd_config(base, address, "info"))
-        yield Stack(containerd, server, address, root, metrics_port)
+        with serving_process(root, base, config=config, args=metrics) as (address, server):
+            containerd = Containerd(bin_dir, base, containerd_config(base, address, "info"))
+            try:
+                yield Stack(containerd, server, address, root, metrics_port)
+            finally:
+                containerd.stop()
     finally:
-        if containerd is not None:
-            containerd.stop()
-        code, err = server.terminate()
         shutil.rmtree(base, ignore_errors=True)
-        assert code == 0, err
 
 
 @dataclass
