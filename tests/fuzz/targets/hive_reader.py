@@ -37,7 +37,15 @@ def test_one_input(data: bytes) -> None:
         buf[BINS + int.from_bytes(data[i : i + 2], "little") % window] = data[i + 2]
     if control & 2:
         struct.pack_into("<I", buf, C.CHECKSUM_OFFSET, C.base_block_checksum(buf))
-    image = bytes(buf)
+    exercise(bytes(buf))
+
+
+def exercise(image: bytes) -> None:
+    """Read, rewrite, walk and check ``image``; fail on anything but a clean refusal.
+
+    The reader refuses empty and backslashed key names; what the writer may still refuse
+    (HiveModelError) is, e.g., a key or value name mutated past 255 units.
+    """
     try:
         hive = read_hive(image)
     except HiveFormatError as e:
