@@ -2,17 +2,16 @@
 import`` names the image from the index annotation, reports windows/amd64, and stores the
 generated gzip layers and a config whose diff_ids are the uncompressed tars' digests.
 
-A private containerd (own root, state and socket, no CRI) is started for the module;
-containerd is required: missing, the test fails when ``CI`` is set and skips otherwise.
+A private containerd (``running_containerd``: own root, state and socket, no CRI) is
+started for the module; containerd is required: missing, the test fails when ``CI`` is set
+and skips otherwise.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,52 +19,19 @@ import pytest
 
 from cimsnap.devtools.layergen import generate_chain, write_oci_image
 from tests.grpc_harness import short_socket_dir
+from tests.integration.containerd_harness import running_containerd
 
 pytestmark = pytest.mark.integration
 
 
-def _require(condition: bool, why: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{why} (required in CI: install it with scripts/system-deps.sh)")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def ctr() -> Iterator[list[str]]:
-    _require(shutil.which("containerd") is not None, "containerd is not installed")
-    _require(shutil.which("ctr") is not None, "ctr is not installed")
-    _require(os.geteuid() == 0, "containerd needs root")
     base = short_socket_dir()
-    config = base / "containerd.toml"
-    config.write_text(
-        f'version = 2\nroot = "{base}/root"\nstate = "{base}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{base}/c.sock"\n[ttrpc]\n  address = "{base}/c.sock.ttrpc"\n'
-    )
-    log = (base / "containerd.log").open("wb")
-    proc = subprocess.Popen(
-        ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
-    command = ["ctr", "--address", str(base / "c.sock")]
     try:
-        deadline = time.monotonic() + 20
-        while subprocess.run([*command, "version"], capture_output=True).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "containerd did not start:\n" + (base / "containerd.log").read_text()
-                )
-            time.sleep(0.05)
-        yield command
+        # No cimsnap serves the proxy's socket: importing with --no-unpack never calls it.
+        with running_containerd(base, str(base / "unused.sock"), wait_for_gc=False) as daemon:
+            yield ["ctr", "--address", daemon.socket]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
