@@ -18,7 +18,7 @@ from cimsnap.cim.format import (
     FileAttribute,
 )
 
-__all__ = ["NULL_DACL_SECURITY_DESCRIPTOR", "FileMetadata"]
+__all__ = ["NULL_DACL_SECURITY_DESCRIPTOR", "STORABLE_ATTRIBUTES", "FileMetadata"]
 
 #: Self-relative SECURITY_DESCRIPTOR with a NULL DACL (SDDL ``D:NO_ACCESS_CONTROL``):
 #: revision 1, control SE_SELF_RELATIVE | SE_DACL_PRESENT, no owner, group, SACL or DACL.
@@ -28,7 +28,8 @@ NULL_DACL_SECURITY_DESCRIPTOR: Final = bytes([1, 0, 4, 0x80]) + bytes(16)
 
 _U64_MAX: Final = (1 << 64) - 1
 _U16_MAX: Final = 0xFFFF
-_STORABLE: Final = int(
+#: The attribute bits a file record can store (record flags, the stream type, reparse data).
+STORABLE_ATTRIBUTES: Final = int(
     FileAttribute.READONLY
     | FileAttribute.HIDDEN
     | FileAttribute.SYSTEM
@@ -72,7 +73,7 @@ class FileMetadata:
 
     def __post_init__(self) -> None:
         # Plain ints, not IntFlag arithmetic: this runs once per file on the hot path.
-        if self.attributes & ~_STORABLE or self.attributes < 0:
+        if self.attributes & ~STORABLE_ATTRIBUTES or self.attributes < 0:
             raise CimInvalidArgumentError(
                 f"attributes {self.attributes:#x} hold bits a CIM cannot store"
             )

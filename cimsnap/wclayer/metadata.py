@@ -15,21 +15,16 @@ from __future__ import annotations
 from typing import Final
 
 from cimsnap.cim import FileMetadata
+from cimsnap.cim.file_metadata import STORABLE_ATTRIBUTES as CIM_STORABLE_ATTRIBUTES
 from cimsnap.cim.format import FileAttribute
 from cimsnap.wclayer.fileinfo import FileBasicInfo
 
 __all__ = ["STORABLE_ATTRIBUTES", "file_metadata", "storable_attributes"]
 
-#: The attribute bits a CIM file record can store (see the module docstring).
-STORABLE_ATTRIBUTES: Final = int(
-    FileAttribute.READONLY
-    | FileAttribute.HIDDEN
-    | FileAttribute.SYSTEM
-    | FileAttribute.DIRECTORY
-    | FileAttribute.ARCHIVE
-    | FileAttribute.SPARSE_FILE
-)
 _REPARSE_POINT: Final = int(FileAttribute.REPARSE_POINT)
+#: The attribute bits kept from a layer entry (see the module docstring): what a CIM file
+#: record can store, but REPARSE_POINT, which follows the reparse buffer instead.
+STORABLE_ATTRIBUTES: Final = CIM_STORABLE_ATTRIBUTES & ~_REPARSE_POINT
 
 
 def storable_attributes(attributes: int, *, has_reparse: bool) -> int:
