@@ -34,6 +34,7 @@ from cimsnap.cim.format import FileAttribute, StreamType
 from cimsnap.cim.reader import FileInfo, split_path
 from cimsnap.cim.regions import CimImage, open_image
 from cimsnap.cim.verify import Severity, verify_image
+from cimsnap.commands import failed
 
 __all__ = ["register"]
 
@@ -78,29 +79,24 @@ def register(subparsers: Any) -> None:
     build.set_defaults(func=_build)
 
 
-def _error(message: str) -> int:
-    print(f"cimsnap: {message}", file=sys.stderr)
-    return 1
-
-
 def _guard(args: argparse.Namespace, body: Callable[[CimImage], int]) -> int:
     """Run ``body`` on the opened image, turning errors into messages and exit code 1."""
     try:
         with open_image(args.image) as image:
             return body(image)
     except CimFormatError as e:
-        return _error(
+        return failed(
             f"{args.image}: invalid image: {e}; run `cimsnap cim verify {args.image}` "
             "for a full report"
         )
     except CimNotFoundError as e:
-        return _error(f"{args.image}: {e}; list the directory with `cimsnap cim ls`")
+        return failed(f"{args.image}: {e}; list the directory with `cimsnap cim ls`")
     except CimApiError as e:
-        return _error(f"{args.image}: {e}")
+        return failed(f"{args.image}: {e}")
     except FileNotFoundError as e:
-        return _error(f"{e.filename}: no such file; give the path of a .cim file")
+        return failed(f"{e.filename}: no such file; give the path of a .cim file")
     except OSError as e:
-        return _error(f"{args.image}: {e.strerror or e}")
+        return failed(f"{args.image}: {e.strerror or e}")
 
 
 def _time(filetime: int) -> str:
@@ -276,15 +272,15 @@ def _build(args: argparse.Namespace) -> int:
             print(f"\r{files} files, {size / 1e6:.1f} MB", end="", file=sys.stderr, flush=True)
 
     if not args.src.is_dir():
-        return _error(f"{args.src}: not a directory; give the directory tree to store")
+        return failed(f"{args.src}: not a directory; give the directory tree to store")
     try:
         report = build_from_directory(args.src, args.out, parent=args.parent, progress=progress)
     except CimFileExistsError as e:
-        return _error(f"{args.out}: build failed: {e}; remove it or choose another name")
+        return failed(f"{args.out}: build failed: {e}; remove it or choose another name")
     except CimError as e:
-        return _error(f"{args.out}: build failed: {e}")
+        return failed(f"{args.out}: build failed: {e}")
     except OSError as e:
-        return _error(f"{e.filename or args.out}: {e.strerror or e}")
+        return failed(f"{e.filename or args.out}: {e.strerror or e}")
     finally:
         if progress is not None:
             print(file=sys.stderr)
@@ -292,5 +288,5 @@ def _build(args: argparse.Namespace) -> int:
         print(f"cimsnap: {path}: {why}", file=sys.stderr)
     print(f"{args.out}: {report.files} files, {report.bytes} bytes")
     if report.problems:
-        return _error(f"{len(report.problems)} paths were not stored as they are (listed above)")
+        return failed(f"{len(report.problems)} paths were not stored as they are (listed above)")
     return 0

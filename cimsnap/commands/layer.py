@@ -38,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, Final
 
+from cimsnap.commands import failed
 from cimsnap.wclayer.compression import CompressionKind, open_compressed, open_decompressed
 from cimsnap.wclayer.errors import (
     LayerBusyError,
@@ -102,11 +103,6 @@ def compression_for(path: str) -> CompressionKind:
     if lower.endswith((".zst", ".zstd")):
         return "zstd"
     return "none"
-
-
-def _error(message: str) -> int:
-    print(f"cimsnap: {message}", file=sys.stderr)
-    return 1
 
 
 # --- progress and cancellation -------------------------------------------------------------
@@ -202,24 +198,24 @@ def _import(args: argparse.Namespace) -> int:
     parent_cims = [cim_path_for_layer(parent) for parent in parents]
     for parent, parent_cim in zip(parents, parent_cims, strict=True):
         if not parent.is_dir():
-            return _error(f"parent layer {parent}: not a directory; import it first")
+            return failed(f"parent layer {parent}: not a directory; import it first")
         if not parent_cim.is_file():
-            return _error(f"parent layer {parent}: no CIM at {parent_cim}; import that layer first")
+            return failed(f"parent layer {parent}: no CIM at {parent_cim}; import that layer first")
     if cim_path.exists():
-        return _error(
+        return failed(
             f"{cim_path} exists already; run `cimsnap layer destroy {layer_dir}` first or "
             "choose another --layer-dir/--cim"
         )
     try:
         cim_path.parent.mkdir(exist_ok=True)
     except OSError as e:
-        return _error(f"{cim_path.parent}: cannot create the CIM directory: {e.strerror or e}")
+        return failed(f"{cim_path.parent}: cannot create the CIM directory: {e.strerror or e}")
     try:
         source_file: BinaryIO = (
             sys.stdin.buffer if args.layer == "-" else open(args.layer, "rb")  # noqa: SIM115
         )
     except OSError as e:
-        return _error(f"{args.layer}: {e.strerror or e}; give the layer tar to import")
+        return failed(f"{args.layer}: {e.strerror or e}; give the layer tar to import")
     total = None if args.layer == "-" else os.fstat(source_file.fileno()).st_size
     progress = _Progress("imported", total)
     source = _Counting(source_file)
@@ -243,20 +239,20 @@ def _import(args: argparse.Namespace) -> int:
         print(f"cimsnap: import cancelled; nothing was written to {cim_path}", file=sys.stderr)
         return _EXIT_CANCELLED
     except LayerFormatError as e:
-        return _error(
+        return failed(
             f"{args.layer}: not a valid Windows layer: {e}; nothing was imported (check the "
             "layer's digest, or re-create the layer)"
         )
     except LayerParentError as e:
-        return _error(f"{e}; import the parent layers first and pass them nearest first")
+        return failed(f"{e}; import the parent layers first and pass them nearest first")
     except LayerExistsError as e:
-        return _error(f"{e}; run `cimsnap layer destroy {layer_dir}` first or choose another DIR")
+        return failed(f"{e}; run `cimsnap layer destroy {layer_dir}` first or choose another DIR")
     except LayerBusyError as e:
-        return _error(f"{e}; another writer holds {cim_path.parent}; retry when it is done")
+        return failed(f"{e}; another writer holds {cim_path.parent}; retry when it is done")
     except LayerError as e:
-        return _error(f"{args.layer}: import failed: {e}")
+        return failed(f"{args.layer}: import failed: {e}")
     except OSError as e:
-        return _error(f"{e.filename or args.layer}: {e.strerror or e}")
+        return failed(f"{e.filename or args.layer}: {e.strerror or e}")
     finally:
         if source_file is not sys.stdin.buffer:
             source_file.close()
@@ -275,7 +271,7 @@ def _export(args: argparse.Namespace) -> int:
 
     for what, path in (("CIM", args.cim), ("parent CIM", args.parent)):
         if path is not None and not Path(path).is_file():
-            return _error(f"{what} {path}: no such file; give the layer's .cim")
+            return failed(f"{what} {path}: no such file; give the layer's .cim")
     epoch = args.source_date_epoch
     if epoch is None and os.environ.get("SOURCE_DATE_EPOCH", "").strip():
         try:
@@ -304,11 +300,11 @@ def _export(args: argparse.Namespace) -> int:
                 )
                 sys.stdout.buffer.flush()
         except LayerError as e:
-            return _error(f"{args.cim}: export failed: {e}")
+            return failed(f"{args.cim}: export failed: {e}")
         return 0
     out = Path(args.output)
     if out.exists():
-        return _error(f"{out} exists already; remove it or choose another -o")
+        return failed(f"{out} exists already; remove it or choose another -o")
     temporary = out.with_name(f".{out.name}.partial-{os.getpid()}")
     kind = compression_for(args.output)
     try:
@@ -324,13 +320,13 @@ def _export(args: argparse.Namespace) -> int:
             os.fsync(raw.fileno())
         os.link(temporary, out)
     except LayerParentError as e:
-        return _error(f"{e}; pass the CIM this layer was forked from as --parent")
+        return failed(f"{e}; pass the CIM this layer was forked from as --parent")
     except LayerError as e:
-        return _error(f"{args.cim}: export failed: {e}")
+        return failed(f"{args.cim}: export failed: {e}")
     except FileExistsError:
-        return _error(f"{out} appeared while exporting; nothing was replaced")
+        return failed(f"{out} appeared while exporting; nothing was replaced")
     except OSError as e:
-        return _error(f"{e.filename or out}: {e.strerror or e}")
+        return failed(f"{e.filename or out}: {e.strerror or e}")
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
@@ -351,6 +347,6 @@ def _destroy(args: argparse.Namespace) -> int:
     try:
         destroy_cim_layer(cim_path)
     except OSError as e:
-        return _error(f"{e.filename or cim_path}: {e.strerror or e}; nothing more was removed")
+        return failed(f"{e.filename or cim_path}: {e.strerror or e}; nothing more was removed")
     print(f"{cim_path}: destroyed (the layer directory {args.layer_dir} is left in place)")
     return 0
