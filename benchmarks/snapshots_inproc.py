@@ -1,6 +1,6 @@
 """Benchmark: in-process Snapshotter latency against the storage floor measured in this run.
 
-    python -m benchmarks.snapshots_inproc [--ops N] [--list-size M] [--dir PATH]
+    python -m benchmarks.snapshots_inproc [--ops N] [--list-size M] [--layers L] [--dir PATH]
 
 What is measured (fresh root under ``--dir``, default the system temp dir):
 
@@ -15,6 +15,10 @@ What is measured (fresh root under ``--dir``, default the system temp dir):
 * ``Remove`` of the committed empty layers (directory and own CIM files destroyed).
 * ``List`` of M snapshots (default 10,000, two labels each, created directly through the
   metastore), best and median of 5, against a raw ``SELECT`` of the same rows.
+* ``Cleanup`` of a root holding L committed layers (default 1,000, in chains of 10, each
+  with its empty CIM built) and nothing to reclaim, p50 of 20: containerd's garbage
+  collector calls it after every collection. Against the floor of any complete sweep:
+  listing ``snapshots/`` and ``cim-layers/`` once each.
 
 Prints each figure, its ratio to the floor, and the server helper's targets (p50 Stat
 < 0.5 ms, Prepare/Commit < 3 ms, List of 10,000 < 300 ms). The gRPC edge is measured by
@@ -83,11 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", type=int, default=300)
     parser.add_argument("--list-size", type=int, default=10_000)
+    parser.add_argument("--layers", type=int, default=1000, help="committed layers for Cleanup")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cimsnap-bench-", dir=args.dir))
     try:
         run(work, args.ops, args.list_size)
+        cleanup(work / "cleanup-root", args.layers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -155,6 +161,31 @@ def run(work: Path, n: int, list_size: int) -> None:
         f"target {TARGETS_MS['List']} ms ({best / TARGETS_MS['List']:.2f} of it)"
     )
     print(f"(disk: {os.statvfs(work).f_bsize}-byte blocks at {work})")
+
+
+def cleanup(root: Path, layers: int) -> None:
+    """Cleanup with ``layers`` committed layers and nothing to reclaim, against listings."""
+    with Snapshotter(root, layer_build_delay=0.0) as sn:
+        for i in range(layers):
+            parent = "" if i % 10 == 0 else f"ns/{i - 1}/layer"
+            sn.prepare(f"ns/{i}/active", parent)
+            sn.commit(f"ns/{i}/layer", f"ns/{i}/active")
+            if i % 10 == 9:
+                sn.wait_layers()  # the next chain forks from built CIMs
+        sn.wait_layers()
+        sn.cleanup()  # reclaims the scratch/ trees of the commits, remembers the headers
+        runs = [timed(sn.cleanup) for _ in range(20)]
+
+    def listings() -> None:
+        for directory in (root / "snapshots", root / "snapshots" / "cim-layers"):
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    entry.is_file(follow_symlinks=False)
+
+    floor = pct([timed(listings) for _ in range(20)], 0.5)
+    entries = len(os.listdir(root / "snapshots" / "cim-layers"))
+    report(f"Cleanup ({layers} layers)", runs, floor)
+    print(f"floor: listing snapshots/ and cim-layers/ ({entries} entries) p50 {floor:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,22 @@ def test_sweep_removes_orphans_and_temp_images(chain: tuple[Path, Path, Path]) -
     assert sorted(os.listdir(d)) == sorted([*live, "notes.txt"])
 
 
+def test_sweep_reads_an_image_by_its_magic_whatever_its_name(
+    chain: tuple[Path, Path, Path],
+) -> None:
+    # Image names are free-form: an image renamed without the .cim suffix still keeps its
+    # region files; a short file that is not an image does not stop the sweep.
+    a, _b, c = chain
+    d = a.parent
+    c_files = own_files(c)
+    kept = c.rename(d / "layer-c-backup")
+    (d / "x").write_bytes(b"\x00")
+    orphan = d / "region_0badc0de-0000-4000-8000-000000000000_0"
+    orphan.write_bytes(b"x")
+    assert sweep_unreferenced_regions(d) == [orphan]
+    assert kept.exists() and all(p.exists() for p in c_files)
+
+
 def test_sweep_waits_for_active_writer(chain: tuple[Path, Path, Path]) -> None:
     d = chain[0].parent
     orphan = d / "region_0badc0de-0000-4000-8000-000000000000_0"
