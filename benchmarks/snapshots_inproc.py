@@ -10,9 +10,12 @@ What is measured (fresh root under ``--dir``, default the system temp dir):
   with ``journal_mode=WAL, synchronous=FULL`` on a scratch database (one WAL fsync), i.e.
   what any durable metadata change costs on this disk.
 * ``Commit`` of an ``extract`` snapshot whose CIM was pre-written (pure metadata plus the
-  fsync of the layer's files), and ``Commit`` of a never-written active (builds an empty
-  forked CIM), against the same floor.
-* ``Remove`` of the committed empty layers (directory and own CIM files destroyed).
+  fsync of the layer's files), and ``Commit`` of a never-written active (metadata only:
+  its empty CIM is built later), against the same floor.
+* ``View`` of that empty layer right after its Commit, which must build the empty forked
+  CIM first (region files, the ``.cim``, their fsyncs), against the same floor.
+* ``Remove`` of the views and of the committed empty layers (directory and own CIM files
+  destroyed).
 * ``List`` of M snapshots (default 10,000, two labels each, created directly through the
   metastore), best and median of 5, against a raw ``SELECT`` of the same rows.
 * ``Cleanup`` of a root holding L committed layers (default 1,000, in chains of 10, each
@@ -125,6 +128,7 @@ def run(work: Path, n: int, list_size: int) -> None:
     base_cim = Path(base_mounts[0].options[1].removeprefix("cimpath="))
     extract_commit = []
     empty_commit = []
+    needed_view = []
     for i in range(max(10, n // 10)):
         key = f"ns/{i}/extract-{i} sha256:{i}"
         mounts = sn.prepare(key, "base")
@@ -133,6 +137,8 @@ def run(work: Path, n: int, list_size: int) -> None:
         extract_commit.append(timed(lambda k=key, i=i: sn.commit(f"ns/{i}/sha256:{i}", k)))
         sn.prepare(f"scratch-{i}", "base")
         empty_commit.append(timed(lambda i=i: sn.commit(f"empty-{i}", f"scratch-{i}")))
+        needed_view.append(timed(lambda i=i: sn.view(f"view-{i}", f"empty-{i}")))
+        sn.remove(f"view-{i}")
 
     remove_layer = [timed(lambda i=i: sn.remove(f"empty-{i}")) for i in range(len(empty_commit))]
 
@@ -140,7 +146,8 @@ def run(work: Path, n: int, list_size: int) -> None:
     report("Prepare", prepare, write_floor)
     report("Remove", remove, write_floor)
     report("Commit (extract, prewritten)", extract_commit, write_floor)
-    report("Commit (empty CIM build)", empty_commit, write_floor)
+    report("Commit (empty, deferred)", empty_commit, write_floor)
+    report("View (builds the empty CIM)", needed_view, write_floor)
     report("Remove (committed layer)", remove_layer, write_floor)
     sn.close()
 

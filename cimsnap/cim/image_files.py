@@ -34,8 +34,9 @@ import fcntl
 import functools
 import os
 import re
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Final
 
@@ -69,19 +70,49 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+#: Threads that fsync a commit's files side by side, shared by every commit of the process.
+FSYNC_THREADS: Final = 8
+
+_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _shared_fsync_pool() -> ThreadPoolExecutor:
+    """The process's fsync threads, started on first use. Starting eight threads for each
+    commit cost more than the fsyncs of an empty layer (1.3 ms against 0.7 ms for eight
+    small files); these live as long as the process."""
+    global _fsync_pool
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="cimsnap-fsync")
+        return _fsync_pool
+
+
+def _forget_fsync_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _fsync_pool, _fsync_pool_lock
+    _fsync_pool = None
+    _fsync_pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_fsync_pool)
+
+
 def fsync_all(fds: Sequence[int]) -> None:
     """fsync the open descriptors ``fds`` concurrently (they stay open).
 
-    Returns once every one is durable; raises the first OSError otherwise (the caller then
-    treats none as durable).
+    Returns once every one is durable; otherwise raises the first OSError once every fsync
+    has finished, so the caller may close the descriptors (it then treats none as durable).
     """
     if len(fds) <= 1:
         for fd in fds:
             os.fsync(fd)
         return
-    with ThreadPoolExecutor(max_workers=min(8, len(fds))) as pool:
-        for _ in pool.map(os.fsync, fds):
-            pass
+    pool = _shared_fsync_pool()
+    futures = [pool.submit(os.fsync, fd) for fd in fds]
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

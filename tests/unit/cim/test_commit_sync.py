@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cimsnap.cim.content import State
+from cimsnap.cim.image_files import FSYNC_THREADS, fsync_all
 from cimsnap.cim.upcase import NameOrder
 from cimsnap.cim.writer import CimWriter
 from cimsnap.upcase import upcase_table_bytes, windows_translation
@@ -71,6 +76,77 @@ def test_a_failed_fsync_fails_the_commit_and_leaves_no_image(
     writer.close()
     assert os.listdir(tmp_path) == []
     assert len(os.listdir("/proc/self/fd")) == fds_before  # every descriptor closed
+
+
+def test_a_failed_fsync_is_raised_after_every_other_fsync_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller closes the descriptors once fsync_all raises: no fsync may still be
+    # running on one of them then.
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT) for i in range(4)]
+    finished: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fd == fds[0]:
+            raise OSError(5, "simulated I/O error")
+        time.sleep(0.05)
+        real_fsync(fd)
+        finished.append(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        with pytest.raises(OSError, match="simulated"):
+            fsync_all(fds)
+        assert sorted(finished) == sorted(fds[1:])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def image_in(directory: Path) -> None:
+    directory.mkdir()
+    sample_image(directory)
+
+
+def fsync_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("cimsnap-fsync")}
+
+
+def test_commits_share_the_fsync_threads(tmp_path: Path) -> None:
+    for i in range(3):
+        image_in(tmp_path / str(i))
+    shared = fsync_threads()
+    assert 0 < len(shared) <= FSYNC_THREADS
+    for i in range(3, 6):
+        image_in(tmp_path / str(i))
+    assert fsync_threads() == shared  # none started for the later commits
+
+
+def test_a_forked_child_starts_fsync_threads_of_its_own(tmp_path: Path) -> None:
+    image_in(tmp_path / "parent")  # the parent's pool exists
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT) for i in range(3)]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            fsync_all(fds)  # would wait forever for the parent's threads, which are not here
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            time.sleep(0.01)
+        pytest.fail("the forked child's fsync_all never returned")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):  # reaped already
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_windows_table_reuses_the_shared_mapping_and_others_do_not() -> None:
