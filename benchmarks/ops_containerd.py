@@ -36,7 +36,8 @@ drift and caches hit both alike):
 
 Prints p50/p99 per call for both, the cimsnap/native ratio of the p50s and its target
 (<= 1.5x for Prepare, Commit and Remove; <= 2.5x for Stat), the floor's p50 and ratio,
-and the ls times and ratio.
+the range of the ratios over the five consecutive fifths of the run (this machine's
+drift), and the ls times and ratio.
 """
 
 from __future__ import annotations
@@ -110,6 +111,18 @@ class Client:
 def create_lease(channel: grpc.Channel, namespace: str, lease: str) -> None:
     stub = leases_pb2_grpc.LeasesStub(channel)
     stub.Create(leases_pb2.CreateRequest(id=lease), metadata=(("containerd-namespace", namespace),))
+
+
+def block_ratios(samples: list[float], baseline: list[float], blocks: int = 5) -> list[float]:
+    """The ratio of p50s in each of ``blocks`` consecutive stretches of the run (the cycles
+    are interleaved, so each stretch compares calls made at the same time): how much of a
+    ratio is the machine's drift rather than the code."""
+    size = max(1, len(samples) // blocks)
+    return [
+        statistics.median(samples[i : i + size]) / statistics.median(baseline[i : i + size])
+        for i in range(0, size * blocks, size)
+        if samples[i : i + size]
+    ]
 
 
 def run_cycles(client: Client, cycles: int) -> dict[str, dict[str, list[float]]]:
@@ -237,6 +250,7 @@ def main() -> int:
         f"{'call':<8} {'native p50':>11} {'p99':>8} {'cimsnap p50':>12} {'p99':>8} "
         f"{'ratio':>7} {'target':>7}        {'floor p50':>10} {'ratio':>7} {'cimsnap-floor':>14}"
     )
+    spreads = []
     for call, target in TARGETS.items():
         nat, cim = samples["native"][call], samples["cimsnap"][call]
         flo = statistics.median(samples[FLOOR][call])
@@ -248,6 +262,13 @@ def main() -> int:
             f"{ratio:>6.2f}x {target:>5.1f}x {verdict:<6} {flo:>8.2f}ms "
             f"{flo / statistics.median(nat):>6.2f}x {statistics.median(cim) - flo:>+12.2f}ms"
         )
+        cim_blocks = block_ratios(cim, nat)
+        floor_blocks = block_ratios(samples[FLOOR][call], nat)
+        spreads.append(
+            f"{call} {min(cim_blocks):.2f}-{max(cim_blocks):.2f}x "
+            f"(floor {min(floor_blocks):.2f}-{max(floor_blocks):.2f}x)"
+        )
+    print(f"ratio in each fifth of the run: {'; '.join(spreads)}")
     print(
         "floor: the same calls through containerd to a Python grpcio snapshotter that stores "
         "nothing (the best any Python proxy can do here); gRPC health Check straight to "
