@@ -35,8 +35,6 @@ from cimsnap.diff.content import ContainerdContent, blob_path
 from cimsnap.diff.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_ZSTD, Descriptor
 from cimsnap.snapshots.mounts import Mount, parse_cimfs_mount
 from cimsnap.wclayer.compression import open_decompressed
-from cimsnap.wclayer.tarstream import TarReader
-from cimsnap.wclayer.winmeta import basic_info
 from tests.grpc_harness import REPO_ROOT, ServerThread, server_config, short_socket_dir
 from tests.integration.cimcheck import cim_differences, cim_listing
 from tests.integration.containerd_daemon import (
@@ -45,6 +43,7 @@ from tests.integration.containerd_daemon import (
     containerd16_bin,
 )
 from tests.integration.containerd_harness import containerd_config
+from tests.unit.wclayer.layerkit import pax_times
 
 pytestmark = pytest.mark.integration
 
@@ -241,7 +240,7 @@ def test_compare_exports_into_containerd(env: Env, tmp_path: Path, media_type: s
         with env.differ("default") as differ, pytest.raises(errdefs.InvalidArgument):
             differ.compare([], upper)
     # source_date_epoch clamps the later times of the tar to it, and only those.
-    plain_times = _pax_times(uncompressed)
+    plain_times = pax_times(uncompressed)
     seconds = sorted(plain_times)[len(plain_times) // 2] // 10_000_000 - 11_644_473_600
     with env.differ() as differ:
         clamped_desc = differ.compare(
@@ -251,21 +250,10 @@ def test_compare_exports_into_containerd(env: Env, tmp_path: Path, media_type: s
         [*ctr, "content", "get", clamped_desc.digest], capture_output=True, check=True
     ).stdout
     epoch = (seconds + 11_644_473_600) * 10_000_000
-    clamped = _pax_times(open_decompressed(io.BytesIO(blob)).read())
+    clamped = pax_times(open_decompressed(io.BytesIO(blob)).read())
     assert clamped == [min(t, epoch) for t in plain_times] != plain_times
     with env.differ() as differ, pytest.raises(errdefs.InvalidArgument, match="before 1601"):
         differ.compare(lower, upper, source_date_epoch_ns=-11_644_473_601 * 1_000_000_000)
-
-
-def _pax_times(tar: bytes) -> list[int]:
-    """Every FILETIME the layer tar's PAX records carry, in order."""
-    times = []
-    for entry in TarReader(io.BytesIO(tar)):
-        if "mtime" in entry.header.pax:
-            info = basic_info(entry.header)
-            times += [info.creation_time, info.last_access_time, info.last_write_time]
-            times.append(info.change_time)
-    return times
 
 
 def test_client_cancellation_commits_nothing(env: Env, tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from cimsnap.hive import Hive, Key, Value, merge_files, write_hive
 from cimsnap.hive.tree import REG_SZ, LayerSemantics
 from cimsnap.wclayer.fileinfo import FileBasicInfo
 from cimsnap.wclayer.routing import HIVES
+from cimsnap.wclayer.tarstream import TarReader
+from cimsnap.wclayer.winmeta import basic_info
 
 CONFIG = "Files\\Windows\\System32\\config"
 DIR = FileBasicInfo(
@@ -168,3 +170,15 @@ def merged_hive(base: bytes, delta: bytes) -> bytes:
         (d / "delta").write_bytes(delta)
         merge_files(d / "base", d / "delta", d / "out")
         return (d / "out").read_bytes()
+
+
+def pax_times(tar: bytes) -> list[int]:
+    """Every FILETIME the layer tar's PAX records carry (creation, access, write, change of
+    each entry that has them), in order, read back through our own TarReader."""
+    times = []
+    for entry in TarReader(io.BytesIO(tar)):
+        if "mtime" in entry.header.pax:
+            info = basic_info(entry.header)
+            times += [info.creation_time, info.last_access_time, info.last_write_time]
+            times.append(info.change_time)
+    return times

@@ -24,9 +24,7 @@ from cimsnap.devtools.layergen import GeneratedLayer, generate_chain
 from cimsnap.wclayer.compression import detect_compression
 from cimsnap.wclayer.exporter import filetime_from_unix_ns
 from cimsnap.wclayer.layer_files import cim_path_for_layer
-from cimsnap.wclayer.tarstream import TarReader
-from cimsnap.wclayer.winmeta import basic_info
-from tests.unit.wclayer.layerkit import snapshot
+from tests.unit.wclayer.layerkit import pax_times, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -321,16 +319,6 @@ def test_progress_on_a_terminal(tmp_path: Path, chain: list[GeneratedLayer]) -> 
     assert f"{chain[0].entries:,} entries" in last and "MB/s" in last
 
 
-def _pax_times(tar: bytes) -> list[int]:
-    times = []
-    for entry in TarReader(io.BytesIO(tar)):
-        if "mtime" in entry.header.pax:
-            info = basic_info(entry.header)
-            times += [info.creation_time, info.last_access_time, info.last_write_time]
-            times.append(info.change_time)
-    return times
-
-
 def test_export_source_date_epoch_flag_and_environment(
     tmp_path: Path,
     chain: list[GeneratedLayer],
@@ -348,14 +336,14 @@ def test_export_source_date_epoch_flag_and_environment(
 
     code, plain, _ = export("plain.tar")
     assert code == 0
-    unix = sorted((t - filetime_from_unix_ns(0)) // 10_000_000 for t in _pax_times(plain))
+    unix = sorted((t - filetime_from_unix_ns(0)) // 10_000_000 for t in pax_times(plain))
     seconds = unix[len(unix) // 2]
     epoch = filetime_from_unix_ns(seconds * 1_000_000_000)
     code, flagged, _ = export("flag.tar", "--source-date-epoch", str(seconds))
     assert code == 0
-    times = _pax_times(flagged)
-    assert max(times) == epoch and max(_pax_times(plain)) > epoch
-    assert [min(t, epoch) for t in _pax_times(plain)] == times
+    times = pax_times(flagged)
+    assert max(times) == epoch and max(pax_times(plain)) > epoch
+    assert [min(t, epoch) for t in pax_times(plain)] == times
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(seconds))
     assert export("env.tar")[:2] == (0, flagged)
     # The flag wins over the environment.
