@@ -57,7 +57,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.snapshots_api import _Server
+from benchmarks.snapshots_api import cimsnap_serve
 from cimsnap.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
@@ -227,20 +227,20 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="cs-ops-", dir=args.dir or "/tmp"))
     try:
         with (
-            _Server(base / "cimsnap-root", base / "cimsnap.sock") as server,
+            cimsnap_serve(base / "cimsnap-root", base) as cimsnap_address,
             _floor(base / "floor.sock") as floor_socket,
             running_containerd(
-                base, server.address, wait_for_gc=False, more_snapshotters={FLOOR: floor_socket}
+                base, cimsnap_address, wait_for_gc=False, more_snapshotters={FLOOR: floor_socket}
             ) as containerd,
             grpc.insecure_channel(f"unix:{containerd.socket}") as channel,
         ):
             create_lease(channel, NAMESPACE, "bench")
             create_lease(channel, "ls", "bench")
             client = Client(channel, NAMESPACE, "bench")
-            floor = health_floor(server.address, 50)  # warm-up of the direct channel
+            floor = health_floor(cimsnap_address, 50)  # warm-up of the direct channel
             samples = run_cycles(client, args.cycles)
             needed = needed_cycles(client, args.needed) if args.needed else None
-            floor = health_floor(server.address, args.cycles)
+            floor = health_floor(cimsnap_address, args.cycles)
             ls = ls_times(containerd, Client(channel, "ls", "bench"), args.ls_count)
     finally:
         shutil.rmtree(base, ignore_errors=True)

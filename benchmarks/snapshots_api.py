@@ -43,16 +43,15 @@ process per call costs far more than the call.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -64,57 +63,24 @@ from cimsnap.daemon.listen import parse_address
 from cimsnap.daemon.server import SnapshotterAPI
 from cimsnap.snapshots.snapshotter import Mount, Snapshotter
 from cimsnap.wclayer.cim_writer import while_directory_busy
+from tests.grpc_harness import serving_process
 
 TARGETS_MS = {"Stat": 0.5, "Stat sweep": 0.5, "Prepare": 3.0, "Commit": 3.0}
 LIST_TARGET_MS = 300.0
 CHAIN = 8
 
 
-class _Server:
-    """A real ``cimsnap serve`` process, as containerd would talk to it.
+@contextlib.contextmanager
+def cimsnap_serve(root: Path, sock_dir: Path) -> Iterator[str]:
+    """A real ``cimsnap serve`` process on ``root`` with its embedded defaults, as containerd
+    would talk to it; yields its address (a socket in a fresh directory under ``sock_dir``).
 
     The server runs in its own process so that the client's Python work (this process)
     and the server's do not share one interpreter lock; containerd's side is Go.
     """
-
-    def __init__(self, root: Path, socket: Path) -> None:
-        self.address = str(socket)
-        self._argv = [
-            sys.executable,
-            "-m",
-            "cimsnap",
-            "serve",
-            "--address",
-            self.address,
-            "--root",
-            str(root),
-            "--log-level",
-            "warning",
-        ]
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> _Server:
-        self._process = subprocess.Popen(self._argv)
-        deadline = time.monotonic() + 60
-        target = parse_address(self.address).grpc_target
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise SystemExit(f"cimsnap serve exited with {self._process.returncode}")
-            try:
-                with grpc.insecure_channel(target) as channel:
-                    health_pb2_grpc.HealthStub(channel).Check(
-                        health_pb2.HealthCheckRequest(), timeout=1
-                    )
-                return self
-            except grpc.RpcError:
-                time.sleep(0.05)
-        self.__exit__()
-        raise SystemExit("cimsnap serve did not become ready within 60 s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            self._process.wait(60)
+    own = Path(tempfile.mkdtemp(prefix="s", dir=sock_dir))
+    with serving_process(root, own, config="") as (address, _process):
+        yield address
 
 
 def _timed(
@@ -231,9 +197,9 @@ def go_client_section(base: Path, sock_dir: Path) -> None:
         return
     with Snapshotter(base / "go-root") as sn:
         sn.prepare("default/1/k", labels={"containerd.io/snapshot.ref": "sha256:00"})
-    with _Server(base / "go-root", sock_dir / "g.sock") as server:
-        floor = gostat(binary, server.address, "health")
-        stat = gostat(binary, server.address, "stat", "default/1/k")
+    with cimsnap_serve(base / "go-root", sock_dir) as address:
+        floor = gostat(binary, address, "health")
+        stat = gostat(binary, address, "stat", "default/1/k")
     print(
         f"Go client (grpc-go, as containerd): Stat p50 {stat['p50']:.3f} ms, "
         f"p99 {stat['p99']:.3f} ms; health Check p50 {floor['p50']:.3f} ms; "
@@ -285,11 +251,11 @@ def main() -> int:
         with Snapshotter(base / "direct") as direct:
             direct_samples = run_cycles(direct, args.cycles, empty_dir, apply=apply)
         with (
-            _Server(base / "grpc", sock_dir / "c.sock") as server,
-            SnapshotsClient(server.address) as client,
+            cimsnap_serve(base / "grpc", sock_dir) as address,
+            SnapshotsClient(address) as client,
         ):
             grpc_samples = run_cycles(client, args.cycles, empty_dir, apply=apply)
-            rtt_ms = statistics.median(transport_floor(server.address))
+            rtt_ms = statistics.median(transport_floor(address))
         mode = "Commit after Apply (metadata only)" if apply else "Commit converts (empty CIM)"
         print(f"cycles: {args.cycles} (chains of {CHAIN}), {mode}, latency in ms")
         print(f"{'RPC':10} {'gRPC p50':>9} {'p99':>8} {'direct p50':>11} {'p99':>8} {'ratio':>6}")
@@ -305,8 +271,8 @@ def main() -> int:
         with Snapshotter(base / "list") as direct:
             direct_list = time_list(direct, args.list_size)
         with (
-            _Server(base / "list", sock_dir / "l.sock") as server,
-            SnapshotsClient(server.address) as client,
+            cimsnap_serve(base / "list", sock_dir) as address,
+            SnapshotsClient(address) as client,
         ):
             grpc_list = time_list(client, args.list_size)
         print(
