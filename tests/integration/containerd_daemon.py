@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.grpc_harness import ServerThread, server_config, short_socket_dir
-from tests.integration.containerd_harness import require, require_containerd
+from tests.integration.containerd_harness import Containerd, containerd16_bin, require
+
+__all__ = [
+    "Containerd",
+    "cimsnap_beside_containerd",
+    "containerd16_bin",
+    "containerd17_bin",
+    "deploy_config",
+    "tree_depths",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def containerd16_bin() -> Path:
-    """The directory of Debian's containerd 1.6 binaries."""
-    require_containerd()
-    found = shutil.which("containerd")
-    assert found is not None
-    return Path(found).parent
 
 
 def containerd17_bin() -> Path:
@@ -72,66 +70,6 @@ def deploy_config(name: str, base: Path, proxy_socket: str, cimsnap_root: Path) 
     return head + sep + private + rest + tables
 
 
-class Containerd:
-    """A running containerd and its ctr."""
-
-    def __init__(self, bin_dir: Path, base: Path, config: str) -> None:
-        self.bin_dir = bin_dir
-        self.base = base
-        self.socket = str(base / "containerd.sock")
-        self.content_dir = base / "root" / "io.containerd.content.v1.content"
-        self.config_path = base / "containerd.toml"
-        self.config_path.write_text(config)
-        self.log_path = base / "containerd.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [str(bin_dir / "containerd"), "--config", str(self.config_path)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while self.ctr("version", check=False).returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("containerd did not start:\n" + self.log())
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def version(self) -> str:
-        out = subprocess.run(
-            [str(self.bin_dir / "containerd"), "--version"], capture_output=True, text=True
-        ).stdout
-        match = re.search(r" (\d+\.\d+\.\d+)", out)
-        return match.group(1) if match else out
-
-    def ctr(
-        self, *args: str, check: bool = True, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(self.bin_dir / "ctr"), "--address", self.socket, *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr}\n--- containerd log:\n"
-                + self.log()[-4000:]
-            )
-        return out
-
-    def snapshots(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.ctr("snapshots", "--snapshotter", "cimsnap", *args, check=check)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 def tree_depths(tree: str) -> dict[str, int]:
     """``ctr snapshots tree`` output as name -> indentation (children indent deeper)."""
     return {line.split()[-1]: line.index(line.split()[-1]) for line in tree.splitlines() if line}
@@ -151,7 +89,7 @@ def cimsnap_beside_containerd(
         server_config(base / "cimsnap", base, containerd_address=str(socket))
     ).start()
     try:
-        containerd = Containerd(bin_dir, base, config(base, server))
+        containerd = Containerd(bin_dir, base, config(base, server), cimsnap=server.address)
     except BaseException:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -92,30 +93,83 @@ disabled_plugins = [{disabled}]
 
 
 class Containerd:
-    """A running test daemon: its socket, ``ctr`` runner, and cimsnap's address."""
+    """A running containerd from ``bin_dir`` with the config text ``config``, its files
+    (config, log, the socket it is configured with) under ``base``, and its ``ctr``.
 
-    def __init__(self, base: Path, proc: subprocess.Popen[bytes], cimsnap: str) -> None:
+    The constructor starts it and returns once ``ctr version`` answers (AssertionError with
+    the log otherwise, the daemon stopped); ``stop()`` stops it by PID and waits for it.
+    ``cimsnap`` is the address of the cimsnap proxy in its config, for the tests' own clients.
+    """
+
+    def __init__(self, bin_dir: Path, base: Path, config: str, *, cimsnap: str = "") -> None:
+        self.bin_dir = bin_dir
         self.base = base
-        self.proc = proc
-        self.socket = str(base / "containerd.sock")
         self.cimsnap = cimsnap
+        self.socket = str(base / "containerd.sock")
+        self.content_dir = base / "root" / "io.containerd.content.v1.content"
+        self.config_path = base / "containerd.toml"
+        self.config_path.write_text(config)
+        self.log_path = base / "containerd.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "containerd"), "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while self.ctr("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("containerd did not start:\n" + self.log())
+            time.sleep(0.05)
 
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = ["ctr", "--address", self.socket, *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def gc_runs(self) -> int:
+        """How many garbage collections the daemon has finished so far (debug log level)."""
+        return self.log().count("garbage collected")
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [str(self.bin_dir / "containerd"), "--version"], capture_output=True, text=True
+        ).stdout
+        match = re.search(r" (\d+\.\d+\.\d+)", out)
+        return match.group(1) if match else out
+
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.bin_dir / "ctr"), "--address", self.socket, *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed: {out.stderr}")
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr}\n--- containerd log:\n"
+                + self.log()[-4000:]
+            )
         return out
 
     def snapshots(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.ctr("snapshots", "--snapshotter", "cimsnap", *args, check=check)
 
-    def log(self) -> str:
-        return (self.base / "containerd.log").read_text(errors="replace")
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, SIGKILL after 20 s) and wait for it; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
 
-    def gc_runs(self) -> int:
-        """How many garbage collections the daemon has finished so far."""
-        return self.log().count("garbage collected")
+
+def containerd16_bin() -> Path:
+    """The directory of Debian's containerd 1.6 binaries (on PATH)."""
+    require_containerd()
+    found = shutil.which("containerd")
+    assert found is not None
+    return Path(found).parent
 
 
 @contextlib.contextmanager
@@ -126,41 +180,25 @@ def running_containerd(
     wait_for_gc: bool = True,
     more_snapshotters: Mapping[str, str] | None = None,
 ) -> Iterator[Containerd]:
-    """containerd with cimsnap at ``proxy_socket`` as snapshot proxy ``cimsnap``.
+    """containerd 1.6 with cimsnap at ``proxy_socket`` as snapshot proxy ``cimsnap``.
 
     ``wait_for_gc=False`` (benchmarks) logs at info level and does not wait for the
     start-up garbage collection. ``more_snapshotters``: see ``containerd_config``.
     """
-    require_containerd()
-    config = base / "containerd.toml"
     level = "debug" if wait_for_gc else "info"
-    config.write_text(containerd_config(base, proxy_socket, level, more_snapshotters))
-    with (base / "containerd.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-        )
-        daemon = Containerd(base, proc, proxy_socket)
-        try:
-            deadline = time.monotonic() + 20
-            while daemon.ctr("version", check=False).returncode != 0:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("containerd did not start:\n" + daemon.log())
-                time.sleep(0.05)
-            # containerd collects garbage once shortly after start-up: let that pass, so
-            # it cannot remove a snapshot a test has just created without a reference.
-            deadline = time.monotonic() + 20
-            while wait_for_gc and daemon.gc_runs() == 0:
-                if time.monotonic() > deadline:
-                    raise AssertionError("containerd's start-up GC did not run:\n" + daemon.log())
-                time.sleep(0.05)
-            yield daemon
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    config = containerd_config(base, proxy_socket, level, more_snapshotters)
+    daemon = Containerd(containerd16_bin(), base, config, cimsnap=proxy_socket)
+    try:
+        # containerd collects garbage once shortly after start-up: let that pass, so it
+        # cannot remove a snapshot a test has just created without a reference.
+        deadline = time.monotonic() + 20
+        while wait_for_gc and daemon.gc_runs() == 0:
+            if time.monotonic() > deadline:
+                raise AssertionError("containerd's start-up GC did not run:\n" + daemon.log())
+            time.sleep(0.05)
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def backend(client: SnapshotsClient, key: str, namespace: str = "default") -> Info:

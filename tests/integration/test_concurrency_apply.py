@@ -106,7 +106,9 @@ def stack() -> Iterator[Stack]:
     metrics = ["--metrics-address", f"127.0.0.1:{metrics_port}"]
     try:
         with serving_process(root, base, config=config, args=metrics) as (address, server):
-            containerd = Containerd(bin_dir, base, containerd_config(base, address, "info"))
+            containerd = Containerd(
+                bin_dir, base, containerd_config(base, address, "info"), cimsnap=address
+            )
             try:
                 yield Stack(containerd, server, address, root, metrics_port)
             finally:
