@@ -416,7 +416,8 @@ class Snapshotter:
             retired_image = retire_entry(self._dirs.cim_fd, image, name, ".cim")
             if retired_image is not None:
                 self._reaper.submit(lambda: remove_entry(self._dirs.cim_fd, retired_image))
-        destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
+        elif image_mode is not None:
+            destroy_cim_layer(self._cim(snapshot_id), referenced_elsewhere=frozenset())
         os.mkdir(name, DIR_MODE, dir_fd=fd)
         if scratch:
             own = open_subdir(fd, name)

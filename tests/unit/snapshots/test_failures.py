@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cimsnap.cim import build_from_directory, read_image_header, region_set_files
 from cimsnap.errdefs import NotFound, Unavailable
 from cimsnap.snapshots.snapshotter import Kind, Snapshotter
 from cimsnap.store import WriteTx
@@ -130,6 +131,25 @@ def test_crash_between_mkdir_and_commit(tmp_path: Path) -> None:
         assert snapshot_dir(mounts).name == "2"
         assert sorted(p.name for p in snapshot_dir(mounts).iterdir()) == ["scratch"]
         assert list((snapshot_dir(mounts) / "scratch").iterdir()) == []
+
+
+def test_prepare_destroys_a_leftover_image_of_its_fresh_id(tmp_path: Path) -> None:
+    # What a crash after an Apply wrote <id>.cim but before the Prepare's row committed can
+    # leave for the same ID to come round again (the start-up cleanup may not have run yet).
+    root = tmp_path / "root"
+    with Snapshotter(root) as sn:
+        sn.prepare("first")
+        assert sn.wait_reclaimed(30)
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        leftover = root / "snapshots" / "cim-layers" / "2.cim"
+        build_from_directory(empty, leftover)
+        own = set(region_set_files(leftover.parent, read_image_header(leftover).own))
+        assert own and all(p.exists() for p in own)
+        mounts = sn.prepare("second")
+        assert snapshot_dir(mounts).name == "2"
+        assert cim_path(mounts) == leftover and not leftover.exists()
+        assert not any(p.exists() for p in own)
 
 
 def test_startup_restores_directory_of_an_uncommitted_remove(tmp_path: Path) -> None:
