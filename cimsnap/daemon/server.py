@@ -58,6 +58,7 @@ __all__ = [
     "NonBlockingStat",
     "SnapshotsService",
     "SnapshotterAPI",
+    "fill_info",
     "list_responses",
     "shortened",
     "status_code_for",
@@ -154,9 +155,11 @@ class SnapshotterAPI(Protocol):
 
 @runtime_checkable
 class NonBlockingStat(Protocol):
-    """An optional capability: a Stat that raises WouldBlock rather than wait."""
+    """An optional capability: Stat as an ``InfoRow``, and a variant that raises WouldBlock
+    rather than wait (so the server can answer on its event loop)."""
 
-    def stat_nowait(self, key: str) -> Info: ...
+    def stat_row(self, key: str) -> InfoRow: ...
+    def stat_row_nowait(self, key: str) -> InfoRow: ...
 
 
 class GrpcService(Protocol):
@@ -327,6 +330,23 @@ def mounts_to_pb(mounts: Sequence[Mount]) -> list[mount_pb2.Mount]:
     ]
 
 
+def fill_info(info: pb.Info, row: InfoRow) -> None:
+    """Set the empty wire ``info`` to ``row``, in place: what ``info_to_pb`` builds from an
+    Info, without the datetimes (times floored to whole microseconds, as the metastore
+    keeps them). List and Stat encode every snapshot through it."""
+    info.name = row.name
+    info.parent = row.parent
+    info.kind = int(row.kind)  # type: ignore[assignment]
+    if row.labels:
+        info.labels.update(row.labels)
+    created = info.created_at
+    created.seconds, nanos = divmod(row.created_ns, 1_000_000_000)
+    created.nanos = nanos - nanos % 1000
+    updated = info.updated_at
+    updated.seconds, nanos = divmod(row.updated_ns, 1_000_000_000)
+    updated.nanos = nanos - nanos % 1000
+
+
 def list_responses(rows: Sequence[InfoRow]) -> list[pb.ListSnapshotsResponse]:
     """Encode ``rows`` into List responses of at most LIST_BATCH_SIZE entries and, unless an
     entry alone is larger, at most LIST_BATCH_BYTES encoded bytes.
@@ -339,18 +359,8 @@ def list_responses(rows: Sequence[InfoRow]) -> list[pb.ListSnapshotsResponse]:
     responses: list[pb.ListSnapshotsResponse] = []
     response, count, size = pb.ListSnapshotsResponse(), 0, 0
     for row in rows:
-        info = response.info.add(
-            name=row.name,
-            parent=row.parent,
-            kind=int(row.kind),
-            labels=row.labels,
-        )
-        created = info.created_at
-        created.seconds, nanos = divmod(row.created_ns, 1_000_000_000)
-        created.nanos = nanos - nanos % 1000
-        updated = info.updated_at
-        updated.seconds, nanos = divmod(row.updated_ns, 1_000_000_000)
-        updated.nanos = nanos - nanos % 1000
+        info = response.info.add()
+        fill_info(info, row)
         entry = info.ByteSize() + 8  # the repeated field's tag and length
         if count and (count == LIST_BATCH_SIZE or size + entry > LIST_BATCH_BYTES):
             # ``info`` starts the next response: move it there.
@@ -377,9 +387,7 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     def __init__(self, snapshotter: SnapshotterAPI, calls: BlockingCalls) -> None:
         self._sn = snapshotter
         self._calls = calls
-        self._stat_nowait = (
-            snapshotter.stat_nowait if isinstance(snapshotter, NonBlockingStat) else None
-        )
+        self._row_stat = snapshotter if isinstance(snapshotter, NonBlockingStat) else None
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_SnapshotsServicer_to_server(self, server)  # type: ignore[no-untyped-call]
@@ -449,17 +457,28 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def Stat(
         self, request: pb.StatSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatSnapshotResponse:
-        def build() -> pb.StatSnapshotResponse:
-            return pb.StatSnapshotResponse(info=info_to_pb(self._sn.stat(request.key)))
+        row_stat = self._row_stat
+        if row_stat is None:
 
-        stat_nowait = self._stat_nowait
-        if stat_nowait is None:
+            def build() -> pb.StatSnapshotResponse:
+                return pb.StatSnapshotResponse(info=info_to_pb(self._sn.stat(request.key)))
+
             return await self._read("Stat", context, build)
 
-        def build_nowait() -> pb.StatSnapshotResponse:
-            return pb.StatSnapshotResponse(info=info_to_pb(stat_nowait(request.key)))
+        # containerd Stats every snapshot of a proxy one call at a time (ctr snapshots ls,
+        # its Walk), so this path avoids Info's datetimes: with the CPU caches cold, as
+        # they are between containerd's calls, that halves the call's own cost.
+        def from_row(stat_row: Callable[[str], InfoRow]) -> pb.StatSnapshotResponse:
+            response = pb.StatSnapshotResponse()
+            fill_info(response.info, stat_row(request.key))
+            return response
 
-        return await self._calls.run_nowait(self._method("Stat"), context, build_nowait, build)
+        return await self._calls.run_nowait(
+            self._method("Stat"),
+            context,
+            lambda: from_row(row_stat.stat_row_nowait),
+            lambda: from_row(row_stat.stat_row),
+        )
 
     async def Update(
         self, request: pb.UpdateSnapshotRequest, context: grpc.aio.ServicerContext

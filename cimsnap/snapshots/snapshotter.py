@@ -131,6 +131,7 @@ from cimsnap.store import (
     commit_active,
     create_snapshot,
     get_info,
+    get_info_row,
     get_snapshot,
     id_kinds,
     key_of,
@@ -447,15 +448,21 @@ class Snapshotter:
         with self._store.read() as tx:
             return get_info(tx, key)[1]
 
-    def stat_nowait(self, key: str) -> Info:
-        """:meth:`stat` for a caller that must never wait (the server's event loop).
+    def stat_row(self, key: str) -> InfoRow:
+        """:meth:`stat` as an :class:`InfoRow` (times in nanoseconds, no datetimes): what
+        the server encodes, the same way it encodes List."""
+        with self._store.read() as tx:
+            return get_info_row(tx, key)
+
+    def stat_row_nowait(self, key: str) -> InfoRow:
+        """:meth:`stat_row` for a caller that must never wait (the server's event loop).
 
         Raises WouldBlock, having changed nothing, when answering would mean waiting for a
-        lock; the caller then uses :meth:`stat` where waiting is allowed. Otherwise the
-        same result and errors as :meth:`stat`.
+        lock; the caller then uses :meth:`stat_row` where waiting is allowed. Otherwise the
+        same result and errors as :meth:`stat_row`.
         """
         with self._store.try_read() as tx:
-            return get_info(tx, key)[1]
+            return get_info_row(tx, key)
 
     def usage(self, key: str) -> Usage:
         """Return the usage of ``key`` alone (parents never count); NotFound if missing.

@@ -22,6 +22,7 @@ __all__ = [
     "commit_active",
     "create_snapshot",
     "get_info",
+    "get_info_row",
     "get_snapshot",
     "id_kinds",
     "id_map",
@@ -65,10 +66,10 @@ _INSERT_LABEL: Final = "INSERT INTO labels (snapshot_id, name, value) VALUES (?,
 _StatRow = tuple[int, str, int, str | None, int, int, int, int, str | None]
 
 
-def _info_from_row(row: _StatRow) -> Info:
+def _info_row(row: _StatRow) -> InfoRow:
     _, key, kind, parent, created_ns, updated_ns, _, _, labels_json = row
     labels: dict[str, str] = json.loads(labels_json) if labels_json else {}
-    return InfoRow(Kind(kind), key, parent or "", labels, created_ns, updated_ns).to_info()
+    return InfoRow(Kind(kind), key, parent or "", labels, created_ns, updated_ns)
 
 
 def _put_labels(tx: WriteTx, snapshot_id: int, labels: Mapping[str, str]) -> None:
@@ -87,10 +88,20 @@ def _row(tx: ReadTx, key: str) -> tuple[int, Kind, int | None] | None:
 
 def get_info(tx: ReadTx, key: str) -> tuple[int, Info, Usage]:
     """Return the ID, Info and recorded Usage of ``key``; NotFound if there is none."""
-    row = tx.connection.execute(_SELECT_INFO_BY_KEY, (key,)).fetchone()
+    row = _stat_row(tx, key)
+    return int(row[0]), _info_row(row).to_info(), Usage(size=row[6], inodes=row[7])
+
+
+def get_info_row(tx: ReadTx, key: str) -> InfoRow:
+    """The Info of ``key`` as an :class:`InfoRow` (no datetimes); NotFound if none."""
+    return _info_row(_stat_row(tx, key))
+
+
+def _stat_row(tx: ReadTx, key: str) -> _StatRow:
+    row: _StatRow | None = tx.connection.execute(_SELECT_INFO_BY_KEY, (key,)).fetchone()
     if row is None:
         raise NotFound(f'snapshot "{key}": not found')
-    return int(row[0]), _info_from_row(row), Usage(size=row[6], inodes=row[7])
+    return row
 
 
 def get_snapshot(tx: ReadTx, key: str) -> SnapshotRef:

@@ -28,7 +28,7 @@ from cimsnap.daemon.listen import TcpAddress, parse_address
 from cimsnap.daemon.metrics import RpcMetrics
 from cimsnap.daemon.process import Daemon
 from cimsnap.daemon.server import STATUS_CODES, status_code_for
-from cimsnap.snapshots.snapshotter import Info, Snapshotter, WouldBlock
+from cimsnap.snapshots.snapshotter import InfoRow, Snapshotter, WouldBlock
 from tests.grpc_harness import running_daemon, server_config
 
 SNAPSHOTS = "containerd.services.snapshots.v1.Snapshots"
@@ -50,10 +50,10 @@ def test_every_error_class_has_a_status_code() -> None:
 
 
 class Raising:
-    """Wraps the real snapshotter; ``stat(key)`` raises the error named by ``key``.
+    """Wraps the real snapshotter; ``stat_row(key)`` raises the error named by ``key``.
 
-    ``stat_nowait`` raises the same way, so these errors come from the event-loop path of
-    Stat (``Gated`` below covers the worker-thread path).
+    ``stat_row_nowait`` raises the same way, so these errors come from the event-loop path
+    of Stat (``Gated`` below covers the worker-thread path).
     """
 
     def __init__(self, real: Snapshotter) -> None:
@@ -62,14 +62,14 @@ class Raising:
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
 
-    def stat(self, key: str) -> Info:
+    def stat_row(self, key: str) -> InfoRow:
         if key == "ValueError":
             raise ValueError("unexpected")
         if key == "OSError":
             raise OSError(5, "Input/output error")
         raise getattr(errdefs, key)(f"snapshot {key!r}: {key.lower()}")
 
-    stat_nowait = stat
+    stat_row_nowait = stat_row
 
 
 @pytest.mark.parametrize(
@@ -99,10 +99,10 @@ async def test_error_classes_map_to_codes(
 
 
 class Gated:
-    """Wraps the real snapshotter; ``stat`` blocks until ``gate`` is set.
+    """Wraps the real snapshotter; ``stat_row`` blocks until ``gate`` is set.
 
-    A Stat that has to wait is what ``stat_nowait`` refuses (WouldBlock), so the server
-    runs the gated ``stat`` on a worker thread, as it would a real Stat that must wait.
+    A Stat that has to wait is what ``stat_row_nowait`` refuses (WouldBlock), so the server
+    runs the gated ``stat_row`` on a worker thread, as it would a real Stat that must wait.
     """
 
     def __init__(self, real: Snapshotter) -> None:
@@ -114,12 +114,12 @@ class Gated:
     def __getattr__(self, name: str) -> object:
         return getattr(self._real, name)
 
-    def stat(self, key: str) -> Info:
+    def stat_row(self, key: str) -> InfoRow:
         self.entered.set()
         self.gate.wait(30)
-        return self._real.stat(key)
+        return self._real.stat_row(key)
 
-    def stat_nowait(self, key: str) -> Info:
+    def stat_row_nowait(self, key: str) -> InfoRow:
         self.nowait_calls += 1
         raise WouldBlock("gated")
 

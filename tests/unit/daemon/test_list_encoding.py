@@ -1,5 +1,6 @@
-"""List encodes ``InfoRow``s straight into its responses; the result must be exactly what
-encoding each snapshot's ``Info`` with ``info_to_pb`` gives, batched by the same rules."""
+"""List and Stat encode ``InfoRow``s straight into their responses; the result must be
+exactly what encoding each snapshot's ``Info`` with ``info_to_pb`` gives (for List, batched
+by the same rules)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cimsnap.daemon.server import LIST_BATCH_BYTES, LIST_BATCH_SIZE, info_to_pb, list_responses
+from cimsnap.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
+from cimsnap.daemon.server import (
+    LIST_BATCH_BYTES,
+    LIST_BATCH_SIZE,
+    fill_info,
+    info_to_pb,
+    list_responses,
+)
 from cimsnap.snapshots.snapshotter import Snapshotter
 from cimsnap.store import InfoRow, Kind
 
@@ -72,3 +80,17 @@ def test_snapshotter_rows_and_infos_agree(tmp_path: Path) -> None:
                 for path in (["name"], ["parent"], ["kind"], ["labels", "c", "d"], ["x"])
             )
         assert [r.name for r in sn.list_rows(["kind==committed"])] == ["ns/2/base"]
+        for key in ("ns/2/base", "ns/3/v", "ns/4/a"):
+            row = sn.stat_row(key)
+            assert row == sn.stat_row_nowait(key)
+            assert row.to_info() == sn.stat(key)
+            filled = pb.Info()
+            fill_info(filled, row)
+            assert filled == info_to_pb(sn.stat(key))
+
+
+def test_fill_info_matches_info_to_pb_for_any_row() -> None:
+    for row in random_rows(random.Random(7), 200):
+        filled = pb.Info()
+        fill_info(filled, row)
+        assert filled == info_to_pb(row.to_info())
