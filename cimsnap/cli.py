@@ -11,8 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from cimsnap import __version__
+from cimsnap.commands import failed
 
 # Command groups, in help order. Each names a module under cimsnap.commands.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -28,6 +30,29 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+#: Modules only POSIX systems have. The snapshot store and the CIM writer need them (file
+#: locks; with directory descriptors, which Windows lacks as well), so on Windows the
+#: commands built on them explain that instead of failing with a traceback.
+POSIX_ONLY_MODULES: Final = frozenset({"fcntl"})
+
+
+def needs_posix(command: str, module: str) -> int:
+    """Say that ``command`` cannot run here because ``module`` is missing; exit status 1."""
+    return failed(
+        f"'{command}' needs Linux (or another POSIX system): this Python has no {module} "
+        "module, and cimsnap's snapshot store and CIM writer are built on POSIX file calls "
+        "(file locks, directory descriptors). Run it on Linux; deploy/windows.md in the "
+        "project says what works on a Windows host."
+    )
+
+
+def _unavailable(sub: argparse._SubParsersAction, name: str, module: str) -> None:  # type: ignore[type-arg]
+    """Register ``name`` as a command that only explains why it cannot run here."""
+    parser = sub.add_parser(name, help=f"(needs Linux: no {module} module here)")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.set_defaults(func=lambda args: needs_posix(name, module))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the full argument parser, with every available command group registered."""
     parser = argparse.ArgumentParser(
@@ -41,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(f"cimsnap.commands.{name}")
         except ModuleNotFoundError as e:
+            if e.name in POSIX_ONLY_MODULES:
+                _unavailable(sub, name, e.name)
+                continue
             if e.name != f"cimsnap.commands.{name}":
                 raise
             continue
@@ -58,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args))
+    except ModuleNotFoundError as e:  # a command that imports what it needs when it runs
+        if e.name not in POSIX_ONLY_MODULES:
+            raise
+        return needs_posix(args.command, e.name)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
