@@ -445,8 +445,7 @@ class Snapshotter:
 
     def stat(self, key: str) -> Info:
         """Return the Info of ``key`` (any kind); NotFound if missing."""
-        with self._store.read() as tx:
-            return get_info(tx, key)[1]
+        return self.stat_row(key).to_info()
 
     def stat_row(self, key: str) -> InfoRow:
         """:meth:`stat` as an :class:`InfoRow` (times in nanoseconds, no datetimes): what

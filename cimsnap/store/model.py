@@ -109,14 +109,15 @@ class InfoRow(NamedTuple):
 
     def to_info(self) -> Info:
         created = datetime_from_ns(self.created_ns)
-        updated = created if self.updated_ns == self.created_ns else None
         return Info(
             kind=self.kind,
             name=self.name,
             parent=self.parent,
             labels=self.labels,
             created=created,
-            updated=updated if updated is not None else datetime_from_ns(self.updated_ns),
+            updated=created
+            if self.updated_ns == self.created_ns
+            else datetime_from_ns(self.updated_ns),
         )
 
 
