@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.grpc_harness import REPO_ROOT, ServeProcess
-from tests.unit.daemon.test_serve_process import serve_args
+from tests.grpc_harness import REPO_ROOT, serving_process
 
 
 def health(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,14 +24,9 @@ def health(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def served(tmp_path: Path, sock_dir: Path):
-    sock = sock_dir / "cimsnap.sock"
-    proc = ServeProcess(serve_args(tmp_path, sock), sock_dir)
-    try:
-        assert proc.next_notification() == "READY=1"
-        yield sock, proc
-    finally:
-        code, err = proc.terminate()
-        assert code == 0, err
+    config = "shutdown_grace_seconds = 5.0\n"
+    with serving_process(tmp_path / "root", sock_dir, config=config) as (address, proc):
+        yield Path(address), proc
 
 
 def test_serving_server_exits_0(served) -> None:
